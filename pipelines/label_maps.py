@@ -1,0 +1,36 @@
+"""19-class face-parsing label maps: composing them from per-part masks, and colouring them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.labels import MASK_PARTS, PART_LABEL, PARSING_CLASSES
+
+# One colour per class, CelebAMask-HQ's usual visualisation palette.
+PALETTE = np.array([
+    (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
+    (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
+    (255, 51, 153), (0, 204, 204), (0, 51, 0), (255, 153, 51), (0, 204, 0),
+], dtype=np.uint8)
+assert len(PALETTE) == len(PARSING_CLASSES)
+
+
+def compose_label_map(masks: dict[str, np.ndarray], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Paint boolean part masks in the official order (a later part overwrites an earlier one)."""
+    if shape is None:
+        if not masks:
+            raise ValueError("compose_label_map needs masks or an explicit shape")
+        shape = next(iter(masks.values())).shape[:2]
+    label = np.zeros(shape, dtype=np.uint8)
+    for part in MASK_PARTS:
+        mask = masks.get(part)
+        if mask is not None:
+            if mask.shape[:2] != shape:
+                raise ValueError(f"mask '{part}' is {mask.shape[:2]}, expected {shape}")
+            label[mask.astype(bool)] = PART_LABEL[part]
+    return label
+
+
+def colorize(label_map: np.ndarray) -> np.ndarray:
+    """RGB rendering of a label map with the class palette."""
+    return PALETTE[label_map]

@@ -1,0 +1,112 @@
+"""Local paths and s3:// URLs behind one small interface (fsspec underneath).
+
+S3 endpoints and credentials come from the standard AWS environment (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance profile, ...), never from files in this repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def _s3_options() -> dict:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem that serves `url`, and the path inside it."""
+    url = str(url)
+    options = _s3_options() if url.startswith("s3://") else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path.rstrip("/")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # as the user would name it: a local path or an s3:// URL
+    size: int
+    etag: str | None  # S3's entity tag when listed from S3
+
+
+class Store:
+    """A dataset root: list its files, read them, and name them the way the user did."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+        self.fs, self.base = filesystem(self.root)
+        self.remote = is_remote(self.root)
+
+    def url(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def rel(self, fs_path: str) -> str:
+        return fs_path[len(self.base) + 1:] if fs_path.startswith(self.base + "/") else fs_path
+
+    def exists(self, rel: str = "") -> bool:
+        return self.fs.exists(f"{self.base}/{rel}" if rel else self.base)
+
+    def list(self, rel: str = "", recursive: bool = True) -> dict[str, StoredFile]:
+        """Files under `rel`, keyed by their path relative to the root; empty when `rel` is absent."""
+        path = f"{self.base}/{rel}".rstrip("/")
+        if not self.fs.exists(path):
+            return {}
+        if recursive:
+            infos = self.fs.find(path, detail=True)
+        else:
+            infos = {i["name"]: i for i in self.fs.ls(path, detail=True) if i["type"] == "file"}
+        out = {}
+        for name, info in infos.items():
+            if info.get("type", "file") != "file":
+                continue
+            etag = info.get("ETag") or info.get("etag")
+            out[self.rel(name)] = StoredFile(self.url(self.rel(name)), int(info.get("size") or 0),
+                                             etag.strip('"') if etag else None)
+        return out
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(f"{self.base}/{rel}")
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+
+def read_url(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary directory into place (the old one goes only once the new one is whole)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def upload_dir(local: Path, url: str) -> None:
+    """Copy a local directory tree to a local path or s3:// URL."""
+    fs, path = filesystem(url)
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = f"{path}/{file.relative_to(local).as_posix()}"
+        if not is_remote(url):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        fs.put_file(str(file), target)
