@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.labels import MASK_PARTS, PART_LABEL, PARSING_CLASSES
+from model.labels import MASK_PARTS, PARSING_CLASSES, PART_LABEL
 
 # One colour per class, CelebAMask-HQ's usual visualisation palette.
 PALETTE = np.array([
@@ -34,3 +34,24 @@ def compose_label_map(masks: dict[str, np.ndarray], shape: tuple[int, int] | Non
 def colorize(label_map: np.ndarray) -> np.ndarray:
     """RGB rendering of a label map with the class palette."""
     return PALETTE[label_map]
+
+
+def part_of_mask_file(path: str) -> str:
+    """'…/00012_l_eye.png' -> 'l_eye'."""
+    name = path.rsplit("/", 1)[-1].removesuffix(".png")
+    return name.split("_", 1)[1]
+
+
+def load_label_map(mask_urls: list[str]) -> np.ndarray | None:
+    """Read a record's mask files (local or S3) and compose them; None when it has no masks."""
+    import io
+
+    from PIL import Image
+
+    from pipelines.storage import read_url
+
+    masks = {}
+    for url in mask_urls:
+        with Image.open(io.BytesIO(read_url(url))) as img:
+            masks[part_of_mask_file(url)] = np.asarray(img.convert("L")) > 0
+    return compose_label_map(masks) if masks else None

@@ -7,7 +7,13 @@ from collections import Counter
 
 from model.labels import CELEBA_ATTRIBUTES, MASK_PARTS
 from pipelines.datasets.common import (
-    DatasetLayoutError, QuarantineLog, ReadResult, Record, check_files, md5, parse_int,
+    DatasetLayoutError,
+    QuarantineLog,
+    ReadResult,
+    Record,
+    check_files,
+    md5,
+    parse_int,
 )
 from pipelines.storage import Store
 
@@ -169,7 +175,8 @@ def read_celebamask_hq(root: str, decode_images: bool = True) -> ReadResult:
             dataset=DATASET, id=idx, split=splits[idx], image=store.url(images[idx]),
             image_bytes=image.size, image_checksum=image.checksum,
             masks=[store.url(r) for r in ordered],
-            masks_checksum=md5("".join(f"{r}={mask_checks[r].checksum};" for r in ordered).encode()) if ordered else None,
+            masks_checksum=md5("".join(f"{r}={mask_checks[r].checksum};" for r in ordered).encode())
+            if ordered else None,
             attributes=values, label_file=attr_path, label_line=lineno,
         ))
     return ReadResult(DATASET, records, sorted(log.entries.values(), key=lambda q: q.id), notes)

@@ -6,7 +6,13 @@ import re
 
 from model.labels import EXPRESSIONS
 from pipelines.datasets.common import (
-    DatasetLayoutError, QuarantineLog, ReadResult, Record, check_files, hash_split, parse_int,
+    DatasetLayoutError,
+    QuarantineLog,
+    ReadResult,
+    Record,
+    check_files,
+    hash_split,
+    parse_int,
 )
 from pipelines.storage import Store
 

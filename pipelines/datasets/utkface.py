@@ -6,7 +6,12 @@ import re
 
 from model.labels import UTK_GENDERS, UTK_MAX_AGE, UTK_RACES
 from pipelines.datasets.common import (
-    DatasetLayoutError, QuarantineLog, ReadResult, Record, check_files, hash_split,
+    DatasetLayoutError,
+    QuarantineLog,
+    ReadResult,
+    Record,
+    check_files,
+    hash_split,
 )
 from pipelines.storage import Store
 

@@ -175,7 +175,7 @@ class _Painter:
         return np.asarray(rgb, dtype=np.float32) + noise * self.noise
 
     def skin(self) -> np.ndarray:
-        f, L, at, u, v = self.f, self.L, self.f.attributes, self.u, self.v
+        L, at, u, v = self.L, self.f.attributes, self.u, self.v
         r2 = ((u - L.cx) / L.a) ** 2 + ((v - L.cy) / L.b) ** 2
         layer = self.flat(self.skin_rgb, 3.0) * (1.0 - 0.16 * np.clip(r2, 0, 1.4))[..., None]
         eyes = eye_centres(L)

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import multiprocessing as mp
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import multiprocessing as mp
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from model.labels import CELEBA_ATTRIBUTES
 from pipelines.synthetic.latent import (
-    CELEBA_POPULATION, RAFDB_POPULATION, UTKFACE_POPULATION, FaceFactors, sample_faces,
+    CELEBA_POPULATION,
+    RAFDB_POPULATION,
+    UTKFACE_POPULATION,
+    FaceFactors,
+    sample_faces,
 )
 from pipelines.synthetic.render import Difficulty, render_face
 

@@ -1,0 +1,29 @@
+"""What every stage shares: reading its params section and reporting failures as one clear line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipelines.config import build, load_params
+
+T = TypeVar("T")
+
+
+def stage_config(cls: type[T], section: str, params_path: Path) -> tuple[T, dict[str, Any]]:
+    """The typed config of one params.yaml section, and the whole params mapping."""
+    params = load_params(params_path)
+    return build(cls, params.get(section), section), params
+
+
+def run_stage(name: str, fn: Callable[[], Any]) -> Any:
+    """Run a stage body; a known failure becomes a one-paragraph message and exit code 1."""
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"\n[{name}] FAILED: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

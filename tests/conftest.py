@@ -1,0 +1,76 @@
+"""Shared fixtures: small synthetic datasets rendered once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 1234
+# Default image and mask sizes (small parts must stay visible at these), few faces.
+SMALL = SyntheticConfig(celebamask_hq=200, utkface=60, rafdb=60, utkface_size=96, rafdb_size=128, defects=0,
+                        workers=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_roots(tmp_path_factory) -> dict[str, Path]:
+    """Clean synthetic datasets (no crafted defects). Read-only: copy before changing."""
+    return write_synthetic(tmp_path_factory.mktemp("synthetic"), SEED, SMALL)
+
+
+@pytest.fixture
+def dataset_copy(synthetic_roots, tmp_path):
+    """A writable copy of one synthetic dataset: dataset_copy('utkface') -> Path."""
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(synthetic_roots[name], target)
+        return target
+    return copy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto_server) on loopback, with dummy credentials in the environment."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
