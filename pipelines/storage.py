@@ -59,6 +59,7 @@ class Store:
     def list(self, rel: str = "", recursive: bool = True) -> dict[str, StoredFile]:
         """Files under `rel`, keyed by their path relative to the root; empty when `rel` is absent."""
         path = f"{self.base}/{rel}".rstrip("/")
+        self.fs.invalidate_cache(path)  # a listing must see the bucket as it is now, not as it was cached
         if not self.fs.exists(path):
             return {}
         if recursive:
@@ -76,6 +77,16 @@ class Store:
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(f"{self.base}/{rel}")
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """Read many files at once (concurrent requests on S3)."""
+        paths = [f"{self.base}/{rel}" for rel in rels]
+        data = self.fs.cat(paths, on_error="return")
+        out = {}
+        for rel, path in zip(rels, paths, strict=True):
+            value = data.get(path)
+            out[rel] = value if isinstance(value, bytes) else b""
+        return out
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
@@ -105,8 +116,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
 def upload_dir(local: Path, url: str) -> None:
     """Copy a local directory tree to a local path or s3:// URL."""
     fs, path = filesystem(url)
-    for file in sorted(p for p in local.rglob("*") if p.is_file()):
-        target = f"{path}/{file.relative_to(local).as_posix()}"
-        if not is_remote(url):
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    targets = [f"{path}/{file.relative_to(local).as_posix()}" for file in files]
+    if not is_remote(url):
+        for target in targets:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-        fs.put_file(str(file), target)
+    fs.put([str(f) for f in files], targets)  # one batched call: concurrent uploads on S3

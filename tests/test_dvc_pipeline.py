@@ -1,0 +1,72 @@
+"""`dvc repro` for real, in a temporary copy of the repository, on smoke-sized params."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMOKE = {"celebamask_hq": 40, "utkface": 20, "rafdb": 20, "image_size": 128, "mask_size": 64,
+         "utkface_size": 64, "rafdb_size": 96}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """The tracked files of this repository, committed in a fresh git repository, with smoke params."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dst = tmp_path / "repo"
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("metrics/", "dvc.lock")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).write_bytes(src.read_bytes())
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["ingest"]["synthetic"].update(SMOKE)
+    params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"]):
+        subprocess.run(cmd, cwd=dst, check=True)
+    return dst
+
+
+def test_dvc_repro_runs_ingest_then_is_a_no_op(repo_copy):
+    out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
+    assert "Running stage 'ingest'" in out
+    metrics = json.loads((repo_copy / "metrics" / "ingest.json").read_text())
+    assert metrics["datasets"]["celebamask_hq"]["kept"] == SMOKE["celebamask_hq"] - 2  # two crafted defects
+    assert metrics["total"]["quarantined"] == 9
+    assert (repo_copy / "data" / "manifest" / "manifest.parquet").exists()
+    assert (repo_copy / "plots" / "ingest" / "contact_sheet.png").exists()
+    assert (repo_copy / "dvc.lock").exists()
+
+    again = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
+    assert "Running stage" not in again and "up to date" in again
+
+    status = run([sys.executable, "-m", "dvc", "status"], repo_copy)
+    assert "up to date" in status
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo_copy)
+    assert '"kept"' in shown
+
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["ingest"]["synthetic"]["utkface"] = 25
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
+    assert "Running stage 'ingest'" in changed
+    metrics = json.loads((repo_copy / "metrics" / "ingest.json").read_text())
+    assert metrics["datasets"]["utkface"]["kept"] == 25
