@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## run the DVC pipeline on params.yaml (a no-op when nothing changed)
 	$(BIN)/dvc repro
 
-test: $(STAMP)  ## the whole test suite, as CI runs it
+test: $(STAMP)  ## lint, then the whole test suite, as CI runs it
+	$(BIN)/ruff check model pipelines stages tests benchmarks
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests

@@ -16,7 +16,7 @@ from pipelines.datasets.celebamask_hq import read_celebamask_hq
 from pipelines.datasets.common import REASONS, SPLITS, Quarantined, ReadResult, Record
 from pipelines.datasets.rafdb import read_rafdb
 from pipelines.datasets.utkface import read_utkface
-from pipelines.storage import replace_dir
+from pipelines.storage import replace_dir, write_json_atomic
 from pipelines.synthetic.writers import DATASET_DIRS, SyntheticConfig, write_synthetic
 
 DATASETS = ("celebamask_hq", "utkface", "rafdb")
@@ -130,13 +130,6 @@ def ingest_metrics(results: dict[str, ReadResult]) -> dict:
     return out
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def resolve_roots(cfg: IngestConfig, seed: int, raw: Path) -> dict[str, str]:
     """Render the synthetic sets into `raw` (atomically), or record where the real ones are."""
     tmp = raw.with_name(raw.name + ".tmp")
@@ -167,6 +160,6 @@ def run_ingest(cfg: IngestConfig, seed: int, paths: IngestPaths = IngestPaths())
     pq.write_table(quarantine_table(quarantined), tmp / "quarantine.parquet")
     replace_dir(tmp, paths.manifest)
     metrics = ingest_metrics(results)
-    _write_json(paths.metrics, metrics)
+    write_json_atomic(paths.metrics, metrics)
     write_contact_sheet(results["celebamask_hq"].records, paths.contact_sheet, cfg.contact_sheet_faces)
     return metrics

@@ -101,6 +101,17 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary name, then rename: a crash never leaves a half-written file."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished temporary directory into place (the old one goes only once the new one is whole)."""
     old = final.with_name(final.name + ".old")

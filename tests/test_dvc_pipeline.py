@@ -45,9 +45,12 @@ def repo_copy(tmp_path) -> Path:
     return dst
 
 
-def test_dvc_repro_runs_ingest_then_is_a_no_op(repo_copy):
+def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
-    assert "Running stage 'ingest'" in out
+    assert "Running stage 'ingest'" in out and "Running stage 'mine_knowledge'" in out
+    knowledge = json.loads((repo_copy / "data" / "knowledge" / "knowledge.json").read_text())
+    assert knowledge["n_train"] > 0 and len(knowledge["conditional"]) == 40
+    assert (repo_copy / "plots" / "knowledge" / "conditional.png").exists()
     metrics = json.loads((repo_copy / "metrics" / "ingest.json").read_text())
     assert metrics["datasets"]["celebamask_hq"]["kept"] == SMOKE["celebamask_hq"] - 2  # two crafted defects
     assert metrics["total"]["quarantined"] == 9
@@ -68,5 +71,8 @@ def test_dvc_repro_runs_ingest_then_is_a_no_op(repo_copy):
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     assert "Running stage 'ingest'" in changed
+    # the manifest changed, so mine_knowledge re-ran; CelebAMask-HQ's train labels did not, nor does its output
+    assert "Running stage 'mine_knowledge'" in changed
+    assert json.loads((repo_copy / "data" / "knowledge" / "knowledge.json").read_text()) == knowledge
     metrics = json.loads((repo_copy / "metrics" / "ingest.json").read_text())
     assert metrics["datasets"]["utkface"]["kept"] == 25

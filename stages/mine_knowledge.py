@@ -1,0 +1,54 @@
+"""DVC stage `mine_knowledge`: attribute co-occurrence, the ML-GCN graph and logical rules from train labels.
+
+    python -m stages.mine_knowledge [--params params.yaml]
+
+Only the CelebAMask-HQ train split is read: val and test labels never shape the knowledge.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from pipelines.ingest import read_manifest
+from pipelines.knowledge import KnowledgeConfig, knowledge_metrics, mine_knowledge, plot_conditional
+from pipelines.storage import write_json_atomic
+from stages.common import run_stage, stage_config
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__)
+def main(
+    params: Annotated[Path, typer.Option(help="The params file (section `mine_knowledge`).")] = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.")] = Path("data/manifest/manifest.parquet"),
+    out: Annotated[Path, typer.Option(help="knowledge.json (DVC out).")] = Path("data/knowledge/knowledge.json"),
+    metrics: Annotated[Path, typer.Option(help="Graph and rule counts (DVC metric).")] = Path(
+        "metrics/knowledge.json"),
+    heatmap: Annotated[Path, typer.Option(help="p(j|i) heat map (DVC plot).")] = Path(
+        "plots/knowledge/conditional.png"),
+) -> None:
+    def body() -> None:
+        cfg, _ = stage_config(KnowledgeConfig, "mine_knowledge", params)
+        train = [r for r in read_manifest(manifest) if r.dataset == "celebamask_hq" and r.split == "train"]
+        if not train:
+            raise ValueError(f"{manifest}: no CelebAMask-HQ train records; run `dvc repro ingest` first")
+        labels = np.array([r.attributes for r in train]) > 0
+        knowledge = mine_knowledge(labels, cfg)
+        write_json_atomic(out, knowledge)
+        write_json_atomic(metrics, knowledge_metrics(knowledge, labels))
+        heatmap.parent.mkdir(parents=True, exist_ok=True)
+        tmp = heatmap.with_name(heatmap.stem + ".tmp.png")
+        plot_conditional(np.asarray(knowledge["conditional"]), tmp)
+        tmp.replace(heatmap)
+        print(json.dumps(knowledge_metrics(knowledge, labels)))
+
+    run_stage("mine_knowledge", body)
+
+
+if __name__ == "__main__":
+    app()
