@@ -55,3 +55,21 @@ def load_label_map(mask_urls: list[str]) -> np.ndarray | None:
         with Image.open(io.BytesIO(read_url(url))) as img:
             masks[part_of_mask_file(url)] = np.asarray(img.convert("L")) > 0
     return compose_label_map(masks) if masks else None
+
+
+def _flip_lut() -> np.ndarray:
+    from model.labels import LEFT_RIGHT_PAIRS
+
+    lut = np.arange(len(PARSING_CLASSES), dtype=np.uint8)
+    for left, right in LEFT_RIGHT_PAIRS:
+        lut[PART_LABEL[left]], lut[PART_LABEL[right]] = PART_LABEL[right], PART_LABEL[left]
+    return lut
+
+
+# Label value -> the label it becomes in a mirrored image (l_eye <-> r_eye, brows, ears).
+FLIP_LUT = _flip_lut()
+
+
+def flip_label_map(label_map: np.ndarray) -> np.ndarray:
+    """Mirror a label map left-right and swap the left/right classes, as a mirrored face needs."""
+    return FLIP_LUT[label_map[..., ::-1]]

@@ -74,3 +74,16 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (it costs ~2.5 GB and seconds to start)."""
+    import ray
+
+    from pipelines.ray_runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray()
+    yield ray
+    ray.shutdown()

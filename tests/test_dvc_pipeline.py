@@ -38,6 +38,7 @@ def repo_copy(tmp_path) -> Path:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["ingest"]["synthetic"].update(SMOKE)
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
+    params["train_parser"].update(epochs=2, batch_size=16, min_val_miou=0.0)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"]):
@@ -47,7 +48,11 @@ def repo_copy(tmp_path) -> Path:
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
-    assert "Running stage 'ingest'" in out and "Running stage 'mine_knowledge'" in out
+    for stage in ("ingest", "mine_knowledge", "train_parser"):
+        assert f"Running stage '{stage}'" in out, stage
+    parser_metrics = json.loads((repo_copy / "metrics" / "parser.json").read_text())
+    assert parser_metrics["epochs"] == 2 and 0 <= parser_metrics["val_miou"] <= 1
+    assert (repo_copy / "models" / "parser" / "model.safetensors").exists()
     knowledge = json.loads((repo_copy / "data" / "knowledge" / "knowledge.json").read_text())
     assert knowledge["n_train"] > 0 and len(knowledge["conditional"]) == 40
     assert (repo_copy / "plots" / "knowledge" / "conditional.png").exists()

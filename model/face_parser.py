@@ -1,0 +1,100 @@
+"""A small U-Net face parser: RGB image -> 19-class CelebAMask-HQ label map.
+
+FaceInsight feeds a parsing map as its second visual stream; this network makes the map wherever a
+dataset has no ground-truth masks, and always at evaluation and inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from model.labels import PARSING_CLASSES
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class FaceParserConfig:
+    num_classes: int = len(PARSING_CLASSES)
+    image_size: int = 64  # input side; maps come out at the same side
+    base_channels: int = 8
+    depth: int = 3  # down-samplings; image_size must divide by 2**depth
+    groups: int = 4  # GroupNorm groups (batch-size independent, so DDP needs no sync)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"parser.num_classes must be >= 2, got {self.num_classes}")
+        if self.depth < 1 or self.image_size % (2 ** self.depth):
+            raise ValueError(f"parser.image_size ({self.image_size}) must divide by 2**depth ({2 ** self.depth})")
+        if self.base_channels % self.groups:
+            raise ValueError(f"parser.base_channels ({self.base_channels}) must divide by groups ({self.groups})")
+
+
+def _block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
+    )
+
+
+class FaceParser(nn.Module):
+    def __init__(self, cfg: FaceParserConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = [cfg.base_channels * 2 ** k for k in range(cfg.depth + 1)]
+        self.down = nn.ModuleList([_block(3 if k == 0 else widths[k - 1], widths[k], cfg.groups)
+                                   for k in range(cfg.depth + 1)])
+        self.up = nn.ModuleList([_block(widths[k + 1] + widths[k], widths[k], cfg.groups)
+                                 for k in reversed(range(cfg.depth))])
+        self.head = nn.Conv2d(widths[0], cfg.num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) floats in [0, 1] -> logits (B, num_classes, H, W)."""
+        x = (images - 0.5) / 0.25
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False),
+                                 skip], dim=1))
+        return self.head(x)
+
+    @torch.no_grad()
+    def parse(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) at the configured size -> uint8 (B, H, W) label maps."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        was_training = self.training
+        self.eval()
+        labels = self(x).argmax(dim=1).to(torch.uint8).numpy()
+        self.train(was_training)
+        return labels
+
+
+def save_parser(model: FaceParser, path: str | Path) -> None:
+    """Safetensors weights + a JSON config: no pickle."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / WEIGHTS_FILE))
+    (path / CONFIG_FILE).write_text(json.dumps({"model_type": "face_parser", **asdict(model.cfg)}, indent=2) + "\n")
+
+
+def load_parser(path: str | Path) -> FaceParser:
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).exists():
+        raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; train one with `dvc repro train_parser`")
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    raw.pop("model_type", None)
+    model = FaceParser(FaceParserConfig(**raw))
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    model.eval()
+    return model
