@@ -44,6 +44,3 @@ def write_contact_sheet(records: list[Record], path: Path, faces: int) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     contact_sheet(chosen).save(tmp)
     tmp.replace(path)
-
-
-
