@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from model.labels import CELEBA_ATTRIBUTES
 from pipelines.datasets.common import Record
 from pipelines.label_maps import colorize, load_label_map
-from pipelines.storage import read_url
+from pipelines.storage import atomic_path, read_url
 
 TILE = 128
 TEXT_H = 64
@@ -40,7 +40,5 @@ def write_contact_sheet(records: list[Record], path: Path, faces: int) -> None:
     chosen = records[:faces]
     if not chosen:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    contact_sheet(chosen).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        contact_sheet(chosen).save(tmp)

@@ -7,8 +7,11 @@ AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance profile, ...), never from files in t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,15 +104,23 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary name, then rename: a crash never leaves a half-written file."""
-    import json
-
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` (same suffix) to write to; renamed onto `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary name, then rename: a crash never leaves a half-written file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -16,7 +16,7 @@ import typer
 
 from pipelines.ingest import read_manifest
 from pipelines.knowledge import KnowledgeConfig, knowledge_metrics, mine_knowledge, plot_conditional
-from pipelines.storage import write_json_atomic
+from pipelines.storage import atomic_path, write_json_atomic
 from stages.common import run_stage, stage_config
 
 app = typer.Typer(add_completion=False)
@@ -40,12 +40,11 @@ def main(
         labels = np.array([r.attributes for r in train]) > 0
         knowledge = mine_knowledge(labels, cfg)
         write_json_atomic(out, knowledge)
-        write_json_atomic(metrics, knowledge_metrics(knowledge, labels))
-        heatmap.parent.mkdir(parents=True, exist_ok=True)
-        tmp = heatmap.with_name(heatmap.stem + ".tmp.png")
-        plot_conditional(np.asarray(knowledge["conditional"]), tmp)
-        tmp.replace(heatmap)
-        print(json.dumps(knowledge_metrics(knowledge, labels)))
+        summary = knowledge_metrics(knowledge, labels)
+        write_json_atomic(metrics, summary)
+        with atomic_path(heatmap) as tmp:
+            plot_conditional(np.asarray(knowledge["conditional"]), tmp)
+        print(json.dumps(summary))
 
     run_stage("mine_knowledge", body)
 

@@ -103,9 +103,6 @@ class QuarantineLog:
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
 
 @dataclass(frozen=True)
 class FileCheck:
