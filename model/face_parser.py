@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -92,9 +93,13 @@ def load_parser(path: str | Path) -> FaceParser:
     path = Path(path)
     if not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; train one with `dvc repro train_parser`")
-    raw = json.loads((path / CONFIG_FILE).read_text())
-    raw.pop("model_type", None)
+    return parser_from_bytes(json.loads((path / CONFIG_FILE).read_text()), (path / WEIGHTS_FILE).read_bytes())
+
+
+def parser_from_bytes(config: dict, weights: bytes) -> FaceParser:
+    """A parser from its config mapping and safetensors bytes (how Ray actors on any node receive it)."""
+    raw = {k: v for k, v in config.items() if k != "model_type"}
     model = FaceParser(FaceParserConfig(**raw))
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    model.load_state_dict(load_safetensors(weights))
     model.eval()
     return model

@@ -1,0 +1,167 @@
+"""One face -> corpus records: load and resize, region statistics, PNG encoding, LLaVA conversations.
+
+Plain functions over plain rows, so the Ray Data pipeline (build.py) and the single-process
+baseline of benchmarks/corpus_throughput.py run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from model.labels import PARSING_CLASSES
+from pipelines.corpus.templates import FaceLabels, Templates, Turn
+from pipelines.label_maps import compose_label_map, part_of_mask_file
+from pipelines.storage import read_url
+
+IMAGE_TOKEN = "<image>"
+TASKS = {"celebamask_hq": "attributes", "utkface": "age_gender_race", "rafdb": "expression"}
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """How many records of each kind a face gets (params.yaml: build_corpus)."""
+
+    questions_per_record: int = 8  # QA turns packed into one conversation (yes/no: all 40 attributes, in chunks)
+    multiple_choice_turns: int = 8
+    knowledge_turns: int = 4
+
+    def __post_init__(self) -> None:
+        if min(self.questions_per_record, self.multiple_choice_turns, self.knowledge_turns) < 1:
+            raise ValueError("build_corpus: questions_per_record, multiple_choice_turns, knowledge_turns must be >= 1")
+
+
+def decode_rgb(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def resize_map(label_map: np.ndarray, size: int) -> np.ndarray:
+    """Nearest neighbour: a label map has no in-between classes."""
+    if label_map.shape == (size, size):
+        return label_map
+    return np.asarray(Image.fromarray(label_map).resize((size, size), Image.NEAREST))
+
+
+def describe(exc: Exception) -> str:
+    """An exception as text without memory addresses, so two runs write the same quarantine bytes."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(exc).__name__}: {exc}")
+
+
+def load_face(row: dict[str, Any], size: int) -> dict[str, Any]:
+    """Read the image (and masks) of a manifest row; a failure becomes `error` = (reason, detail)."""
+    out = {"image_array": np.zeros((size, size, 3), np.uint8), "gt_map": np.zeros((size, size), np.uint8),
+           "has_gt": False, "error_reason": "", "error_detail": ""}
+    try:
+        out["image_array"] = decode_rgb(read_url(row["image"]), size)
+    except FileNotFoundError:
+        return {**out, "error_reason": "missing_image", "error_detail": f"{row['image']}: gone since ingest"}
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's problem, not the run's
+        return {**out, "error_reason": "unreadable_image", "error_detail": f"{row['image']}: {describe(exc)}"}
+    if len(row["masks"]):
+        masks = {}
+        for url in row["masks"]:
+            try:
+                with Image.open(io.BytesIO(read_url(url))) as img:
+                    masks[part_of_mask_file(url)] = np.asarray(img.convert("L")) > 0
+            except Exception as exc:  # noqa: BLE001
+                return {**out, "error_reason": "unreadable_mask", "error_detail": f"{url}: {describe(exc)}"}
+        out["gt_map"] = resize_map(compose_label_map(masks), size)
+        out["has_gt"] = True
+    return out
+
+
+def region_stats(label_map: np.ndarray) -> list[dict[str, Any]]:
+    """Per part present: area share, bounding box and centroid, in [0, 1] image coordinates."""
+    h, w = label_map.shape
+    counts = np.bincount(label_map.reshape(-1), minlength=len(PARSING_CLASSES))
+    out = []
+    for label in np.flatnonzero(counts[1:]) + 1:
+        ys, xs = np.nonzero(label_map == label)
+        out.append({"part": PARSING_CLASSES[label], "area": round(float(counts[label]) / (h * w), 6),
+                    "bbox": [round(xs.min() / w, 4), round(ys.min() / h, 4), round((xs.max() + 1) / w, 4),
+                             round((ys.max() + 1) / h, 4)],
+                    "centroid": [round(float(xs.mean() + 0.5) / w, 4), round(float(ys.mean() + 0.5) / h, 4)]})
+    return out
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def face_labels(row: dict[str, Any]) -> FaceLabels:
+    """Manifest labels -> corpus labels (CelebA's -1/1 -> 0/1; RAF-DB's 1..7 -> 0..6)."""
+    attrs = row.get("attributes")
+    return FaceLabels(
+        attributes=tuple(int(v > 0) for v in attrs) if attrs is not None and len(attrs) else None,
+        age=None if row.get("age") is None else int(row["age"]),
+        gender=None if row.get("gender") is None else int(row["gender"]),
+        race=None if row.get("race") is None else int(row["race"]),
+        expression=None if row.get("expression") is None else int(row["expression"]) - 1,
+    )
+
+
+def face_conversations(dataset: str, labels: FaceLabels, templates: Templates, plan: RecordPlan,
+                       rng: random.Random) -> list[tuple[str, list[Turn]]]:
+    """(kind, turns) per record of one face."""
+    chunk = plan.questions_per_record
+    if dataset == "celebamask_hq":
+        yes_no = templates.attribute_yes_no(labels, rng)
+        out = [("yes_no", yes_no[k:k + chunk]) for k in range(0, len(yes_no), chunk)]
+        out.append(("multiple_choice", templates.attribute_multiple_choice(labels, rng, plan.multiple_choice_turns)))
+        out.append(("open", templates.attribute_open(labels, rng)))
+        out.append(("description", [templates.attribute_description(labels, rng)]))
+        knowledge = templates.knowledge_statements(labels, rng, plan.knowledge_turns)
+        return out + ([("knowledge", knowledge)] if knowledge else [])
+    make = templates.demographics if dataset == "utkface" else templates.expression
+    return [(kind, make(kind, labels, rng)) for kind in ("yes_no", "multiple_choice", "open", "description")]
+
+
+def conversation(turns: list[Turn]) -> list[dict[str, str]]:
+    """LLaVA form: the first human turn opens with the image token."""
+    out = []
+    for k, turn in enumerate(turns):
+        out.append({"from": "human", "value": (f"{IMAGE_TOKEN}\n" if k == 0 else "") + turn.question})
+        out.append({"from": "gpt", "value": turn.answer})
+    return out
+
+
+RECORD_SCHEMA = pa.schema([
+    ("id", pa.string()), ("face_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+    ("task", pa.string()), ("kind", pa.string()),
+    ("image", pa.binary()), ("seg_map", pa.binary()), ("map_source", pa.string()),
+    ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+    ("turns", pa.list_(pa.struct([("template", pa.string()), ("target", pa.string()), ("value", pa.string())]))),
+    ("labels", pa.struct([("attributes", pa.list_(pa.int8())), ("age", pa.int16()), ("gender", pa.int8()),
+                          ("race", pa.int8()), ("expression", pa.int8())])),
+    ("regions", pa.list_(pa.struct([("part", pa.string()), ("area", pa.float32()),
+                                    ("bbox", pa.list_(pa.float32())), ("centroid", pa.list_(pa.float32()))]))),
+])
+
+
+def face_records(face: dict[str, Any], templates: Templates, plan: RecordPlan, seed: int) -> list[dict[str, Any]]:
+    """All corpus records of one encoded face (a row with image_png, map_png, regions, labels)."""
+    labels = face_labels(face)
+    rng = random.Random(f"{seed}:{face['dataset']}:{face['id']}")  # str seeds are stable across processes
+    common = {
+        "face_id": face["id"], "dataset": face["dataset"], "split": face["split"], "task": TASKS[face["dataset"]],
+        "image": face["image_png"], "seg_map": face["map_png"], "map_source": face["map_source"],
+        "labels": {"attributes": list(labels.attributes) if labels.attributes else None, "age": labels.age,
+                   "gender": labels.gender, "race": labels.race, "expression": labels.expression},
+        "regions": face["regions"],
+    }
+    records = []
+    for k, (kind, turns) in enumerate(face_conversations(face["dataset"], labels, templates, plan, rng)):
+        records.append({"id": f"{face['dataset']}/{face['id']}/{k:02d}-{kind}", "kind": kind, **common,
+                        "conversations": conversation(turns),
+                        "turns": [{"template": t.template, "target": t.target, "value": t.value} for t in turns]})
+    return records

@@ -1,0 +1,109 @@
+"""The Ray Data corpus build on small synthetic data: shards, quarantine, splits, determinism, failure."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from model.face_parser import FaceParser, FaceParserConfig, save_parser
+from pipelines.corpus.build import CorpusConfig, CorpusQuarantineExceeded, build_corpus
+from pipelines.corpus.records import RecordPlan
+from pipelines.ingest import IngestConfig, quarantine_table, read_datasets
+from pipelines.knowledge import KnowledgeConfig, mine_knowledge
+
+pytestmark = pytest.mark.slow
+CFG = CorpusConfig(records=RecordPlan(questions_per_record=10, knowledge_turns=3), faces_per_shard=80,
+                   batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def inputs(synthetic_roots, tmp_path_factory):
+    """Manifest records of the small synthetic sets, two UTKFace images broken after ingest, a parser."""
+    tmp = tmp_path_factory.mktemp("corpus_inputs")
+    import shutil
+
+    utk = tmp / "utkface"
+    shutil.copytree(synthetic_roots["utkface"], utk)
+    roots = {k: str(v) for k, v in synthetic_roots.items()} | {"utkface": str(utk)}
+    results = read_datasets(roots, IngestConfig())
+    records = [r for name in ("celebamask_hq", "utkface", "rafdb") for r in results[name].records]
+    quarantine = quarantine_table([q for res in results.values() for q in res.quarantined])
+    utk_records = [r for r in records if r.dataset == "utkface"]
+    Path(utk_records[0].image).write_bytes(b"not a jpeg any more")
+    Path(utk_records[1].image).unlink()
+    parser = tmp / "parser"
+    torch_seed_model = FaceParser(FaceParserConfig())
+    save_parser(torch_seed_model, parser)
+    train = np.array([r.attributes for r in records if r.dataset == "celebamask_hq" and r.split == "train"]) > 0
+    knowledge = mine_knowledge(train, KnowledgeConfig(min_support=10, min_expected=3))
+    return {"records": records, "quarantine": quarantine, "parser": parser, "knowledge": knowledge,
+            "broken": {utk_records[0].id: "unreadable_image", utk_records[1].id: "missing_image"}}
+
+
+def read_split(out: Path, split: str) -> list[dict]:
+    return [row for f in sorted((out / split).glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+
+
+def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs, tmp_path):
+    first, second = tmp_path / "a" / "corpus", tmp_path / "b" / "corpus"
+    metrics = build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], CFG, 7,
+                           first)
+    build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], CFG, 7, second)
+
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert any(str(f).startswith("train/part-") for f in files) and Path("quarantine.parquet") in files
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    assert not first.with_name("corpus.tmp").exists()
+
+    # every manifest face is in the corpus or in the quarantine, with its reason
+    quarantine = pq.read_table(first / "quarantine.parquet").to_pylist()
+    built = {q["id"]: q["reason"] for q in quarantine if q["stage"] == "build_corpus"}
+    assert built == inputs["broken"]
+    rows = {s: read_split(first, s) for s in ("train", "val", "test")}
+    faces = {(r["dataset"], r["face_id"]) for split in rows.values() for r in split}
+    assert faces | {("utkface", i) for i in built} == {(r.dataset, r.id) for r in inputs["records"]}
+    assert metrics["faces_written"] == len(faces) and metrics["records_total"] == sum(map(len, rows.values()))
+
+    # splits: no face and no image in two splits; each face's records carry its manifest split
+    split_of = {(r.dataset, r.id): r.split for r in inputs["records"]}
+    for split, recs in rows.items():
+        assert all(split_of[(r["dataset"], r["face_id"])] == split for r in recs)
+    images = {s: {r["image"] for r in recs} for s, recs in rows.items()}
+    assert not (images["train"] & images["val"] or images["train"] & images["test"] or images["val"] & images["test"])
+
+    # maps: ground truth only on CelebAMask-HQ train; the parser everywhere else
+    sources = Counter((r["dataset"], r["split"], r["map_source"]) for recs in rows.values() for r in recs)
+    assert {(d, s) for d, s, m in sources if m == "ground_truth"} == {("celebamask_hq", "train")}
+    assert metrics["parser_parity"]["faces"] == sum(
+        1 for r in inputs["records"] if r.dataset == "celebamask_hq" and r.split in ("val", "test"))
+    assert 0 <= metrics["parser_parity"]["miou"] <= 1
+
+    # records decode at the corpus resolution; the CelebA face gets 4 yes/no chunks of 10 = all 40 attributes
+    sample = next(r for r in rows["train"] if r["dataset"] == "celebamask_hq")
+    with Image.open(io.BytesIO(sample["image"])) as img, Image.open(io.BytesIO(sample["seg_map"])) as seg:
+        assert img.size == seg.size == (CFG.image_size, CFG.image_size) and seg.mode == "L"
+        assert np.asarray(seg).max() < 19
+    kinds = Counter(r["kind"] for r in rows["train"] if r["face_id"] == sample["face_id"]
+                    and r["dataset"] == "celebamask_hq")
+    assert kinds["yes_no"] == 4 and kinds["open"] == kinds["description"] == 1
+    assert metrics["records"]["train"]["attributes"]["yes_no"] == 4 * sum(
+        1 for r in inputs["records"] if r.dataset == "celebamask_hq" and r.split == "train")
+
+
+def test_too_many_broken_faces_fail_and_leave_the_old_corpus(ray_local, inputs, tmp_path):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous corpus")
+    strict = CorpusConfig(max_quarantine_share=0.0, batch_size=16)
+    with pytest.raises(CorpusQuarantineExceeded, match="utkface: 2 of .* unreadable_image|missing_image"):
+        build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], strict, 7, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+    assert (out / "old.txt").read_text() == "the previous corpus"

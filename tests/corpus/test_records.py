@@ -1,0 +1,85 @@
+"""Per-face record building: region statistics, label conventions, LLaVA conversations."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from model.labels import CELEBA_ATTRIBUTES, PART_LABEL
+from pipelines.corpus.records import (
+    IMAGE_TOKEN,
+    RecordPlan,
+    encode_png,
+    face_labels,
+    face_records,
+    region_stats,
+)
+from pipelines.corpus.templates import Templates
+from pipelines.knowledge import KnowledgeConfig, mine_knowledge
+
+
+def test_region_stats_on_a_drawn_map():
+    label = np.zeros((10, 20), np.uint8)
+    label[2:6, 4:10] = PART_LABEL["skin"]  # 4 rows x 6 columns
+    label[8, 19] = PART_LABEL["hat"]
+    stats = {s["part"]: s for s in region_stats(label)}
+    assert set(stats) == {"skin", "hat"}
+    assert stats["skin"]["area"] == 24 / 200
+    assert stats["skin"]["bbox"] == [4 / 20, 2 / 10, 10 / 20, 6 / 10]
+    assert stats["skin"]["centroid"] == [7 / 20, 4 / 10]
+    assert stats["hat"]["bbox"] == [19 / 20, 8 / 10, 1.0, 9 / 10]
+
+
+def test_png_round_trip_is_lossless():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    label = rng.integers(0, 19, (16, 16), dtype=np.uint8)
+    for array in (image, label):
+        with Image.open(io.BytesIO(encode_png(array))) as img:
+            assert np.array_equal(np.asarray(img), array)
+    assert encode_png(image) == encode_png(image.copy())
+
+
+def test_face_labels_convert_the_manifest_conventions():
+    labels = face_labels({"attributes": [1, -1] * 20, "age": None, "gender": None, "race": None, "expression": 7})
+    assert labels.attributes[:4] == (1, 0, 1, 0) and labels.expression == 6 and labels.age is None
+
+
+def _face(dataset: str, **labels) -> dict:
+    return {"id": "17", "dataset": dataset, "split": "train", "image_png": b"img", "map_png": b"map",
+            "map_source": "ground_truth", "regions": [], "attributes": None, "age": None, "gender": None,
+            "race": None, "expression": None, **labels}
+
+
+def test_face_records_are_llava_conversations_and_cover_every_attribute():
+    rng = np.random.default_rng(3)
+    table = rng.random((200, 40)) < 0.4
+    templates = Templates.load(knowledge=mine_knowledge(table, KnowledgeConfig(min_support=5, min_expected=1)))
+    attrs = [1 if v else -1 for v in table[0]]
+    records = face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=5)
+    kinds = [r["kind"] for r in records]
+    assert kinds[:5] == ["yes_no"] * 5 and kinds[5:9] == ["multiple_choice", "open", "description", "knowledge"]
+    asked = [t["target"] for r in records if r["kind"] == "yes_no" for t in r["turns"]]
+    assert sorted(asked) == sorted(CELEBA_ATTRIBUTES)
+    for r in records:
+        conv = r["conversations"]
+        assert [c["from"] for c in conv] == ["human", "gpt"] * len(r["turns"])
+        assert conv[0]["value"].startswith(IMAGE_TOKEN + "\n")
+        assert sum(IMAGE_TOKEN in c["value"] for c in conv) == 1
+        assert r["task"] == "attributes" and r["image"] == b"img" and r["labels"]["attributes"][0] == int(table[0, 0])
+    assert len({r["id"] for r in records}) == len(records)
+    # seeded per face: the same face gives the same records; another seed gives others
+    assert face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=5) == records
+    assert face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=6) != records
+
+
+def test_utkface_and_rafdb_faces_get_their_tasks():
+    templates = Templates.load()
+    utk = face_records(_face("utkface", age=34, gender=1, race=2), templates, RecordPlan(), seed=0)
+    raf = face_records(_face("rafdb", expression=4), templates, RecordPlan(), seed=0)
+    assert [r["kind"] for r in utk] == [r["kind"] for r in raf] == ["yes_no", "multiple_choice", "open", "description"]
+    assert {r["task"] for r in utk} == {"age_gender_race"} and {r["task"] for r in raf} == {"expression"}
+    assert "34-year-old female" in utk[-1]["conversations"][1]["value"]
+    assert "Happiness" in raf[2]["conversations"][1]["value"]  # RAF-DB label 4 = Happiness
