@@ -50,7 +50,7 @@ def main(
                               Templates.load(templates, knowledge=facts))
         write_json_atomic(metrics, result)
         print(json.dumps({"records_total": result["records_total"], "throughput": result["throughput"],
-                          "parser_parity_miou": (result["parser_parity"] or {}).get("miou")}))
+                          "parser_parity_miou": {s: v["miou"] for s, v in result["parser_parity"].items()}}))
 
     run_stage("build_corpus", body)
 

@@ -39,6 +39,7 @@ def repo_copy(tmp_path) -> Path:
     params["ingest"]["synthetic"].update(SMOKE)
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
     params["train_parser"].update(epochs=2, batch_size=16, min_val_miou=0.0)
+    params["build_corpus"].update(faces_per_shard=25, batch_size=16)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"]):
@@ -48,7 +49,7 @@ def repo_copy(tmp_path) -> Path:
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
-    for stage in ("ingest", "mine_knowledge", "train_parser"):
+    for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus"):
         assert f"Running stage '{stage}'" in out, stage
     parser_metrics = json.loads((repo_copy / "metrics" / "parser.json").read_text())
     assert parser_metrics["epochs"] == 2 and 0 <= parser_metrics["val_miou"] <= 1
@@ -63,6 +64,13 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert (repo_copy / "plots" / "ingest" / "contact_sheet.png").exists()
     assert (repo_copy / "dvc.lock").exists()
 
+    corpus = json.loads((repo_copy / "metrics" / "corpus.json").read_text())
+    assert corpus["faces_written"] == sum(d["kept"] for d in metrics["datasets"].values())
+    assert corpus["quarantined"]["ingest"] and sum(corpus["quarantined"]["ingest"].values()) == 9
+    assert sorted(p.name for p in (repo_copy / "data" / "corpus").iterdir()) == [
+        "quarantine.parquet", "shards.json", "test", "train", "val"]
+    assert len(list((repo_copy / "data" / "corpus" / "train").glob("part-*.parquet"))) == corpus["shards"] - 2
+
     again = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     assert "Running stage" not in again and "up to date" in again
 
@@ -72,6 +80,13 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert '"kept"' in shown
 
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["build_corpus"]["records"]["knowledge_turns"] = 1
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    only_corpus = run([sys.executable, "-m", "dvc", "repro", "build_corpus"], repo_copy)
+    assert "Running stage 'build_corpus'" in only_corpus and "Running stage 'train_parser'" not in only_corpus
+    assert json.loads((repo_copy / "metrics" / "corpus.json").read_text())["turns_by_kind"]["knowledge"] < \
+        corpus["turns_by_kind"]["knowledge"]
+
     params["ingest"]["synthetic"]["utkface"] = 25
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
