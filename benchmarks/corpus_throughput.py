@@ -5,7 +5,7 @@
 Needs the outputs of `dvc repro train_parser` (manifest, knowledge.json, the parser). Takes the same
 faces (the first N of each dataset, in manifest order) three ways:
   ray      build_corpus() on a local Ray instance (started before the clock), shards written
-  single   a plain loop: load_batch -> ParseMaps -> encode_batch -> write_group, one process
+  single   a plain loop over the shards calling ShardBuilder (what each Ray actor runs), one process
   ceiling  bare decode + encode: decode the image and every mask file, resize, encode the image PNG
 Prints faces/s (records/s where records are made) and the ratios the issue sets goals for:
 ray / single (goal >= 1.6 on 2 cores) and ray / (ceiling x cores) (goal >= 0.5).
@@ -24,19 +24,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.corpus.build import (
     CorpusConfig,
-    ParseMaps,
+    ShardBuilder,
     build_corpus,
-    encode_batch,
-    load_batch,
     manifest_rows,
     parser_payload,
-    write_group,
+    shard_blocks,
 )
 from pipelines.corpus.records import encode_png
 from pipelines.corpus.templates import Templates
@@ -53,26 +50,15 @@ def subset(manifest: Path, per_dataset: int):
 
 
 def run_single(records, cfg: CorpusConfig, parser: Path, knowledge: dict, seed: int, out: Path) -> int:
-    rows = manifest_rows(records, cfg)
-    parse = ParseMaps(parser_payload(parser), cfg.image_size, cfg.parser_threads)
-    groups: dict[tuple, list[pa.Table]] = defaultdict(list)
-    for k in range(0, len(rows), cfg.batch_size):
-        chunk = rows[k:k + cfg.batch_size]
-        batch = {key: np.array([r[key] for r in chunk]) for key in chunk[0]}
-        encoded = encode_batch(parse(load_batch(batch, cfg.image_size)))
-        table = pa.table({key: list(v) if v.dtype == object else v.tolist() for key, v in encoded.items()
-                          if key != "confusion"} | {"confusion": [list(c) for c in encoded["confusion"]]})
-        for split, shard in {(s, int(h)) for s, h in zip(encoded["split"], encoded["shard"], strict=True)}:
-            mask = pa.array([s == split and int(h) == shard for s, h in zip(encoded["split"], encoded["shard"],
-                                                                             strict=True)])
-            groups[(split, shard)].append(table.filter(mask))
+    """The same ShardBuilder the Ray actors run, called in a loop in this process."""
     templates = Templates.load(knowledge=knowledge)
-    records_written = 0
-    for tables in groups.values():
-        summary = write_group(pa.concat_tables(tables), str(out), templates.data, knowledge,
-                              asdict(cfg.records), seed)
-        records_written += summary["records"][0].as_py()
-    return records_written
+    builder = ShardBuilder(parser_payload(parser), cfg.image_size, cfg.parser_threads, str(out), templates.data,
+                           knowledge, asdict(cfg.records), seed)
+    written = 0
+    for block in shard_blocks(manifest_rows(records, cfg)):
+        batch = {name: block.column(name).to_numpy(zero_copy_only=False) for name in block.column_names}
+        written += int(builder(batch)["records"][0])
+    return written
 
 
 def run_ceiling(records, size: int) -> None:
@@ -90,12 +76,12 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, default=Path("data/manifest"))
     ap.add_argument("--knowledge", type=Path, default=Path("data/knowledge/knowledge.json"))
     ap.add_argument("--parser", type=Path, default=Path("models/parser"))
-    ap.add_argument("--parser-actors", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="Ray actors (build_corpus.workers)")
+    ap.add_argument("--faces-per-shard", type=int, default=250)
     args = ap.parse_args()
     records = subset(args.manifest, args.faces)
     knowledge = json.loads(args.knowledge.read_text())
-    cfg = CorpusConfig(parser_actors=args.parser_actors, batch_size=args.batch_size)
+    cfg = CorpusConfig(workers=args.workers, faces_per_shard=args.faces_per_shard)
     cores = os.cpu_count() or 1
     print(f"{len(records)} faces ({args.faces} per dataset at most), corpus {cfg.image_size} px, {cores} cores")
 
@@ -121,7 +107,7 @@ def main() -> None:
         wall = time.perf_counter() - start
     ray_rate = len(records) / wall
     print(f"ray      {ray_rate:8.1f} faces/s   {metrics['records_total'] / wall:8.1f} records/s   "
-          f"(Ray Data, {args.parser_actors} parser actor(s))")
+          f"(Ray Data, {args.workers} actors)")
     print(f"ray / single            = {ray_rate / single:5.2f}x   (goal >= 1.6)")
     print(f"ray / (ceiling x cores) = {ray_rate / (ceiling * cores):5.2f}    (goal >= 0.5)")
 

@@ -70,15 +70,17 @@ class FaceParser(nn.Module):
                                  skip], dim=1))
         return self.head(x)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def parse(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, 3) at the configured size -> uint8 (B, H, W) label maps."""
+        """uint8 (B, H, W, 3) at the configured size -> uint8 (B, H, W) label maps (in eval mode)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-        was_training = self.training
+        if not self.training:
+            return self(x).argmax(dim=1).to(torch.uint8).numpy()
         self.eval()
-        labels = self(x).argmax(dim=1).to(torch.uint8).numpy()
-        self.train(was_training)
-        return labels
+        try:
+            return self(x).argmax(dim=1).to(torch.uint8).numpy()
+        finally:
+            self.train()
 
 
 def save_parser(model: FaceParser, path: str | Path) -> None:

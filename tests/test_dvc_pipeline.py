@@ -39,7 +39,7 @@ def repo_copy(tmp_path) -> Path:
     params["ingest"]["synthetic"].update(SMOKE)
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
     params["train_parser"].update(epochs=2, batch_size=16, min_val_miou=0.0)
-    params["build_corpus"].update(faces_per_shard=25, batch_size=16)
+    params["build_corpus"].update(faces_per_shard=25)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"]):

@@ -1,16 +1,16 @@
 """The `build_corpus` pipeline on Ray Data: manifest -> faces -> label maps -> QA records -> Parquet shards.
 
-    from_items(manifest rows)                       flat scalar columns, shard assigned by id hash
-      .map_batches(load_batch)                      read + decode + resize image, compose GT map (tasks)
-      .map_batches(ParseMaps, ActorPoolStrategy)    parser where there are no masks or the split is
-                                                    evaluated; model loaded once per actor
-      .map_batches(encode_batch)                    region statistics, PNG bytes (tasks)
-      .materialize()
-      .filter(ok).groupby([split, shard]).map_groups(write_group)   records + one Parquet file per shard
+    from_arrow(one table per (split, shard))      faces assigned to shards by a hash of their id
+      .map_batches(ShardBuilder, ActorPoolStrategy, batch_size=None)
+          per shard, in one actor call: read + decode + resize each image, compose the ground-truth
+          map from its masks, run the parser (loaded once per actor) where there are no masks or the
+          split is evaluated, region statistics, PNG bytes, QA records, one Parquet file
+      .take_all()                                   one summary row per shard: counts, quarantine, parity
 
-Nothing here names a local path a remote worker could not see except the shard output directory
-and the image URLs of the manifest (use s3:// for both on a multi-node cluster). Row order inside
-a shard is sorted and every random choice is seeded per face, so two runs write identical bytes.
+The shard is the unit of work, so no shuffle groups records into files and a shard's bytes depend
+only on its faces (rows sorted, random choices seeded per face): two runs write identical bytes.
+Nothing here names a local path a remote worker could not see except the output directory and the
+manifest's image URLs (use s3:// or shared storage for both on a multi-node cluster).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from pipelines.storage import filesystem, replace_dir
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = len(PARSING_CLASSES)
+PARSER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,8 @@ class CorpusConfig:
     image_size: int = 64  # image and map side in the corpus (the model's input resolution)
     parser_splits: tuple[str, ...] = ("val", "test")  # maps come from the parser here even where masks exist
     records: RecordPlan = field(default_factory=RecordPlan)
-    faces_per_shard: int = 1000  # one Parquet file per split holds about this many faces
-    batch_size: int = 32  # faces per Ray Data batch
-    parser_actors: int = 1  # actor pool size for the parser (each loads the model once)
+    faces_per_shard: int = 250  # one Parquet file holds about this many faces (and is one unit of Ray work)
+    workers: int = 2  # Ray actors that load, parse and encode faces (each loads the parser once); ~ cores
     parser_threads: int = 1  # torch threads per parser actor
     max_quarantine_share: float = 0.05  # faces that fail to load, per dataset, before the stage fails
     dashboard: bool = False  # start the Ray dashboard (local Ray only)
@@ -68,8 +68,8 @@ class CorpusConfig:
             raise ValueError(f"build_corpus.image_size must be >= 8, got {self.image_size}")
         if set(self.parser_splits) - set(SPLITS):
             raise ValueError(f"build_corpus.parser_splits must be among {SPLITS}, got {self.parser_splits}")
-        if min(self.faces_per_shard, self.batch_size, self.parser_actors, self.parser_threads) < 1:
-            raise ValueError("build_corpus: faces_per_shard, batch_size, parser_actors, parser_threads must be >= 1")
+        if min(self.faces_per_shard, self.workers, self.parser_threads) < 1:
+            raise ValueError("build_corpus: faces_per_shard, workers, parser_threads must be >= 1")
 
 
 # -- rows and stages --------------------------------------------------------------------------------------
@@ -103,39 +103,55 @@ def load_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
     return out
 
 
-class ParseMaps:
-    """Ray Data actor: the face parser, loaded once, makes the map of every face that needs one."""
+class ShardBuilder:
+    """Ray Data actor: one block in = one shard's faces; loads, parses, encodes, writes one Parquet file.
 
-    def __init__(self, parser: dict[str, Any], size: int, threads: int = 1):
+    The parser is loaded once per actor. Everything per face happens in this one stage on purpose:
+    the shard is the unit of work, so no shuffle is needed to group records into files, and a shard's
+    bytes depend only on its faces (rows sorted, random choices seeded per face), never on scheduling.
+    """
+
+    def __init__(self, parser: dict[str, Any], size: int, threads: int, out_dir: str, templates: dict,
+                 knowledge: dict, plan: dict, seed: int):
         import torch
 
         from model.face_parser import parser_from_bytes
 
         torch.set_num_threads(threads)
         self.model = parser_from_bytes(parser["config"], parser["weights"])
-        self.size = size
+        self.size, self.out_dir, self.seed = size, out_dir, seed
+        self.templates = Templates(templates, knowledge)
+        self.plan = RecordPlan(**plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        faces = encode_batch(self.parse(load_batch(batch, self.size)))
+        out = write_shard(faces, self.out_dir, self.templates, self.plan, self.seed)
+        out["seconds"] = np.array([time.perf_counter() - start])
+        out["worker"] = np.array([f"{os.uname().nodename}:{os.getpid()}"])
+        return out
+
+    def parse(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["gt_map"])
+        wanted = [k for k in range(n) if batch["needs_parser"][k] and not batch["error_reason"][k]]
+        maps = batch["gt_map"].copy()
+        sources = np.array(["ground_truth" if batch["has_gt"][k] else "none" for k in range(n)], dtype=object)
+        confusions = np.zeros((n, NUM_CLASSES * NUM_CLASSES), np.int64)
         parser_size = self.model.cfg.image_size
-        maps, sources, confusions = [], [], []
-        for image, gt, has_gt, needs, err in zip(batch["image_array"], batch["gt_map"], batch["has_gt"],
-                                                 batch["needs_parser"], batch["error_reason"], strict=True):
-            confusion = np.zeros(NUM_CLASSES * NUM_CLASSES, np.int64)
-            if err or not needs:
-                maps.append(gt)
-                sources.append("ground_truth" if has_gt else "none")
-            else:
-                small = image if image.shape[0] == parser_size else _resize_rgb(image, parser_size)
-                # one image at a time: a map must not depend on which faces share its batch
-                label = resize_map(self.model.parse(small[None])[0], self.size)
-                maps.append(label)
-                sources.append("parser")
-                if has_gt:
-                    idx = gt.reshape(-1).astype(np.int64) * NUM_CLASSES + label.reshape(-1)
-                    confusion = np.bincount(idx, minlength=NUM_CLASSES * NUM_CLASSES)
-            confusions.append(confusion)
-        return {**{k: v for k, v in batch.items() if k != "gt_map"}, "map": np.stack(maps),
-                "map_source": np.array(sources), "confusion": np.stack(confusions)}
+        # fixed chunks of a shard's fixed, ordered faces: the same inputs always form the same batches
+        for start in range(0, len(wanted), PARSER_BATCH):
+            chunk = wanted[start:start + PARSER_BATCH]
+            images = np.stack([batch["image_array"][k] if parser_size == self.size
+                               else _resize_rgb(batch["image_array"][k], parser_size) for k in chunk])
+            for k, label in zip(chunk, self.model.parse(images), strict=True):
+                label = resize_map(label, self.size)
+                if batch["has_gt"][k]:
+                    idx = batch["gt_map"][k].reshape(-1).astype(np.int64) * NUM_CLASSES + label.reshape(-1)
+                    confusions[k] = np.bincount(idx, minlength=NUM_CLASSES * NUM_CLASSES)
+                maps[k] = label
+                sources[k] = "parser"
+        return {**{k: v for k, v in batch.items() if k != "gt_map"}, "map": maps, "map_source": sources,
+                "confusion": confusions}
 
 
 def _resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
@@ -147,41 +163,54 @@ def _resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
 def encode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """PNG bytes and region statistics; the raw arrays are dropped here."""
     out = {k: v for k, v in batch.items() if k not in ("image_array", "map")}
-    out["image_png"] = np.array([encode_png(a) for a in batch["image_array"]], dtype=object)
-    out["map_png"] = np.array([encode_png(m) for m in batch["map"]], dtype=object)
-    out["regions"] = np.array([json.dumps(region_stats(m)) for m in batch["map"]])
+    out["image_png"] = [encode_png(a) for a in batch["image_array"]]
+    out["map_png"] = [encode_png(m) for m in batch["map"]]
+    out["regions"] = [region_stats(m) for m in batch["map"]]
     return out
 
 
-def _face(row: dict[str, Any]) -> dict[str, Any]:
-    """A written-out face row back into the manifest's label conventions."""
-    attrs = row["attributes"]
-    return {**row, "attributes": [1 if c == "1" else -1 for c in attrs] if attrs else None,
-            "regions": json.loads(row["regions"]),
-            **{k: (None if int(row[k]) < 0 else int(row[k])) for k in ("age", "gender", "race", "expression")}}
+def _face(faces: dict[str, Any], k: int) -> dict[str, Any]:
+    """Face k of an encoded batch, in the manifest's label conventions."""
+    attrs = str(faces["attributes"][k])
+    return {"id": str(faces["id"][k]), "dataset": str(faces["dataset"][k]), "split": str(faces["split"][k]),
+            "image_png": faces["image_png"][k], "map_png": faces["map_png"][k],
+            "map_source": str(faces["map_source"][k]), "regions": faces["regions"][k],
+            "attributes": [1 if c == "1" else -1 for c in attrs] if attrs else None,
+            **{key: (None if int(faces[key][k]) < 0 else int(faces[key][k]))
+               for key in ("age", "gender", "race", "expression")}}
 
 
-def write_group(group: pa.Table, out_dir: str, templates: dict, knowledge: dict, plan: dict,
-                seed: int) -> pa.Table:
-    """Records of one (split, shard): sorted, written as one Parquet file; returns its counts."""
-    tpl = Templates(templates, knowledge)
-    faces = sorted(group.drop_columns(["confusion"]).to_pylist(), key=lambda r: (r["dataset"], r["id"]))
-    rows = [rec for face in faces for rec in face_records(_face(face), tpl, RecordPlan(**plan), seed)]
-    split, shard = faces[0]["split"], int(faces[0]["shard"])
+def write_shard(faces: dict[str, Any], out_dir: str, templates: Templates, plan: RecordPlan,
+                seed: int) -> dict[str, np.ndarray]:
+    """One shard's records, sorted, as one Parquet file; returns one summary row for the driver."""
+    n = len(faces["id"])
+    ok = sorted((k for k in range(n) if not faces["error_reason"][k]),
+                key=lambda k: (str(faces["dataset"][k]), str(faces["id"][k])))
+    rows = [rec for k in ok for rec in face_records(_face(faces, k), templates, plan, seed)]
+    split, shard = str(faces["split"][0]), int(faces["shard"][0])
     rel = f"{split}/part-{shard:05d}.parquet"
     fs, base = filesystem(out_dir)
     fs.makedirs(f"{base}/{split}", exist_ok=True)
     with fs.open(f"{base}/{rel}", "wb") as fh:
         pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), fh, compression="zstd",
                        row_group_size=1024)
-    counts = Counter()
+    counts = Counter(f"map_source/{faces['map_source'][k]}" for k in ok)
     for rec in rows:
         counts[f"records/{rec['task']}/{rec['kind']}"] += 1
         counts[f"turns/{rec['kind']}"] += len(rec["turns"])
         for turn in rec["turns"]:
             counts[f"templates/{turn['template']}"] += 1
-    return pa.table({"file": [rel], "split": [split], "faces": [len(faces)], "records": [len(rows)],
-                     "counts": [json.dumps(dict(sorted(counts.items())))]})
+    bad = [{"dataset": str(faces["dataset"][k]), "id": str(faces["id"][k]), "path": str(faces["image"][k]),
+            "line": int(faces["label_line"][k]) or None, "reason": str(faces["error_reason"][k]),
+            "detail": str(faces["error_detail"][k])} for k in range(n) if faces["error_reason"][k]]
+    parity = np.sum([faces["confusion"][k] for k in ok if faces["map_source"][k] == "parser"
+                     and faces["has_gt"][k]], axis=0, dtype=np.int64).reshape(-1)
+    return {"file": np.array([rel]), "split": np.array([split]), "faces": np.array([len(ok)]),
+            "records": np.array([len(rows)]), "counts": np.array([json.dumps(dict(sorted(counts.items())))]),
+            "quarantined": np.array([json.dumps(bad)]),
+            "parity_faces": np.array([sum(1 for k in ok if faces["map_source"][k] == "parser"
+                                          and faces["has_gt"][k])]),
+            "parity": (parity if parity.size == NUM_CLASSES ** 2 else np.zeros(NUM_CLASSES ** 2, np.int64))[None]}
 
 
 # -- the driver -----------------------------------------------------------------------------------------
@@ -196,17 +225,27 @@ def parser_payload(parser_dir: Path) -> dict[str, Any]:
             "weights": (parser_dir / WEIGHTS_FILE).read_bytes()}
 
 
-def face_dataset(rows: list[dict[str, Any]], cfg: CorpusConfig, parser: dict[str, Any]):
-    """The lazy Ray Data pipeline up to encoded faces."""
+def shard_blocks(rows: list[dict[str, Any]]) -> list[pa.Table]:
+    """One Arrow table per (split, shard), in a fixed order: each becomes exactly one Ray block."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["split"], row["shard"]), []).append(row)
+    return [pa.Table.from_pylist(groups[key]) for key in sorted(groups)]
+
+
+def shard_summaries(rows: list[dict[str, Any]], cfg: CorpusConfig, parser: dict[str, Any], out_dir: Path,
+                    templates: Templates, knowledge: dict, seed: int) -> list[dict[str, Any]]:
+    """The Ray Data pipeline: shard blocks -> ShardBuilder actors (batch = whole block) -> summaries."""
     import ray
 
-    blocks = max(2, math.ceil(len(rows) / (cfg.batch_size * 2)))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(load_batch, fn_kwargs={"size": cfg.image_size}, batch_size=cfg.batch_size)
-    ds = ds.map_batches(ParseMaps, fn_constructor_kwargs={"parser": parser, "size": cfg.image_size,
-                                                          "threads": cfg.parser_threads},
-                        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.parser_actors))
-    return ds.map_batches(encode_batch, batch_size=cfg.batch_size)
+    ds = ray.data.from_arrow(shard_blocks(rows))
+    ds = ds.map_batches(
+        ShardBuilder, batch_size=None,  # None: the whole block, i.e. exactly one shard per call
+        fn_constructor_kwargs={"parser": parser, "size": cfg.image_size, "threads": cfg.parser_threads,
+                               "out_dir": str(out_dir), "templates": templates.data, "knowledge": knowledge,
+                               "plan": asdict(cfg.records), "seed": seed},
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers))
+    return ds.take_all()
 
 
 def parity_scores(confusion: np.ndarray, faces: int) -> dict[str, Any]:
@@ -220,61 +259,43 @@ def parity_scores(confusion: np.ndarray, faces: int) -> dict[str, Any]:
 def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: dict[str, Any], parser_dir: Path,
                  cfg: CorpusConfig, seed: int, out_dir: Path, templates: Templates | None = None) -> dict[str, Any]:
     """Build the corpus into `out_dir` (via a temporary sibling renamed at the end); returns the metrics."""
+    from pipelines.ingest import QUARANTINE_SCHEMA
+
     start = time.perf_counter()
     templates = templates or Templates.load(knowledge=knowledge)
     if not records:
         raise ValueError("the manifest holds no records; run `dvc repro ingest` first")
     rows = manifest_rows(records, cfg)
-    faces = face_dataset(rows, cfg, parser_payload(parser_dir)).materialize()
-
-    bad = faces.filter(lambda r: r["error_reason"] != "").select_columns(
-        ["dataset", "id", "image", "label_line", "error_reason", "error_detail"]).take_all()
-    check_failures(bad, Counter(r["dataset"] for r in rows), cfg.max_quarantine_share)
-    parity = faces.filter(lambda r: r["map_source"] == "parser" and r["has_gt"]).select_columns(
-        ["split", "confusion"]).take_all()
-    sources = Counter(r["map_source"] for r in faces.select_columns(["map_source"]).take_all())
-
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        shards, quarantine = write_corpus(faces, bad, ingest_quarantine, tmp, templates, knowledge, cfg, seed)
+        shards = sorted(shard_summaries(rows, cfg, parser_payload(parser_dir), tmp.resolve(), templates, knowledge,
+                                        seed), key=lambda s: s["file"])
+        bad = sorted((b for s in shards for b in json.loads(s["quarantined"])), key=lambda b: (b["dataset"], b["id"]))
+        check_failures(bad, Counter(r["dataset"] for r in rows), cfg.max_quarantine_share)
+        quarantine = pa.concat_tables([
+            ingest_quarantine.cast(QUARANTINE_SCHEMA).append_column(
+                "stage", pa.array(["ingest"] * len(ingest_quarantine), pa.string())),
+            pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA).append_column(
+                "stage", pa.array(["build_corpus"] * len(bad), pa.string())),
+        ])
+        pq.write_table(quarantine, tmp / "quarantine.parquet")
+        (tmp / "shards.json").write_text(json.dumps(
+            [{k: s[k] for k in ("file", "split", "faces", "records")} for s in shards], indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
     replace_dir(tmp, out_dir)
     wall = time.perf_counter() - start
+    busy = Counter()
+    for shard in shards:
+        busy[shard["worker"]] += float(shard["seconds"])
+    log.info("corpus written: %d shards, %d faces, %.1f s; busy seconds per worker: %s", len(shards), len(rows), wall,
+             {w: round(b, 1) for w, b in busy.items()})
     where = f"cluster {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
-    return corpus_metrics(shards, rows, quarantine, parity, sources, wall, where)
-
-
-def write_corpus(faces, bad: list[dict], ingest_quarantine: pa.Table, tmp: Path, templates: Templates,
-                 knowledge: dict, cfg: CorpusConfig, seed: int) -> tuple[list[dict], pa.Table]:
-    """Shards (distributed, one task per split and shard), then the quarantine and the shard index."""
-    from pipelines.ingest import QUARANTINE_SCHEMA
-
-    groups = len({(r["split"], r["shard"]) for r in faces.select_columns(["split", "shard"]).take_all()})
-    # one shuffle partition per shard file: Ray's default (200) is far too many tasks for a few files
-    ok = faces.filter(lambda r: r["error_reason"] == "")
-    written = ok.groupby(["split", "shard"], num_partitions=groups).map_groups(
-        write_group, batch_format="pyarrow",
-        fn_kwargs={"out_dir": str(tmp.resolve()), "templates": templates.data, "knowledge": knowledge,
-                   "plan": asdict(cfg.records), "seed": seed}).take_all()
-    build_q = pa.Table.from_pylist([{"dataset": b["dataset"], "id": b["id"], "path": b["image"],
-                                     "line": int(b["label_line"]) or None, "reason": b["error_reason"],
-                                     "detail": b["error_detail"]} for b in sorted(bad, key=lambda b: b["id"])],
-                                   schema=QUARANTINE_SCHEMA)
-    quarantine = pa.concat_tables([
-        ingest_quarantine.cast(QUARANTINE_SCHEMA).append_column(
-            "stage", pa.array(["ingest"] * len(ingest_quarantine), pa.string())),
-        build_q.append_column("stage", pa.array(["build_corpus"] * len(build_q), pa.string())),
-    ])
-    pq.write_table(quarantine, tmp / "quarantine.parquet")
-    shards = sorted(written, key=lambda w: w["file"])
-    (tmp / "shards.json").write_text(json.dumps(
-        [{k: w[k] for k in ("file", "split", "faces", "records")} for w in shards], indent=2) + "\n")
-    return shards, quarantine
+    return corpus_metrics(shards, rows, quarantine, wall, where)
 
 
 class CorpusQuarantineExceeded(RuntimeError):
@@ -288,18 +309,19 @@ def check_failures(bad: list[dict[str, Any]], per_dataset: Counter, max_share: f
         if count / per_dataset[name] > max_share:
             example = next(b for b in bad if b["dataset"] == name)
             problems.append(f"{name}: {count} of {per_dataset[name]} faces failed to load, e.g. "
-                            f"{example['error_reason']}: {example['error_detail']}")
+                            f"{example['reason']}: {example['detail']}")
     if problems:
         raise CorpusQuarantineExceeded(
             "\n".join(problems) + "\nThe files changed since `ingest` verified them: re-run `dvc repro ingest`, "
             "or raise build_corpus.max_quarantine_share.")
 
 
-def corpus_metrics(shards: list[dict], rows: list[dict], quarantine: pa.Table, parity: list[dict],
-                   sources: Counter, wall: float, where: str) -> dict[str, Any]:
+def corpus_metrics(shards: list[dict], rows: list[dict], quarantine: pa.Table, wall: float,
+                   where: str) -> dict[str, Any]:
     records: dict[str, dict[str, dict[str, int]]] = {}
     turns: Counter = Counter()
     templates: Counter = Counter()
+    sources: Counter = Counter()
     for shard in shards:
         for key, n in json.loads(shard["counts"]).items():
             head, rest = key.split("/", 1)
@@ -309,6 +331,8 @@ def corpus_metrics(shards: list[dict], rows: list[dict], quarantine: pa.Table, p
                 split_counts[kind] = split_counts.get(kind, 0) + n
             elif head == "turns":
                 turns[rest] += n
+            elif head == "map_source":
+                sources[rest] += n
             else:
                 templates[rest] += n
     faces = Counter((r["dataset"], r["split"]) for r in rows)
@@ -316,9 +340,10 @@ def corpus_metrics(shards: list[dict], rows: list[dict], quarantine: pa.Table, p
     total_records = sum(s["records"] for s in shards)
     parity_by_split = {}
     for split in SPLITS:
-        mats = [np.asarray(p["confusion"]) for p in parity if p["split"] == split]
-        if mats:
-            parity_by_split[split] = parity_scores(np.sum(mats, axis=0), len(mats))
+        mine = [s for s in shards if s["split"] == split and s["parity_faces"]]
+        if mine:
+            parity_by_split[split] = parity_scores(np.sum([np.asarray(s["parity"]) for s in mine], axis=0),
+                                                   sum(int(s["parity_faces"]) for s in mine))
     return {
         "faces": {d: {s: faces[(d, s)] for s in SPLITS} for d in sorted({d for d, _ in faces})},
         "faces_written": sum(s["faces"] for s in shards),

@@ -81,20 +81,28 @@ def load_face(row: dict[str, Any], size: int) -> dict[str, Any]:
 def region_stats(label_map: np.ndarray) -> list[dict[str, Any]]:
     """Per part present: area share, bounding box and centroid, in [0, 1] image coordinates."""
     h, w = label_map.shape
-    counts = np.bincount(label_map.reshape(-1), minlength=len(PARSING_CLASSES))
-    out = []
-    for label in np.flatnonzero(counts[1:]) + 1:
-        ys, xs = np.nonzero(label_map == label)
-        out.append({"part": PARSING_CLASSES[label], "area": round(float(counts[label]) / (h * w), 6),
-                    "bbox": [round(xs.min() / w, 4), round(ys.min() / h, 4), round((xs.max() + 1) / w, 4),
-                             round((ys.max() + 1) / h, 4)],
-                    "centroid": [round(float(xs.mean() + 0.5) / w, 4), round(float(ys.mean() + 0.5) / h, 4)]})
-    return out
+    classes = np.arange(1, len(PARSING_CLASSES))[:, None, None]
+    onehot = label_map[None] == classes  # (18, H, W): one pass for every part at once
+    rows, cols = onehot.any(axis=2), onehot.any(axis=1)
+    area = onehot.sum(axis=(1, 2))
+    present = np.flatnonzero(area)
+    ys, xs = np.arange(h) + 0.5, np.arange(w) + 0.5
+    cy = (onehot.sum(axis=2) @ ys)[present] / area[present] / h
+    cx = (onehot.sum(axis=1) @ xs)[present] / area[present] / w
+    y0 = rows[present].argmax(axis=1) / h
+    y1 = (h - rows[present][:, ::-1].argmax(axis=1)) / h
+    x0 = cols[present].argmax(axis=1) / w
+    x1 = (w - cols[present][:, ::-1].argmax(axis=1)) / w
+    share = area[present] / (h * w)
+    return [{"part": PARSING_CLASSES[k + 1], "area": round(float(a), 6), "bbox": [round(float(v), 4) for v in b],
+             "centroid": [round(float(cx_), 4), round(float(cy_), 4)]}
+            for k, a, b, cx_, cy_ in zip(present, share, zip(x0, y0, x1, y1, strict=True), cx, cy, strict=True)]
 
 
 def encode_png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
+    # level 1: ~3x faster than the default 6 for ~10% more bytes (Parquet's zstd squeezes the rest)
+    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=1)
     return buf.getvalue()
 
 

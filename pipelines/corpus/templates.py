@@ -64,6 +64,13 @@ class Templates:
         self.attr = data["attributes"]
         self.knowledge = knowledge
         self._validate()
+        # the uncertain dependencies (graph edges short of certainty), listed once: (a, b, p(b|a))
+        self.dependencies: dict[str, list[tuple[str, float]]] = {}
+        if knowledge is not None:
+            names, cond, edge = knowledge["attributes"], knowledge["conditional"], knowledge["graph"]["binary"]
+            for i, a in enumerate(names):
+                self.dependencies[a] = [(b, cond[i][j]) for j, b in enumerate(names)
+                                        if i != j and edge[i][j] and cond[i][j] < 1.0]
 
     @classmethod
     def load(cls, path: Path | str = TEMPLATES_FILE, knowledge: dict[str, Any] | None = None) -> Templates:
@@ -189,14 +196,9 @@ class Templates:
                 for x, y in ((a, b), (b, a)):
                     if labels.has(x) and not labels.has(y):
                         candidates.append(("exclusion", x, y, facts))
-        names, cond = self.knowledge["attributes"], self.knowledge["conditional"]
-        binary = self.knowledge["graph"]["binary"]
-        for i, a in enumerate(names):
-            if not labels.has(a):
-                continue
-            for j, b in enumerate(names):
-                if i != j and binary[i][j] and cond[i][j] < 1.0:
-                    candidates.append(("dependency", a, b, {"p": cond[i][j]}))
+        for a, deps in self.dependencies.items():
+            if labels.has(a):
+                candidates += [("dependency", a, b, {"p": p}) for b, p in deps]
         turns = []
         for kind, a, b, facts in rng.sample(candidates, min(count, len(candidates))):
             k = rng.randrange(len(spec[kind]))

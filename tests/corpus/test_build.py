@@ -18,8 +18,7 @@ from pipelines.ingest import IngestConfig, quarantine_table, read_datasets
 from pipelines.knowledge import KnowledgeConfig, mine_knowledge
 
 pytestmark = pytest.mark.slow
-CFG = CorpusConfig(records=RecordPlan(questions_per_record=10, knowledge_turns=3), faces_per_shard=80,
-                   batch_size=16)
+CFG = CorpusConfig(records=RecordPlan(questions_per_record=10, knowledge_turns=3), faces_per_shard=80)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,7 @@ def test_too_many_broken_faces_fail_and_leave_the_old_corpus(ray_local, inputs, 
     out = tmp_path / "corpus"
     out.mkdir()
     (out / "old.txt").write_text("the previous corpus")
-    strict = CorpusConfig(max_quarantine_share=0.0, batch_size=16)
+    strict = CorpusConfig(max_quarantine_share=0.0)
     with pytest.raises(CorpusQuarantineExceeded, match="utkface: 2 of .* unreadable_image|missing_image"):
         build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], strict, 7, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
