@@ -1,0 +1,213 @@
+"""FaceInsight's configuration: one typed dataclass per component, validated at construction.
+
+Fields are grouped by component (vision_*, seg_*, projector_*, llm_*, alignment) as nanoVLM does.
+A config is saved as config.json beside every checkpoint and rebuilt from it, or from a
+params.yaml section (`FaceInsightConfig.from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.labels import CELEBA_ATTRIBUTES, PARSING_CLASSES
+
+VISION_KINDS = ("tiny", "clip", "siglip")
+LLM_KINDS = ("tiny", "pretrained")
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp3x_gelu")
+TRAIN_MODES = ("frozen", "full", "lora")
+COMPONENTS = ("vision", "seg_encoder", "projector", "llm", "knowledge")
+
+
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"model.{name}: {message}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    kind: str = "tiny"  # tiny: built from this config; clip / siglip: pretrained from `path`
+    path: str = ""  # Hugging Face id or local directory (clip / siglip)
+    image_size: int = 64
+    patch_size: int = 8  # tiny: after the conv stem, one token per patch
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    conv_stem: bool = True  # tiny: two strided 3x3 convolutions before the patch projection
+    feature_layer: int = -1  # which hidden layer's patch tokens feed the projector (LLaVA-1.5: -2)
+
+    def __post_init__(self) -> None:
+        _check(self.kind in VISION_KINDS, "vision.kind", f"one of {VISION_KINDS}, got {self.kind!r}")
+        _check(self.kind == "tiny" or bool(self.path), "vision.path", f"needed for kind {self.kind!r}")
+        _check(self.image_size % self.patch_size == 0, "vision.patch_size",
+               f"must divide image_size {self.image_size}, got {self.patch_size}")
+        _check(self.hidden % self.heads == 0, "vision.heads", f"must divide hidden {self.hidden}")
+        _check(self.layers >= 1, "vision.layers", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SegEncoderConfig:
+    """The parsing-map stream: a one-hot rendering of the 19 classes (not a palette: class identity,
+    not colour similarity, is what the map says), a conv patch embedding and a small transformer."""
+
+    num_classes: int = len(PARSING_CLASSES)
+    image_size: int = 64
+    patch_size: int = 16
+    hidden: int = 64
+    layers: int = 1
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.image_size % self.patch_size == 0, "seg.patch_size", "must divide seg.image_size")
+        _check(self.hidden % self.heads == 0, "seg.heads", f"must divide hidden {self.hidden}")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    type: str = "mlp2x_gelu"  # linear | mlp2x_gelu | mlp3x_gelu (LLaVA-1.5 uses mlp2x_gelu)
+    shared: bool = False  # one projector for both streams (needs equal widths) or one each
+
+    def __post_init__(self) -> None:
+        _check(self.type in PROJECTOR_TYPES, "projector.type", f"one of {PROJECTOR_TYPES}, got {self.type!r}")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    kind: str = "tiny"  # tiny: a Llama-style model built from this config; pretrained: from `path`
+    path: str = ""
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    vocab_size: int = 2048  # tiny: the trained tokenizer's size (set from it)
+    max_positions: int = 1024
+    chat_template: str = "tiny"  # a name in model/chat.py's CHAT_TEMPLATES (vicuna_v1 for Vicuna)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        _check(self.kind in LLM_KINDS, "llm.kind", f"one of {LLM_KINDS}, got {self.kind!r}")
+        _check(self.kind == "tiny" or bool(self.path), "llm.path", "needed for kind 'pretrained'")
+        _check(self.hidden % self.heads == 0, "llm.heads", f"must divide hidden {self.hidden}")
+        _check(bool(self.lora_targets), "llm.lora_targets", "name at least one module")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1 and self.alpha >= 1, "lora", "r and alpha must be >= 1")
+        _check(0 <= self.dropout < 1, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Facial-knowledge alignment (the paper's co-occurrence module and logical-constraint loss)."""
+
+    use_cooccurrence: bool = True
+    use_constraints: bool = True
+    gcn_hidden: int = 64
+    lambda_bce: float = 1.0
+    lambda_constraint: float = 0.5
+    num_attributes: int = len(CELEBA_ATTRIBUTES)
+
+    def __post_init__(self) -> None:
+        _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(not self.use_constraints or self.use_cooccurrence, "alignment.use_constraints",
+               "the constraint loss acts on the co-occurrence head's probabilities: enable use_cooccurrence")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per component: frozen | full | lora (lora only for the LLM)."""
+
+    vision: str = "frozen"
+    seg_encoder: str = "full"
+    projector: str = "full"
+    llm: str = "frozen"
+    knowledge: str = "full"
+
+    def __post_init__(self) -> None:
+        for name in COMPONENTS:
+            mode = getattr(self, name)
+            _check(mode in TRAIN_MODES, f"recipe.{name}", f"one of {TRAIN_MODES}, got {mode!r}")
+            _check(mode != "lora" or name == "llm", f"recipe.{name}", "lora applies to the LLM only")
+
+
+# LLaVA-1.5's two stages: align the new parts with the backbones frozen, then LoRA on the LLM.
+RECIPES = {
+    "align": Recipe(),
+    "finetune": Recipe(llm="lora"),
+    "full": Recipe(vision="full", llm="full"),  # tiny from scratch: nothing is pretrained
+}
+
+
+@dataclass(frozen=True)
+class FaceInsightConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    seg: SegEncoderConfig = field(default_factory=SegEncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    use_seg_map: bool = True
+
+    def __post_init__(self) -> None:
+        if self.projector.shared and self.use_seg_map:
+            _check(self.vision.hidden == self.seg.hidden or self.vision.kind != "tiny", "projector.shared",
+                   "a shared projector needs vision.hidden == seg.hidden")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaceInsightConfig:
+        """Nested mappings -> config; unknown keys are refused with their path."""
+        return _build(cls, data, "model")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> FaceInsightConfig:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _build(cls, data: dict[str, Any] | None, where: str):
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
+            else fields[name].default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+PRESETS: dict[str, FaceInsightConfig] = {
+    # ~1M parameters: trains from scratch on 2 CPU cores in minutes (../shared/DESIGN.md)
+    "tiny": FaceInsightConfig(),
+    # LLaVA-1.5-7B's backbones; weights come from the paths the user gives (ids or local dirs)
+    "llava15-7b": FaceInsightConfig(
+        vision=VisionConfig(kind="clip", path="openai/clip-vit-large-patch14-336", image_size=336, patch_size=14,
+                            hidden=1024, layers=24, heads=16, conv_stem=False, feature_layer=-2),
+        seg=SegEncoderConfig(image_size=336, patch_size=28, hidden=256, layers=2, heads=8),
+        llm=LLMConfig(kind="pretrained", path="lmsys/vicuna-7b-v1.5", hidden=4096, layers=32, heads=32,
+                      intermediate=11008, vocab_size=32000, max_positions=4096, chat_template="vicuna_v1"),
+        lora=LoRAConfig(r=128, alpha=256, dropout=0.05),
+        alignment=AlignmentConfig(gcn_hidden=1024),
+    ),
+}

@@ -1,0 +1,237 @@
+"""FaceInsight: image ViT + parsing-map encoder -> projectors -> a causal LM, with knowledge alignment.
+
+Visual tokens enter the LLM by one masked assignment at the sentinel positions the chat template
+wrote (model/tokenizer.py), as HF's LlavaForConditionalGeneration does. The attribute head
+(co-occurrence graph network) scores the pooled visual tokens against 40 attribute classifiers;
+its probabilities also feed the logical-constraint loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.chat import CHAT_TEMPLATES, ChatTemplate
+from model.config import COMPONENTS, FaceInsightConfig, Recipe
+from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
+from model.knowledge_modules import CooccurrenceGraph, constraint_loss, masked_bce, rules_tensor
+from model.labels import CELEBA_ATTRIBUTES
+from model.tokenizer import IMAGE_TOKEN_ID, SEG_TOKEN_ID
+
+
+@dataclass
+class FaceInsightOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # each term, for logging
+    attribute_logits: torch.Tensor | None = None
+    past_key_values: Any = None
+
+
+def build_llm(cfg: FaceInsightConfig, vocab_size: int) -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.llm.kind == "pretrained":
+        return AutoModelForCausalLM.from_pretrained(cfg.llm.path)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.llm.hidden, intermediate_size=cfg.llm.intermediate,
+        num_hidden_layers=cfg.llm.layers, num_attention_heads=cfg.llm.heads, num_key_value_heads=cfg.llm.heads,
+        max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True))
+
+
+class FaceInsight(nn.Module):
+    def __init__(self, cfg: FaceInsightConfig, tokenizer, knowledge: dict[str, Any] | None = None,
+                 chat: ChatTemplate | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.chat = chat or CHAT_TEMPLATES[cfg.llm.chat_template]
+        self.llm = build_llm(cfg, len(tokenizer))
+        width = self.llm.config.hidden_size
+        self.vision = build_vision(cfg.vision)
+        self.image_projector = build_projector(cfg.projector, self.vision.out_dim, width)
+        self.image_tokens = self.vision.num_tokens
+        self.seg_encoder, self.seg_projector, self.seg_tokens = None, None, 0
+        if cfg.use_seg_map:
+            self.seg_encoder = SegMapEncoder(cfg.seg)
+            self.seg_projector = (self.image_projector if cfg.projector.shared
+                                  else build_projector(cfg.projector, self.seg_encoder.out_dim, width))
+            self.seg_tokens = self.seg_encoder.num_tokens
+        self.cooccurrence = None
+        if cfg.alignment.use_cooccurrence:
+            if knowledge is None:
+                raise ValueError("use_cooccurrence needs knowledge.json (the mine_knowledge stage's output)")
+            adjacency = torch.tensor(knowledge["graph"]["normalized"], dtype=torch.float32)
+            self.cooccurrence = CooccurrenceGraph(adjacency, width, cfg.alignment.gcn_hidden, width)
+            names = [n.replace("_", " ").lower() for n in CELEBA_ATTRIBUTES]
+            ids = [tokenizer(n, add_special_tokens=False)["input_ids"] for n in names]
+            longest = max(map(len, ids))
+            self.register_buffer("attribute_ids", torch.tensor([i + [0] * (longest - len(i)) for i in ids]))
+            self.register_buffer("attribute_mask", torch.tensor([[1] * len(i) + [0] * (longest - len(i))
+                                                                 for i in ids], dtype=torch.float32))
+        rules = knowledge["rules"] if (knowledge and cfg.alignment.use_constraints) else []
+        self.register_buffer("rules", rules_tensor(rules))
+        self.preprocess = ImagePreprocessor(cfg.vision)
+        self.lora_applied = False
+
+    @classmethod
+    def from_pretrained(cls, path) -> FaceInsight:
+        from model.checkpoint import from_pretrained
+
+        return from_pretrained(path)
+
+    def save_pretrained(self, path, recipe: Recipe) -> list[str]:
+        from model.checkpoint import save_pretrained
+
+        return save_pretrained(self, path, recipe)
+
+    # -- components and the training recipe ------------------------------------------------------------
+    def components(self) -> dict[str, list[nn.Module]]:
+        projectors = [m for m in (self.image_projector, self.seg_projector) if m is not None]
+        return {"vision": [self.vision], "seg_encoder": [m for m in (self.seg_encoder,) if m is not None],
+                "projector": list({id(m): m for m in projectors}.values()), "llm": [self.llm],
+                "knowledge": [m for m in (self.cooccurrence,) if m is not None]}
+
+    def apply_recipe(self, recipe: Recipe) -> dict[str, int]:
+        """Freeze or train each component as the recipe says (adding LoRA to the LLM if asked)."""
+        if recipe.llm == "lora" and not self.lora_applied:
+            self.add_lora()
+        for name, modules in self.components().items():
+            mode = getattr(recipe, name)
+            for module in modules:
+                for pname, p in module.named_parameters():
+                    is_lora = "lora_" in pname
+                    p.requires_grad_(mode == "full" and not is_lora or mode == "lora" and is_lora)
+        return self.trainable_parameters()
+
+    def add_lora(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = self.cfg.lora
+        self.llm = get_peft_model(self.llm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                       target_modules=list(self.cfg.llm.lora_targets),
+                                                       task_type="CAUSAL_LM"))
+        self.lora_applied = True
+
+    def trainable_parameters(self) -> dict[str, int]:
+        return {name: sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+                for name, modules in self.components().items()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {name: sum(p.numel() for m in modules for p in m.parameters())
+                for name, modules in self.components().items()}
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def visual_tokens(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None) -> torch.Tensor:
+        """Projected image tokens, then map tokens: (B, image_tokens + seg_tokens, width)."""
+        tokens = [self.image_projector(self.vision(pixel_values))]
+        if self.seg_encoder is not None:
+            if seg_maps is None:
+                raise ValueError("this model uses the parsing map (use_seg_map): pass seg_maps")
+            tokens.append(self.seg_projector(self.seg_encoder(seg_maps)))
+        return torch.cat(tokens, dim=1)
+
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the visual tokens written over the sentinel positions (one masked assignment)."""
+        embedding = self.llm.get_input_embeddings()
+        is_visual = (input_ids == IMAGE_TOKEN_ID) | (input_ids == SEG_TOKEN_ID)
+        embeds = embedding(input_ids.masked_fill(is_visual, 0))
+        if visual is None:
+            if is_visual.any():
+                raise ValueError("input_ids hold visual placeholders but no image was given")
+            return embeds
+        expected = visual.shape[0] * visual.shape[1]
+        if int(is_visual.sum()) != expected:
+            raise ValueError(f"{int(is_visual.sum())} visual placeholders in input_ids, but {expected} visual tokens "
+                             f"({visual.shape[1]} per image); build prompts with the model's chat template")
+        # per row, image tokens come first and map tokens follow, the order the template writes them
+        return embeds.masked_scatter(is_visual.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def attribute_logits(self, visual: torch.Tensor) -> torch.Tensor:
+        """The co-occurrence head: 40 logits from the mean visual token."""
+        table = self.llm.get_input_embeddings()(self.attribute_ids)
+        text = (table * self.attribute_mask[..., None]).sum(1) / self.attribute_mask.sum(1, keepdim=True)
+        return self.cooccurrence(text, visual.mean(dim=1))
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                attribute_labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                ) -> FaceInsightOutput:
+        visual = self.visual_tokens(pixel_values, seg_maps)
+        out = self.llm(inputs_embeds=self.embed(input_ids, visual), attention_mask=attention_mask, labels=labels,
+                       position_ids=position_ids)
+        losses: dict[str, torch.Tensor] = {}
+        if labels is not None:
+            losses["lm"] = out.loss
+        attr_logits = None
+        if self.cooccurrence is not None:
+            attr_logits = self.attribute_logits(visual)
+            if attribute_labels is not None:
+                losses["bce"] = masked_bce(attr_logits, attribute_labels)
+            if self.rules.numel() and labels is not None:
+                losses["constraint"] = constraint_loss(torch.sigmoid(attr_logits), self.rules)
+        weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "constraint": self.cfg.alignment.lambda_constraint}
+        loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
+        return FaceInsightOutput(loss, out.logits, losses, attr_logits)
+
+    # -- inference ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def attribute_probabilities(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None
+                                ) -> torch.Tensor:
+        """The fast path evaluation uses beside generated text: (B, 40) probabilities, no decoding."""
+        if self.cooccurrence is None:
+            raise ValueError("this model has no attribute head (use_cooccurrence is off)")
+        return torch.sigmoid(self.attribute_logits(self.visual_tokens(pixel_values, seg_maps)))
+
+    @torch.inference_mode()
+    def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
+                 max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache."""
+        pad = self.tokenizer.pad_token_id or 0
+        stop = self.chat.stop_ids(self.tokenizer)
+        longest = max(map(len, input_ids))
+        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
+        visual = self.visual_tokens(pixel_values, seg_maps)
+        embeds = self.embed(ids, visual)
+        done = torch.zeros(len(input_ids), dtype=torch.bool)
+        outputs: list[list[int]] = [[] for _ in input_ids]
+        past = None
+        for _ in range(max_new_tokens):
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            if use_cache and past is not None:
+                out = self.llm(inputs_embeds=embeds[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
+                               past_key_values=past, use_cache=True)
+            else:
+                out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
+            past = out.past_key_values if use_cache else None
+            logits = out.logits[:, -1].float()
+            if temperature > 0:
+                token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            token = token.masked_fill(done, pad)
+            for k in range(len(outputs)):
+                if not done[k]:
+                    outputs[k].append(int(token[k]))
+            done |= torch.tensor([int(t) in stop for t in token])
+            if done.all():
+                break
+            embeds = torch.cat([embeds, self.llm.get_input_embeddings()(token[:, None])], dim=1)
+            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
+        return [[t for t in seq if t not in stop] for seq in outputs]
+
+    def answer(self, images, seg_maps, questions: list[str], **kwargs) -> list[str]:
+        """Questions about a batch of uint8 RGB images (and their parsing maps) -> answers as text."""
+        prompts = [self.chat.prompt(self.tokenizer, q, self.image_tokens, self.seg_tokens) for q in questions]
+        pixel_values = self.preprocess(images)
+        maps = torch.as_tensor(seg_maps) if seg_maps is not None and self.seg_encoder is not None else None
+        tokens = self.generate(prompts, pixel_values, maps, **kwargs)
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+
+__all__ = ["COMPONENTS", "FaceInsight", "FaceInsightOutput"]
