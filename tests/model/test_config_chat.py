@@ -1,0 +1,62 @@
+"""Config validation and the chat template."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from model.chat import CHAT_TEMPLATES, IGNORE
+from model.config import PRESETS, FaceInsightConfig, LLMConfig, Recipe, VisionConfig
+from model.tokenizer import IMAGE_TOKEN_ID, SEG_TOKEN_ID
+
+
+def test_invalid_fields_are_named():
+    with pytest.raises(ValueError, match=r"model.vision.patch_size"):
+        VisionConfig(image_size=64, patch_size=7)
+    with pytest.raises(ValueError, match=r"model.llm.path"):
+        LLMConfig(kind="pretrained")
+    with pytest.raises(ValueError, match=r"recipe.vision.*lora applies to the LLM only"):
+        Recipe(vision="lora")
+    with pytest.raises(ValueError, match=r"model.vision: unknown key\(s\) \['hiden'\]"):
+        FaceInsightConfig.from_dict({"vision": {"hiden": 3}})
+
+
+def test_config_round_trips_through_json(tmp_path):
+    for preset in PRESETS.values():
+        preset.save(tmp_path / "config.json")
+        assert FaceInsightConfig.load(tmp_path / "config.json") == preset
+    changed = FaceInsightConfig.from_dict({"use_seg_map": False, "llm": {"lora_targets": ["q_proj"]}})
+    assert not changed.use_seg_map and changed.llm.lora_targets == ("q_proj",)
+    assert dataclasses.replace(changed, use_seg_map=True).use_seg_map
+
+
+def test_encode_labels_only_answers(tokenizer, conversations):
+    chat = CHAT_TEMPLATES["tiny"]
+    conv = conversations[0]
+    ids, labels = chat.encode(tokenizer, conv, image_tokens=5, seg_tokens=3)
+    assert len(ids) == len(labels)
+    assert ids.count(IMAGE_TOKEN_ID) == 5 and ids.count(SEG_TOKEN_ID) == 3
+    first = ids.index(IMAGE_TOKEN_ID)
+    assert ids[first:first + 8] == [IMAGE_TOKEN_ID] * 5 + [SEG_TOKEN_ID] * 3  # image tokens, then map tokens
+    answers = [t["value"] + chat.end for t in conv if t["from"] == "gpt"]
+    spans, current = [], []
+    for i, lab in zip(ids, labels, strict=True):
+        if lab == IGNORE:
+            if current:
+                spans.append(current)
+            current = []
+        else:
+            assert lab == i
+            current.append(i)
+    spans += [current] if current else []
+    assert [tokenizer.decode(s) for s in spans] == answers
+
+
+def test_prompt_round_trips_to_the_rendered_text(tokenizer):
+    chat = CHAT_TEMPLATES["tiny"]
+    ids = chat.prompt(tokenizer, "Is this person smiling?", image_tokens=4)
+    text = tokenizer.decode([i for i in ids if i >= 0])
+    assert text == "<s><|user|>\nIs this person smiling?<|end|>\n<|assistant|>"
+    assert ids.count(IMAGE_TOKEN_ID) == 4 and SEG_TOKEN_ID not in ids
+    assert chat.stop_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id}

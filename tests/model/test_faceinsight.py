@@ -1,0 +1,173 @@
+"""FaceInsight with the tiny backbones: fusion, losses, generation, recipes, ablations, checkpoints, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from model.chat import IGNORE
+from model.config import RECIPES, AlignmentConfig
+from model.faceinsight import FaceInsight
+from model.tokenizer import IMAGE_TOKEN_ID, SEG_TOKEN_ID
+from tests.model.conftest import SMALL
+
+
+def batch(model: FaceInsight, conversations: list[list[dict]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded training batch of real corpus conversations with random images and maps."""
+    encoded = [model.chat.encode(model.tokenizer, c, model.image_tokens, model.seg_tokens) for c in conversations]
+    longest = max(len(ids) for ids, _ in encoded)
+    pad = model.tokenizer.pad_token_id
+    g = torch.Generator().manual_seed(seed)
+    side = model.cfg.vision.image_size
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (longest - len(ids)) for ids, _ in encoded]),
+        "labels": torch.tensor([lab + [IGNORE] * (longest - len(lab)) for _, lab in encoded]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids, _ in encoded]),
+        "pixel_values": torch.rand(len(encoded), 3, side, side, generator=g),
+        "seg_maps": torch.randint(0, 19, (len(encoded), side, side), generator=g),
+        "attribute_labels": torch.randint(0, 2, (len(encoded), 40), generator=g),
+    }
+
+
+@pytest.fixture
+def model(tokenizer, knowledge) -> FaceInsight:
+    torch.manual_seed(0)
+    return FaceInsight(SMALL, tokenizer, knowledge)
+
+
+def test_shapes_fusion_and_loss_terms(model, conversations):
+    b = batch(model, conversations[:3])
+    visual = model.visual_tokens(b["pixel_values"], b["seg_maps"])
+    assert model.image_tokens == (32 // 8) ** 2 and model.seg_tokens == (32 // 16) ** 2
+    assert visual.shape == (3, model.image_tokens + model.seg_tokens, model.llm.config.hidden_size)
+    embeds = model.embed(b["input_ids"], visual)
+    positions = (b["input_ids"] == IMAGE_TOKEN_ID) | (b["input_ids"] == SEG_TOKEN_ID)
+    assert torch.equal(embeds[positions], visual.reshape(-1, visual.shape[-1]))  # the visual tokens, in order
+    assert torch.equal(embeds[~positions], model.llm.get_input_embeddings()(b["input_ids"][~positions]))
+    out = model(**b)
+    assert out.logits.shape == (*b["input_ids"].shape, len(model.tokenizer)) and out.logits.dtype == torch.float32
+    assert set(out.losses) == {"lm", "bce", "constraint"} and out.attribute_logits.shape == (3, 40)
+    weights = SMALL.alignment
+    total = out.losses["lm"] + weights.lambda_bce * out.losses["bce"] + weights.lambda_constraint * \
+        out.losses["constraint"]
+    assert torch.isclose(out.loss, total)
+    with pytest.raises(ValueError, match="visual placeholders"):
+        model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
+
+
+def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model, conversations):
+    torch.manual_seed(1)
+    for p in model.parameters():  # a random model says something different per prompt; make it talk long
+        p.data.add_(torch.randn_like(p) * 0.05)
+    questions = ["Is this person smiling?", "Describe this person's hair.", "Which of these attributes does it have?"]
+    prompts = [model.chat.prompt(model.tokenizer, q, model.image_tokens, model.seg_tokens) for q in questions]
+    assert len({len(p) for p in prompts}) > 1  # different lengths: left padding is exercised
+    b = batch(model, conversations[:3], seed=4)
+    cached = model.generate(prompts, b["pixel_values"], b["seg_maps"], max_new_tokens=12)
+    uncached = model.generate(prompts, b["pixel_values"], b["seg_maps"], max_new_tokens=12, use_cache=False)
+    assert cached == uncached and any(len(c) > 3 for c in cached)
+    for k in range(3):
+        alone = model.generate([prompts[k]], b["pixel_values"][k:k + 1], b["seg_maps"][k:k + 1], max_new_tokens=12)
+        assert alone == [cached[k]]
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    sampled = model.generate(prompts, b["pixel_values"], b["seg_maps"], max_new_tokens=8, temperature=1.0,
+                             generator=g1)
+    assert sampled == model.generate(prompts, b["pixel_values"], b["seg_maps"], max_new_tokens=8, temperature=1.0,
+                                     generator=g2)
+
+
+def test_recipes_train_exactly_their_components(model, conversations):
+    counts = model.parameter_counts()
+    align = model.apply_recipe(RECIPES["align"])
+    assert align["vision"] == 0 and align["llm"] == 0
+    assert align["projector"] == counts["projector"] and align["seg_encoder"] == counts["seg_encoder"]
+    assert align["knowledge"] == counts["knowledge"] > 0
+    finetune = model.apply_recipe(RECIPES["finetune"])
+    # LoRA: r * (in + out) per targeted linear; 7 linears a layer in a Llama block
+    cfg = model.llm.config
+    h, i, r = cfg.hidden_size, cfg.intermediate_size, SMALL.lora.r
+    per_layer = 4 * r * (h + h) + 2 * r * (h + i) + r * (i + h)
+    assert finetune["llm"] == cfg.num_hidden_layers * per_layer
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in trainable if n.startswith("llm."))
+    assert not any(n.startswith("vision.") for n in trainable)
+    # one optimiser step moves exactly the trainable tensors
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**batch(model, conversations[:2])).loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p)
+        assert changed == (n in trainable) or (n in trainable and "lora_A" in n), n  # lora_A gets no grad at step 0
+
+
+@pytest.mark.parametrize("switch", ["use_seg_map", "use_cooccurrence", "use_constraints"])
+def test_each_ablation_removes_its_module(switch, tokenizer, knowledge, conversations):
+    if switch == "use_seg_map":
+        cfg = dataclasses.replace(SMALL, use_seg_map=False)
+    elif switch == "use_cooccurrence":
+        cfg = dataclasses.replace(SMALL, alignment=AlignmentConfig(use_cooccurrence=False, use_constraints=False))
+    else:
+        cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, use_constraints=False))
+    full, ablated = FaceInsight(SMALL, tokenizer, knowledge), FaceInsight(cfg, tokenizer, knowledge)
+    full_n, ablated_n = full.parameter_counts(), ablated.parameter_counts()
+    b = batch(ablated, conversations[:2])
+    out = ablated(**b)
+    if switch == "use_seg_map":
+        assert ablated_n["seg_encoder"] == 0 < full_n["seg_encoder"] and ablated.seg_tokens == 0
+        assert ablated_n["projector"] < full_n["projector"]
+        assert SEG_TOKEN_ID not in b["input_ids"]
+    elif switch == "use_cooccurrence":
+        assert ablated_n["knowledge"] == 0 < full_n["knowledge"] and set(out.losses) == {"lm"}
+    else:
+        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce"}
+    assert torch.isfinite(out.loss)
+
+
+def test_checkpoint_round_trip_is_exact_and_pickle_free(model, conversations, tmp_path):
+    model.apply_recipe(RECIPES["finetune"])
+    b = batch(model, conversations[:2])
+    model.eval()
+    names = model.save_pretrained(tmp_path, RECIPES["finetune"])
+    assert any("lora_A" in n for n in names) and "rules" in names
+    for f in tmp_path.iterdir():
+        assert f.suffix in (".json", ".safetensors", ".jinja"), f.name
+        assert not f.read_bytes().startswith(b"\x80"), f"{f.name} looks like a pickle"
+    loaded = FaceInsight.from_pretrained(tmp_path)
+    assert torch.equal(model(**b).logits, loaded(**b).logits)
+    assert torch.equal(model.attribute_probabilities(b["pixel_values"], b["seg_maps"]),
+                       loaded.attribute_probabilities(b["pixel_values"], b["seg_maps"]))
+    assert loaded.trainable_parameters() == model.trainable_parameters()
+    meta = json.loads((tmp_path / "faceinsight.json").read_text())
+    assert meta["lora"] and meta["recipe"]["llm"] == "lora"
+
+
+def test_tiny_overfits_32_examples_and_answers_them(tokenizer, knowledge):
+    """Random images, each with its own yes/no answer: the model must memorise image -> answer."""
+    torch.manual_seed(0)
+    model = FaceInsight(SMALL, tokenizer, knowledge)
+    model.apply_recipe(RECIPES["full"])
+    g = torch.Generator().manual_seed(3)
+    n = 32
+    answers = ["Yes." if k % 2 else "No." for k in range(n)]
+    convs = [[{"from": "human", "value": "<image>\nIs this person smiling?"}, {"from": "gpt", "value": a}]
+             for a in answers]
+    b = batch(model, convs)
+    b["pixel_values"] = torch.rand(n, 3, 32, 32, generator=g)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(800):
+        out = model(**b)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the training recipe's clip; without it a spike
+        opt.step()                                                # can knock the model into ignoring the image
+        if out.losses["lm"].item() < 0.01:
+            break
+    assert out.losses["lm"].item() < 0.05
+    model.eval()
+    images = (b["pixel_values"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    said = model.answer(images, b["seg_maps"], ["Is this person smiling?"] * n, max_new_tokens=4)
+    assert said == answers

@@ -1,0 +1,45 @@
+"""The co-occurrence graph network and the constraint loss, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import torch
+
+from model.knowledge_modules import EXCLUSION, IMPLICATION, CooccurrenceGraph, constraint_loss, masked_bce
+
+
+def test_graph_network_on_a_three_attribute_graph():
+    # A: 0 - 1 connected, 2 alone (already normalised); E: one-hot text embeddings
+    a = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    graph = CooccurrenceGraph(a, text_dim=3, hidden=2, visual_dim=2)
+    with torch.no_grad():
+        graph.w1.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]))  # (hidden, text)
+        graph.w2.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # identity
+    e = torch.eye(3)
+    # A E W1^T: rows 0,1 = 0.5*[1,0] + 0.5*[0,2] = [0.5, 1]; row 2 = [-1, 0] -> LeakyReLU(0.2) -> [-0.2, 0]
+    # A H1 W2^T: rows 0,1 = [0.5, 1]; row 2 = [-0.2, 0]
+    expected = torch.tensor([[0.5, 1.0], [0.5, 1.0], [-0.2, 0.0]])
+    assert torch.allclose(graph.classifiers(e), expected)
+    visual = torch.tensor([[2.0, 1.0]])
+    assert torch.allclose(graph(e, visual), torch.tensor([[2.0, 2.0, -0.4]]))
+
+
+def test_constraint_loss_is_zero_on_consistent_predictions_and_signed_otherwise():
+    rules = torch.tensor([[EXCLUSION, 0, 1], [IMPLICATION, 2, 3]])
+    consistent = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    assert constraint_loss(consistent, rules).item() == 0.0
+
+    probs = torch.tensor([[0.9, 0.8, 0.7, 0.1]], requires_grad=True)
+    loss = constraint_loss(probs, rules)
+    assert torch.isclose(loss, torch.tensor((0.9 * 0.8 + 0.7 * 0.9) / 2))
+    loss.backward()
+    grad = probs.grad[0]
+    # exclusion: lowering either side lowers the loss; implication: lower the premise, raise the conclusion
+    assert grad[0] > 0 and grad[1] > 0 and grad[2] > 0 and grad[3] < 0
+    assert constraint_loss(probs, torch.zeros(0, 3, dtype=torch.long)).item() == 0.0
+
+
+def test_masked_bce_ignores_faces_without_attribute_labels():
+    logits = torch.tensor([[10.0, -10.0], [3.0, 3.0]])
+    labels = torch.tensor([[1, 0], [-1, -1]])
+    assert masked_bce(logits, labels).item() < 1e-3  # the unlabelled row would cost ~3 if counted
+    assert masked_bce(logits, torch.full_like(labels, -1)).item() == 0.0
