@@ -82,7 +82,7 @@ class LLMConfig:
     layers: int = 2
     heads: int = 4
     intermediate: int = 256
-    vocab_size: int = 2048  # tiny: the trained tokenizer's size (set from it)
+    vocab_size: int = 0  # tiny: at least this many embedding rows (0: the tokenizer's size)
     max_positions: int = 1024
     chat_template: str = "tiny"  # a name in model/chat.py's CHAT_TEMPLATES (vicuna_v1 for Vicuna)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -37,7 +37,8 @@ def build_llm(cfg: FaceInsightConfig, vocab_size: int) -> nn.Module:
     if cfg.llm.kind == "pretrained":
         return AutoModelForCausalLM.from_pretrained(cfg.llm.path)
     return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=cfg.llm.hidden, intermediate_size=cfg.llm.intermediate,
+        vocab_size=max(vocab_size, cfg.llm.vocab_size), hidden_size=cfg.llm.hidden,
+        intermediate_size=cfg.llm.intermediate,
         num_hidden_layers=cfg.llm.layers, num_attention_heads=cfg.llm.heads, num_key_value_heads=cfg.llm.heads,
         max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True))
 

@@ -49,7 +49,7 @@ def repo_copy(tmp_path) -> Path:
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
-    for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus"):
+    for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus", "train_tokenizer"):
         assert f"Running stage '{stage}'" in out, stage
     parser_metrics = json.loads((repo_copy / "metrics" / "parser.json").read_text())
     assert parser_metrics["epochs"] == 2 and 0 <= parser_metrics["val_miou"] <= 1
@@ -70,6 +70,9 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert sorted(p.name for p in (repo_copy / "data" / "corpus").iterdir()) == [
         "quarantine.parquet", "shards.json", "test", "train", "val"]
     assert len(list((repo_copy / "data" / "corpus" / "train").glob("part-*.parquet"))) == corpus["shards"] - 2
+
+    assert json.loads((repo_copy / "metrics" / "tokenizer.json").read_text())["round_trip"]
+    assert (repo_copy / "models" / "tokenizer" / "tokenizer.json").exists()
 
     again = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     assert "Running stage" not in again and "up to date" in again
