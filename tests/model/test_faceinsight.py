@@ -171,3 +171,18 @@ def test_tiny_overfits_32_examples_and_answers_them(tokenizer, knowledge):
     images = (b["pixel_values"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     said = model.answer(images, b["seg_maps"], ["Is this person smiling?"] * n, max_new_tokens=4)
     assert said == answers
+
+
+def test_shared_projector_and_bf16_autocast(tokenizer, knowledge, conversations):
+    shared_cfg = dataclasses.replace(SMALL, projector=dataclasses.replace(SMALL.projector, shared=True),
+                                     seg=dataclasses.replace(SMALL.seg, hidden=SMALL.vision.hidden))
+    shared = FaceInsight(shared_cfg, tokenizer, knowledge)
+    assert shared.seg_projector is shared.image_projector
+    separate = FaceInsight(dataclasses.replace(shared_cfg, projector=SMALL.projector), tokenizer, knowledge)
+    assert shared.parameter_counts()["projector"] * 2 == separate.parameter_counts()["projector"]
+    b = batch(shared, conversations[:2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = shared(**b)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in shared.parameters())  # fp32 master weights
