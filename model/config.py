@@ -211,3 +211,19 @@ PRESETS: dict[str, FaceInsightConfig] = {
         alignment=AlignmentConfig(gcn_hidden=1024),
     ),
 }
+
+
+def model_config(params: dict[str, Any] | None) -> FaceInsightConfig:
+    """params.yaml's `model` section: `preset` (default tiny) plus any field overrides, nested."""
+    params = dict(params or {})
+    preset = params.pop("preset", "tiny")
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return FaceInsightConfig.from_dict(_merge(PRESETS[preset].to_dict(), params))
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,95 @@
+"""Corpus shards -> fixed-length training examples, decoded and tokenised in the Ray Data pipeline.
+
+Workers receive ready tensors (get_dataset_shard); nothing is decoded or tokenised in the train loop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from model.chat import CHAT_TEMPLATES, IGNORE
+
+
+class CorpusEncoder:
+    """Ray Data callable (one tokenizer per worker process): records -> input_ids, labels, images, maps."""
+
+    def __init__(self, tokenizer_dir: str, chat_template: str, image_tokens: int, seg_tokens: int, max_tokens: int,
+                 image_size: int, seg_size: int):
+        from model.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.chat = CHAT_TEMPLATES[chat_template]
+        self.image_tokens, self.seg_tokens, self.max_tokens = image_tokens, seg_tokens, max_tokens
+        self.image_size, self.seg_size = image_size, seg_size
+        self.pad = self.tokenizer.pad_token_id or 0
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        rows = batch.to_pylist()
+        n, length = len(rows), self.max_tokens
+        ids = np.full((n, length), self.pad, np.int32)
+        labels = np.full((n, length), IGNORE, np.int32)
+        mask = np.zeros((n, length), np.int8)
+        truncated = np.zeros(n, np.int64)
+        for k, row in enumerate(rows):
+            tokens, targets = self.chat.encode(self.tokenizer, row["conversations"], self.image_tokens,
+                                               self.seg_tokens)
+            truncated[k] = max(0, len(tokens) - length)
+            tokens, targets = tokens[:length], targets[:length]
+            ids[k, :len(tokens)], labels[k, :len(targets)], mask[k, :len(tokens)] = tokens, targets, 1
+        attributes = np.array([(row["labels"]["attributes"] or [-1] * 40) for row in rows], np.int8)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
+                "image": np.stack([_decode(row["image"], self.image_size, "RGB") for row in rows]),
+                "seg_map": np.stack([_decode(row["seg_map"], self.seg_size, "L") for row in rows]),
+                "attribute_labels": attributes}
+
+
+def _decode(data: bytes, size: int, mode: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert(mode)
+        if img.size != (size, size):  # maps: nearest (labels), images: bilinear
+            img = img.resize((size, size), Image.NEAREST if mode == "L" else Image.BILINEAR)
+        return np.asarray(img)
+
+
+def shard_files(corpus: str | Path, split: str, tasks: tuple[str, ...] = ()) -> list[str]:
+    """The split's shard files (sorted); `tasks` is checked against shards.json's datasets only by count."""
+    corpus = Path(corpus)
+    files = sorted(str(p.resolve()) for p in (corpus / split).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{corpus / split}: no corpus shards; run `dvc repro build_corpus` first")
+    return files
+
+
+def corpus_dataset(corpus: str | Path, split: str, encoder: dict[str, Any], max_records: int = 0,
+                   kinds: tuple[str, ...] = (), workers: int = 1):
+    """A Ray Dataset of encoded training examples from one split, in a fixed order."""
+    import ray
+
+    ds = ray.data.read_parquet(shard_files(corpus, split), columns=["kind", "conversations", "labels", "image",
+                                                                     "seg_map"])
+    if kinds:
+        ds = ds.filter(lambda r: r["kind"] in kinds)
+    if max_records:
+        ds = ds.limit(max_records)
+    return ds.map_batches(CorpusEncoder, fn_constructor_kwargs=encoder, batch_format="pyarrow", batch_size=64,
+                          compute=ray.data.ActorPoolStrategy(size=workers))
+
+
+def encoder_kwargs(model_cfg, tokenizer_dir: str, image_tokens: int, seg_tokens: int, max_tokens: int) -> dict:
+    return {"tokenizer_dir": tokenizer_dir, "chat_template": model_cfg.llm.chat_template,
+            "image_tokens": image_tokens, "seg_tokens": seg_tokens, "max_tokens": max_tokens,
+            "image_size": model_cfg.vision.image_size, "seg_size": model_cfg.seg.image_size}
+
+
+def knowledge_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; run `dvc repro mine_knowledge` first")
+    return json.loads(path.read_text())

@@ -1,0 +1,54 @@
+"""DVC stage `finetune`: LLaVA's stage 2. LoRA on the LLM plus the projectors, from align's
+checkpoint; registers the result in MLflow's model registry (alias `candidate`).
+
+    python -m stages.finetune [--params params.yaml]
+
+Ray Train on the local Ray instance or the cluster RAY_ADDRESS names; MLflow run from rank 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.config import load_params
+from pipelines.training.stage import print_summary, storage_path, train_stage
+from stages.common import run_stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__)
+def main(
+    params: Annotated[Path, typer.Option(help="The params file (sections `model`, `finetune`).")] = Path("params.yaml"),
+    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
+    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
+    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    init: Annotated[Path, typer.Option(help="align's output.")] = Path("models/align"),
+    parser: Annotated[Path, typer.Option(help="train_parser's output (bundled with the registered model).")] = Path(
+        "models/parser"),
+    out: Annotated[Path, typer.Option(help="The fine-tuned model (DVC out).")] = Path("models/faceinsight"),
+    metrics: Annotated[Path, typer.Option(help="Steps, losses (DVC metric).")] = Path("metrics/train_finetune.json"),
+    history: Annotated[Path, typer.Option(help="Loss per step (DVC plot).")] = Path("plots/train/finetune.json"),
+    registry: Annotated[Path, typer.Option(help="Registered version and URI (DVC out).")] = Path(
+        "models/registry.json"),
+    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+) -> None:
+    def body() -> None:
+        from pipelines.registry import register
+        from pipelines.storage import write_json_atomic
+        from pipelines.tracking import tracking_uri
+
+        result = train_stage("finetune", load_params(params), corpus, tokenizer, knowledge, init, out, metrics,
+                             history, storage_path(storage))
+        entry = register(out, result["mlflow_run_id"], tracking_uri(), parser if parser.exists() else None)
+        write_json_atomic(registry, entry)
+        print_summary(result | {"registered": entry["version_uri"]})
+
+    run_stage("finetune", body)
+
+
+if __name__ == "__main__":
+    app()

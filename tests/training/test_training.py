@@ -1,0 +1,180 @@
+"""The FaceInsight trainer with real Ray Train and MLflow: learning, checkpoints, resume, registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from model.config import RECIPES
+from pipelines.corpus.records import RECORD_SCHEMA, RecordPlan, encode_png, face_records
+from pipelines.corpus.templates import Templates
+from pipelines.knowledge import KnowledgeConfig, mine_knowledge
+from pipelines.training.loop import TrainConfig, TrainInputs, load_optimizer, run_training, save_optimizer
+from tests.model.conftest import SMALL
+
+MODEL = SMALL.to_dict()
+
+
+def test_train_config_validates():
+    with pytest.raises(ValueError, match="divide by num_workers x grad_accum"):
+        TrainConfig(batch_size=10, num_workers=2, grad_accum=2)
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig(recipe="everything")
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW([{"params": [net.weight], "lr": 0.1}, {"params": [net.bias], "lr": 0.01}])
+    for _ in range(3):
+        net(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+    save_optimizer(opt, tmp_path)
+    fresh = torch.optim.AdamW([{"params": [net.weight], "lr": 1.0}, {"params": [net.bias], "lr": 1.0}])
+    load_optimizer(fresh, tmp_path)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert [g["lr"] for g in b["param_groups"]] == [0.1, 0.01]
+    for idx in a["state"]:
+        for name, value in a["state"][idx].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][idx][name])), name
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """A small corpus in the real shard format: 48 faces whose image brightness says whether they smile."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    table = rng.random((300, 40)) < 0.35
+    knowledge = mine_knowledge(table, KnowledgeConfig(min_support=10, min_expected=3))
+    templates = Templates.load(knowledge=knowledge)
+    rows = []
+    for k in range(48):
+        attrs = np.where(table[k], 1, -1)
+        image = np.full((32, 32, 3), 220 if attrs[31] > 0 else 30, np.uint8)  # Smiling <=> a bright image
+        face = {"id": str(k), "dataset": "celebamask_hq", "split": "train", "image_png": encode_png(image),
+                "map_png": encode_png(rng.integers(0, 19, (32, 32), dtype=np.uint8)), "map_source": "ground_truth",
+                "regions": [], "attributes": list(attrs), "age": None, "gender": None, "race": None,
+                "expression": None}
+        rows += face_records(face, templates, RecordPlan(questions_per_record=4), seed=0)
+    random.Random(0).shuffle(rows)
+    (root / "train").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), root / "train" / "part-00000.parquet")
+    from model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer((t["value"] for r in rows for t in r["conversations"]), vocab_size=500)
+    tok.save_pretrained(str(root / "tokenizer"))
+    return {"root": root, "knowledge": knowledge, "tokenizer": root / "tokenizer", "records": len(rows)}
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+CFG = TrainConfig(recipe="full", max_steps=12, batch_size=8, lr=3e-3, warmup_steps=2, max_tokens=160,
+                  kinds=("yes_no",), checkpoint_every=4, torch_threads=1, max_failures=1)
+
+
+def train(corpus, tmp_path, cfg=CFG, stage="align", init_from=None, name="run"):
+    inputs = TrainInputs(corpus=corpus["root"], tokenizer_dir=corpus["tokenizer"], knowledge=corpus["knowledge"],
+                         model=MODEL, init_from=init_from)
+    return run_training(stage, cfg, inputs, 0, tmp_path / name / "model", str(tmp_path / name / "ray"))
+
+
+def runs(uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("faceinsight")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.mark.slow
+def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_path):
+    result = train(corpus, tmp_path)
+    assert result["steps"] == 12
+    history = result["history"]
+    assert [h["step"] for h in history] == list(range(1, 13))
+    first, last = np.mean([h["loss"] for h in history[:3]]), np.mean([h["loss"] for h in history[-3:]])
+    assert last < 0.7 * first, (first, last)
+    assert {"loss_lm", "loss_bce", "loss_constraint", "lr", "tokens_per_s"} <= set(history[-1])
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "model.safetensors").exists() and not (model_dir / "optimizer.safetensors").exists()
+    [run] = runs(tracking)
+    assert run.data.tags["dvc.stage"] == "align" and run.data.params["align.recipe"] == "full"
+    assert int(run.data.params["trainable.vision"]) > 0 and "loss/lm" in run.data.metrics
+    from mlflow import MlflowClient
+
+    history_lm = MlflowClient(tracking).get_metric_history(run.info.run_id, "loss/lm")
+    assert len(history_lm) == 12
+    artifacts = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "checkpoint")}
+    assert "checkpoint/model.safetensors" in artifacts
+
+
+@pytest.mark.slow
+def test_a_failed_worker_resumes_from_its_checkpoint(ray_local, corpus, tracking, tmp_path):
+    clean = train(corpus, tmp_path, name="clean")
+    failed = train(corpus, tmp_path, dataclasses.replace(CFG, fail_at_step=6), name="failed")
+    assert (tmp_path / "failed" / "ray" / ".failed_once_align").read_text() == "6"
+    assert failed["steps"] == clean["steps"] == 12
+    # steps 1-4 come from before the failure, 5-12 after resuming from the step-4 checkpoint
+    assert [h["step"] for h in failed["history"]] == list(range(1, 13))
+    assert abs(failed["final_loss"] - clean["final_loss"]) < 0.25 * clean["final_loss"]
+    assert len([r for r in runs(tracking) if r.info.run_id == failed["mlflow_run_id"]]) == 1
+    assert len(runs(tracking)) == 2  # one per training, none for the restart
+
+
+@pytest.mark.slow
+def test_two_workers_train_together(ray_local, corpus, tracking, tmp_path):
+    result = train(corpus, tmp_path, dataclasses.replace(CFG, num_workers=2, max_steps=6, checkpoint_every=6))
+    assert result["steps"] == 6 and np.isfinite(result["final_loss"])
+    assert result["history"][-1]["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_finetune_registers_a_model_that_answers_in_a_fresh_process(ray_local, corpus, tmp_path, monkeypatch):
+    from tests.training.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        align = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=8), name="align")
+        assert align["steps"] == 8
+        tuned_cfg = dataclasses.replace(CFG, recipe="finetune", max_steps=4, checkpoint_every=4)
+        tuned = train(corpus, tmp_path, tuned_cfg, stage="finetune", init_from=tmp_path / "align" / "model",
+                      name="finetune")
+        from pipelines.registry import register
+
+        entry = register(tmp_path / "finetune" / "model", tuned["mlflow_run_id"], uri)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        version = client.get_model_version_by_alias("faceinsight", "candidate")
+        assert version.version == entry["version"] and version.run_id == tuned["mlflow_run_id"]
+        run = client.get_run(tuned["mlflow_run_id"])
+        assert run.data.params["finetune.recipe"] == "finetune" and int(run.data.params["trainable.llm"]) > 0
+        image = Path(tmp_path / "face.png")
+        image.write_bytes(encode_png(np.full((32, 32, 3), 220, np.uint8)))
+        script = (
+            "import mlflow, pandas as pd, json, sys\n"
+            f"mlflow.set_tracking_uri({uri!r})\n"
+            "m = mlflow.pyfunc.load_model('models:/faceinsight@candidate')\n"
+            f"out = m.predict(pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()], "
+            "'question': ['Is this person smiling?']}))\n"
+            "print(json.dumps({'answer': out['answer'][0], 'attributes': json.loads(out['attributes'][0])}))\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        said = json.loads(done.stdout.strip().splitlines()[-1])
+        assert isinstance(said["answer"], str) and len(said["attributes"]) == 40
+        assert all(0 <= p <= 1 for p in said["attributes"])
+    assert RECIPES["finetune"].llm == "lora"
