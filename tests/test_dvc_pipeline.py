@@ -40,6 +40,8 @@ def repo_copy(tmp_path) -> Path:
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
     params["train_parser"].update(epochs=2, batch_size=16, min_val_miou=0.0)
     params["build_corpus"].update(faces_per_shard=25)
+    for stage, steps in (("align", 16), ("finetune", 4)):
+        params[stage].update(max_steps=steps, batch_size=8, lr=0.003, warmup_steps=2, checkpoint_every=8)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"]):
@@ -49,7 +51,7 @@ def repo_copy(tmp_path) -> Path:
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
-    for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus", "train_tokenizer"):
+    for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus", "train_tokenizer", "align", "finetune"):
         assert f"Running stage '{stage}'" in out, stage
     parser_metrics = json.loads((repo_copy / "metrics" / "parser.json").read_text())
     assert parser_metrics["epochs"] == 2 and 0 <= parser_metrics["val_miou"] <= 1
@@ -73,6 +75,12 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
 
     assert json.loads((repo_copy / "metrics" / "tokenizer.json").read_text())["round_trip"]
     assert (repo_copy / "models" / "tokenizer" / "tokenizer.json").exists()
+    align = json.loads((repo_copy / "metrics" / "train_align.json").read_text())
+    assert align["steps"] == 16 and align["final_loss"] < 0.8 * align["first_loss"]  # it learns
+    assert len(json.loads((repo_copy / "plots" / "train" / "align.json").read_text())) == 16
+    registry = json.loads((repo_copy / "models" / "registry.json").read_text())
+    assert registry["uri"] == "models:/faceinsight@candidate" and registry["version"] == "1"
+    assert (repo_copy / "models" / "faceinsight" / "model.safetensors").exists()
 
     again = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     assert "Running stage" not in again and "up to date" in again

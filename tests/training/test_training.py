@@ -82,8 +82,8 @@ def tracking(tmp_path, monkeypatch) -> str:
     return uri
 
 
-CFG = TrainConfig(recipe="full", max_steps=12, batch_size=8, lr=3e-3, warmup_steps=2, max_tokens=160,
-                  kinds=("yes_no",), checkpoint_every=4, torch_threads=1, max_failures=1)
+CFG = TrainConfig(recipe="full", max_steps=24, batch_size=8, lr=5e-3, warmup_steps=3, max_tokens=160,
+                  kinds=("yes_no",), checkpoint_every=8, torch_threads=1, max_failures=1)
 
 
 def train(corpus, tmp_path, cfg=CFG, stage="align", init_from=None, name="run"):
@@ -103,9 +103,9 @@ def runs(uri: str) -> list:
 @pytest.mark.slow
 def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_path):
     result = train(corpus, tmp_path)
-    assert result["steps"] == 12
+    assert result["steps"] == 24
     history = result["history"]
-    assert [h["step"] for h in history] == list(range(1, 13))
+    assert [h["step"] for h in history] == list(range(1, 25))
     first, last = np.mean([h["loss"] for h in history[:3]]), np.mean([h["loss"] for h in history[-3:]])
     assert last < 0.7 * first, (first, last)
     assert {"loss_lm", "loss_bce", "loss_constraint", "lr", "tokens_per_s"} <= set(history[-1])
@@ -117,7 +117,7 @@ def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_p
     from mlflow import MlflowClient
 
     history_lm = MlflowClient(tracking).get_metric_history(run.info.run_id, "loss/lm")
-    assert len(history_lm) == 12
+    assert len(history_lm) == 24
     artifacts = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "checkpoint")}
     assert "checkpoint/model.safetensors" in artifacts
 
@@ -125,11 +125,11 @@ def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_p
 @pytest.mark.slow
 def test_a_failed_worker_resumes_from_its_checkpoint(ray_local, corpus, tracking, tmp_path):
     clean = train(corpus, tmp_path, name="clean")
-    failed = train(corpus, tmp_path, dataclasses.replace(CFG, fail_at_step=6), name="failed")
-    assert (tmp_path / "failed" / "ray" / ".failed_once_align").read_text() == "6"
-    assert failed["steps"] == clean["steps"] == 12
-    # steps 1-4 come from before the failure, 5-12 after resuming from the step-4 checkpoint
-    assert [h["step"] for h in failed["history"]] == list(range(1, 13))
+    failed = train(corpus, tmp_path, dataclasses.replace(CFG, fail_at_step=12), name="failed")
+    assert (tmp_path / "failed" / "ray" / ".failed_once_align").read_text() == "12"
+    assert failed["steps"] == clean["steps"] == 24
+    # steps 1-8 come from before the failure, 9-24 after resuming from the step-8 checkpoint
+    assert [h["step"] for h in failed["history"]] == list(range(1, 25))
     assert abs(failed["final_loss"] - clean["final_loss"]) < 0.25 * clean["final_loss"]
     assert len([r for r in runs(tracking) if r.info.run_id == failed["mlflow_run_id"]]) == 1
     assert len(runs(tracking)) == 2  # one per training, none for the restart
