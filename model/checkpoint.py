@@ -44,12 +44,14 @@ def saved(model: FaceInsight, key: str, recipe: Recipe) -> bool:
     return True
 
 
-def save_pretrained(model: FaceInsight, path: str | Path, recipe: Recipe) -> list[str]:
-    """Write the checkpoint; returns the saved tensor names."""
+def save_pretrained(model: FaceInsight, path: str | Path, recipe: Recipe,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Write the checkpoint; returns the saved tensor names. `state_dict`: weights gathered elsewhere
+    (ZeRO-3 partitions parameters, so the trainer passes the consolidated ones)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors, aliases, seen = {}, {}, {}
-    for key, value in model.state_dict().items():
+    for key, value in (state_dict if state_dict is not None else model.state_dict()).items():
         if not saved(model, key, recipe):
             continue
         ptr = (value.data_ptr(), value.shape, value.dtype)

@@ -84,10 +84,10 @@ class FaceInsight(nn.Module):
 
         return from_pretrained(path)
 
-    def save_pretrained(self, path, recipe: Recipe) -> list[str]:
+    def save_pretrained(self, path, recipe: Recipe, state_dict=None) -> list[str]:
         from model.checkpoint import save_pretrained
 
-        return save_pretrained(self, path, recipe)
+        return save_pretrained(self, path, recipe, state_dict)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:

@@ -23,6 +23,7 @@ import torch
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
+DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 OPTIMIZER_FILE = "optimizer.safetensors"
 HISTORY_FILE = "history.json"
 
@@ -54,6 +55,7 @@ class TrainConfig:
     bf16: bool = False  # autocast to bfloat16 (GPUs; also works on recent CPUs)
     seed_offset: int = 0
     fail_at_step: int = 0  # fault injection (tests): the first attempt raises at this step; 0 = never
+    deepspeed: str = ""  # "": DDP; else a config name under infra/deepspeed/ (zero2, zero3, zero3_offload)
 
     def __post_init__(self) -> None:
         from model.config import RECIPES
@@ -63,6 +65,9 @@ class TrainConfig:
         if self.batch_size % (self.num_workers * self.grad_accum):
             raise ValueError(f"train.batch_size ({self.batch_size}) must divide by num_workers x grad_accum "
                              f"({self.num_workers} x {self.grad_accum})")
+        if self.deepspeed and not (DEEPSPEED_DIR / f"{self.deepspeed}.json").exists():
+            names = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
+            raise ValueError(f"train.deepspeed: no infra/deepspeed/{self.deepspeed}.json; one of {names}")
         if min(self.epochs, self.num_workers, self.grad_accum, self.checkpoint_every, self.max_tokens) < 1:
             raise ValueError("train: epochs, num_workers, grad_accum, checkpoint_every, max_tokens must be >= 1")
 
@@ -96,6 +101,20 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
             idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = f.get_tensor(key)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def deepspeed_config(cfg: TrainConfig, micro: int) -> dict[str, Any]:
+    """infra/deepspeed/<name>.json with its "auto" values filled from the stage's params."""
+    raw = json.loads((DEEPSPEED_DIR / f"{cfg.deepspeed}.json").read_text())
+    raw.pop("_comment", None)
+    fill = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": cfg.grad_clip}
+    for key, value in fill.items():
+        if raw.get(key) == "auto":
+            raw[key] = value
+    if raw.get("bf16", {}).get("enabled") == "auto":
+        raw["bf16"]["enabled"] = cfg.bf16
+    return raw
 
 
 # -- the worker ------------------------------------------------------------------------------------------
@@ -138,30 +157,41 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.torch_threads)
     model, recipe = build_model(config)
     core = model
-    if world > 1:
-        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    else:
-        model = ray.train.torch.prepare_model(model)
-    groups = param_groups(core, cfg)
-    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
-                                   for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
     micro = cfg.batch_size // world // cfg.grad_accum
-    steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
     state = {"step": 0, "mlflow_run_id": None, "history": []}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume: weights, optimiser, step, data position, LR and the MLflow run
+    if checkpoint:  # resume: weights (before any wrapping), step, data position, LR and the MLflow run
         with checkpoint.as_directory() as ckpt:
             from safetensors.torch import load_file
 
             from model.checkpoint import WEIGHTS_FILE
 
             core.load_state_dict(load_file(str(Path(ckpt) / WEIGHTS_FILE)), strict=False)
-            load_optimizer(optimizer, Path(ckpt))
             state = json.loads((Path(ckpt) / TRAINER_STATE).read_text())
+            resume_dir = Path(tempfile.mkdtemp())
+            if (Path(ckpt) / OPTIMIZER_FILE).exists():
+                shutil.copy(Path(ckpt) / OPTIMIZER_FILE, resume_dir / OPTIMIZER_FILE)
+    groups = param_groups(core, cfg)
+    trainable = core.trainable_parameters()  # before ZeRO-3 partitions the parameters away
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
+                                   for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    engine = None
+    if cfg.deepspeed:  # ZeRO partitions optimiser state (2) and parameters (3) across the workers
+        import deepspeed
+
+        engine, optimizer, _, _ = deepspeed.initialize(model=core, optimizer=optimizer,
+                                                       config=deepspeed_config(cfg, micro))
+        model = engine
+    else:
+        kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if world > 1 else {}
+        model = ray.train.torch.prepare_model(model, **kwargs)
+        if checkpoint and (resume_dir / OPTIMIZER_FILE).exists():
+            load_optimizer(optimizer, resume_dir)
+    steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
     torch.manual_seed(config["seed"] + cfg.seed_offset + 1000 * rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
-    run = _open_mlflow(config, cfg, core, recipe, state) if rank == 0 else None
+    run = _open_mlflow(config, core, trainable, state) if rank == 0 else None
     step, started = state["step"], time.perf_counter()
     samples = tokens = 0
     try:
@@ -173,17 +203,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for k, batch in enumerate(batches):
                 if k < skip * cfg.grad_accum:  # fast-forward to the checkpoint's data position
                     continue
-                terms = _micro_step(model, core, batch, cfg, world)
+                if not accumulated:  # the LR of the optimiser step these micro-batches make
+                    for group, spec in zip(optimizer.param_groups, groups, strict=True):
+                        group["lr"] = lr_at(step, total, cfg.warmup_steps, spec["base_lr"])
+                terms = _micro_step(model, core, batch, cfg, engine)
                 accumulated.append(terms)
                 samples += micro * world
                 tokens += int(batch["attention_mask"].sum()) * world
                 if len(accumulated) < cfg.grad_accum:
                     continue
-                for group, spec in zip(optimizer.param_groups, groups, strict=True):
-                    group["lr"] = lr_at(step, total, cfg.warmup_steps, spec["base_lr"])
-                grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if engine is not None:  # DeepSpeed clips and steps at the accumulation boundary itself
+                    grad_norm = engine.get_global_grad_norm() or 0.0
+                else:
+                    grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]],
+                                                               cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 step += 1
                 metrics = {k2: sum(a[k2] for a in accumulated) / len(accumulated) for k2 in accumulated[0]}
                 metrics.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm))
@@ -195,7 +230,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     run.log_metrics({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step=step)
                 _maybe_fail(config, cfg, step)
                 if step % cfg.checkpoint_every == 0 or step == total:
-                    _report(core, optimizer, recipe, state | {"step": step}, metrics, rank, run, final=step == total)
+                    _report(core, optimizer, engine, recipe, state | {"step": step}, metrics, rank, run,
+                            final=step == total)
                 if step >= total:
                     break
     finally:
@@ -205,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             mlflow.end_run()
 
 
-def _micro_step(model, core, batch: dict[str, torch.Tensor], cfg: TrainConfig, world: int) -> dict[str, float]:
+def _micro_step(model, core, batch: dict[str, torch.Tensor], cfg: TrainConfig, engine) -> dict[str, float]:
     batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels") else v)
              for k, v in batch.items()}
     pixel_values = core.preprocess(batch["image"].numpy()) if core.cfg.vision.kind != "tiny" else \
@@ -215,7 +251,11 @@ def _micro_step(model, core, batch: dict[str, torch.Tensor], cfg: TrainConfig, w
                     seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
                     attribute_labels=batch["attribute_labels"])
-    (out.loss / cfg.grad_accum).backward()
+    if engine is not None:
+        engine.backward(out.loss)  # scales by 1 / gradient_accumulation_steps itself
+        engine.step()  # a no-op except at the accumulation boundary
+    else:
+        (out.loss / cfg.grad_accum).backward()
     terms = {"loss": out.loss.item()} | {f"loss_{k}": v.item() for k, v in out.losses.items()}
     if out.attribute_logits is not None:  # how often the attribute head is right, where labels exist
         known = batch["attribute_labels"] >= 0
@@ -234,7 +274,7 @@ def _maybe_fail(config: dict[str, Any], cfg: TrainConfig, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
 
 
-def _open_mlflow(config, cfg: TrainConfig, core, recipe, state: dict):
+def _open_mlflow(config, core, trainable: dict[str, int], state: dict):
     import mlflow
 
     from pipelines.tracking import flatten, git_commit
@@ -247,19 +287,24 @@ def _open_mlflow(config, cfg: TrainConfig, core, recipe, state: dict):
         run = mlflow.start_run(run_name=config["stage"], tags={"dvc.stage": config["stage"],
                                                                "git.commit": git_commit()})
         mlflow.log_params(flatten({config["stage"]: config["train"], "model": core.cfg.to_dict()}))
-        mlflow.log_params({f"trainable.{k}": v for k, v in core.trainable_parameters().items()})
+        mlflow.log_params({f"trainable.{k}": v for k, v in trainable.items()})
     state["mlflow_run_id"] = run.info.run_id
     return mlflow
 
 
-def _report(core, optimizer, recipe, state: dict, metrics: dict, rank: int, run, final: bool) -> None:
+def _report(core, optimizer, engine, recipe, state: dict, metrics: dict, rank: int, run, final: bool) -> None:
     import ray.train
 
+    weights = None
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        # every rank takes part in gathering the partitioned parameters; rank 0 receives them
+        weights = core.state_dict() | (engine._zero3_consolidated_16bit_state_dict() or {})
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:  # the trained parts are small and identical on every rank: rank 0 saves them
-            core.save_pretrained(tmp, recipe)
-            save_optimizer(optimizer, Path(tmp))
+            core.save_pretrained(tmp, recipe, state_dict=weights)
+            if engine is None:  # a ZeRO-partitioned optimiser has no whole state on one rank: weights only
+                save_optimizer(optimizer, Path(tmp))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state) + "\n")
             if final and run is not None:
                 run.log_artifacts(tmp, artifact_path="checkpoint")
@@ -329,7 +374,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     with result.checkpoint.as_directory() as ckpt:
         shutil.copytree(ckpt, tmp)
     state = json.loads((tmp / TRAINER_STATE).read_text())
-    (tmp / OPTIMIZER_FILE).unlink()  # the DVC out is the model; optimiser state stays in the run storage
+    (tmp / OPTIMIZER_FILE).unlink(missing_ok=True)  # the DVC out is the model; optimiser state stays in the run
     FaceInsight.from_pretrained(tmp)  # refuse to publish a checkpoint that does not load
     from pipelines.storage import replace_dir
 
