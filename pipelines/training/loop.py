@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -323,6 +324,22 @@ class TrainInputs:
     init_from: Path | None = None  # the previous stage's checkpoint (finetune starts from align)
 
 
+def ray_storage(storage_path: str) -> dict[str, Any]:
+    """RunConfig storage arguments. For s3:// with AWS_ENDPOINT_URL (MinIO, moto, ...) an explicit pyarrow
+    filesystem: it travels to every worker with its endpoint, wherever the workers' environment comes from."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not storage_path.startswith("s3://") or not endpoint:
+        return {"storage_path": storage_path}
+    from pyarrow import fs
+
+    scheme, _, host = endpoint.partition("://")
+    filesystem = fs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                                 access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                 secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return {"storage_path": storage_path.removeprefix("s3://"), "storage_filesystem": filesystem}
+
+
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
@@ -360,7 +377,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
                            "n_train": n_train, "tracking_uri": tracking_uri(), "storage_path": storage_path},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(storage_path=storage_path, name=stage,
+        run_config=RunConfig(**ray_storage(storage_path), name=stage,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": train},

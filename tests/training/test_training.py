@@ -143,6 +143,22 @@ def test_two_workers_train_together(ray_local, corpus, tracking, tmp_path):
 
 
 @pytest.mark.slow
+def test_checkpoints_on_s3(ray_local, s3_server, corpus, tracking, tmp_path):
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="train-runs")
+    inputs = TrainInputs(corpus=corpus["root"], tokenizer_dir=corpus["tokenizer"], knowledge=corpus["knowledge"],
+                         model=MODEL)
+    cfg = dataclasses.replace(CFG, max_steps=4, checkpoint_every=2)
+    result = run_training("align", cfg, inputs, 0, tmp_path / "model", "s3://train-runs/ray")
+    assert result["steps"] == 4 and (tmp_path / "model" / "model.safetensors").exists()
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="train-runs", Prefix="ray/align/")["Contents"]]
+    checkpoints = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_")}
+    assert len(checkpoints) == 2  # steps 2 and 4, kept on S3
+    assert any(k.endswith("/model.safetensors") for k in keys) and any(k.endswith("/trainer_state.json") for k in keys)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tmp_path):
     cfg = dataclasses.replace(CFG, num_workers=2, max_steps=8, checkpoint_every=4, deepspeed=zero)
