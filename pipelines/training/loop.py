@@ -146,6 +146,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -190,6 +191,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             load_optimizer(optimizer, resume_dir)
     steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    nodes = [None] * world  # where each rank runs (logged; the multi-node test checks it)
+    node = ray.get_runtime_context().get_node_id()
+    if world > 1:
+        torch.distributed.all_gather_object(nodes, node)
+    else:
+        nodes = [node]
+    state["worker_nodes"] = nodes
     torch.manual_seed(config["seed"] + cfg.seed_offset + 1000 * rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
     run = _open_mlflow(config, core, trainable, state) if rank == 0 else None
@@ -398,6 +406,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     replace_dir(tmp, out_dir)
     history = state["history"]
     return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
+            "workers": len(state.get("worker_nodes", [])), "nodes": len(set(state.get("worker_nodes", []))),
             "first_loss": history[0]["loss"] if history else None,
             "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,
             "history": history}

@@ -18,7 +18,6 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 import ray
-from ray.util.state import list_actors
 from pipelines.training.loop import TrainConfig, TrainInputs, run_training
 from tests.training.test_training import MODEL, CFG
 import dataclasses
@@ -27,8 +26,7 @@ inputs = TrainInputs(corpus=Path(corpus["root"]), tokenizer_dir=Path(corpus["tok
                      knowledge=corpus["knowledge"], model=MODEL)
 cfg = dataclasses.replace(CFG, num_workers=2, cpus_per_worker=2, max_steps=4, checkpoint_every=4)
 result = run_training("align", cfg, inputs, 0, Path(sys.argv[2]) / "model", sys.argv[2] + "/ray")
-workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
-print(json.dumps({"steps": result["steps"], "nodes": sorted({w.node_id for w in workers}),
+print(json.dumps({"steps": result["steps"], "workers": result["workers"], "nodes": result["nodes"],
                   "cluster_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
 """
 
@@ -43,12 +41,16 @@ def test_training_runs_one_worker_per_node(corpus, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
-    head = f"127.0.0.1:{port}"
+    env["RAY_AUTH_MODE"] = "disabled"  # a throwaway loopback cluster: no token to hand to the second node
+    from ray._private.services import get_node_ip_address
+
+    ip = get_node_ip_address()
+    head = f"{ip}:{port}"
     try:
         temp = f"/tmp/ray_2node_{port}"  # not the session's /tmp/ray
-        ray_cmd("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+        ray_cmd("start", "--head", "--port", str(port), "--num-cpus", "2",
                 "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp, env=env)
-        ray_cmd("start", "--address", head, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+        ray_cmd("start", "--address", head, "--num-cpus", "2",
                 "--disable-usage-stats", "--temp-dir", temp, env=env)
         spec = json.dumps({"root": str(corpus["root"]), "tokenizer": str(corpus["tokenizer"]),
                            "knowledge": corpus["knowledge"]})
@@ -59,19 +61,19 @@ def test_training_runs_one_worker_per_node(corpus, tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report["cluster_nodes"] == 2 and report["steps"] == 4
-        assert len(report["nodes"]) == 2  # the two training workers ran on different nodes
+        assert report["workers"] == 2 and report["nodes"] == 2  # the two training workers ran on different nodes
     finally:
-        stop_cluster(port)
+        stop_cluster(ip, port)
 
 
-def stop_cluster(port: int) -> None:
+def stop_cluster(ip: str, port: int) -> None:
     """End only this cluster's processes (found by its GCS port), never the session's own Ray instance."""
     import psutil
 
     mine = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if f"127.0.0.1:{port}" in cmdline or f"gcs_server_port={port}" in cmdline:
+        if f"{ip}:{port}" in cmdline or f"gcs_server_port={port}" in cmdline or f"ray_2node_{port}" in cmdline:
             mine.append(proc)
     for proc in mine:
         try:

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from model.config import RECIPES
-from pipelines.corpus.records import RECORD_SCHEMA, RecordPlan, encode_png, face_records
-from pipelines.corpus.templates import Templates
-from pipelines.knowledge import KnowledgeConfig, mine_knowledge
+from pipelines.corpus.records import encode_png
 from pipelines.training.loop import TrainConfig, TrainInputs, load_optimizer, run_training, save_optimizer
 from tests.model.conftest import SMALL
 
@@ -46,33 +41,6 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     for idx in a["state"]:
         for name, value in a["state"][idx].items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][idx][name])), name
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
-    """A small corpus in the real shard format: 48 faces whose image brightness says whether they smile."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    table = rng.random((300, 40)) < 0.35
-    knowledge = mine_knowledge(table, KnowledgeConfig(min_support=10, min_expected=3))
-    templates = Templates.load(knowledge=knowledge)
-    rows = []
-    for k in range(48):
-        attrs = np.where(table[k], 1, -1)
-        image = np.full((32, 32, 3), 220 if attrs[31] > 0 else 30, np.uint8)  # Smiling <=> a bright image
-        face = {"id": str(k), "dataset": "celebamask_hq", "split": "train", "image_png": encode_png(image),
-                "map_png": encode_png(rng.integers(0, 19, (32, 32), dtype=np.uint8)), "map_source": "ground_truth",
-                "regions": [], "attributes": list(attrs), "age": None, "gender": None, "race": None,
-                "expression": None}
-        rows += face_records(face, templates, RecordPlan(questions_per_record=4), seed=0)
-    random.Random(0).shuffle(rows)
-    (root / "train").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), root / "train" / "part-00000.parquet")
-    from model.tokenizer import train_tokenizer
-
-    tok = train_tokenizer((t["value"] for r in rows for t in r["conversations"]), vocab_size=500)
-    tok.save_pretrained(str(root / "tokenizer"))
-    return {"root": root, "knowledge": knowledge, "tokenizer": root / "tokenizer", "records": len(rows)}
 
 
 @pytest.fixture
@@ -153,7 +121,7 @@ def test_checkpoints_on_s3(ray_local, s3_server, corpus, tracking, tmp_path):
     result = run_training("align", cfg, inputs, 0, tmp_path / "model", "s3://train-runs/ray")
     assert result["steps"] == 4 and (tmp_path / "model" / "model.safetensors").exists()
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="train-runs", Prefix="ray/align/")["Contents"]]
-    checkpoints = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_")}
+    checkpoints = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_2")}
     assert len(checkpoints) == 2  # steps 2 and 4, kept on S3
     assert any(k.endswith("/model.safetensors") for k in keys) and any(k.endswith("/trainer_state.json") for k in keys)
 
