@@ -41,15 +41,44 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-@contextmanager
-def mlflow_run(uri: str, run_name: str, stage: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Open a run in the pipeline's experiment with the stage's params and the git commit as tags."""
+def pipeline_run_id(uri: str, commit: str | None = None) -> str:
+    """The parent run of this pipeline state (one per git commit): found by its tag, or created."""
+    from mlflow import MlflowClient
+
+    commit = commit or git_commit()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`pipeline.commit` = '{commit}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"pipeline@{commit[:8]}",
+                            tags={"pipeline.commit": commit, "git.commit": commit})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None):
+    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=run_name, tags={"dvc.stage": stage, "git.commit": git_commit(),
-                                                   **(tags or {})}) as run:
+    mlflow.set_system_metrics_sampling_interval(2)  # CPU, memory, (GPU) every 2 s: stages are minutes long
+    if run_id:
+        return mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    commit = git_commit()
+    return mlflow.start_run(run_name=stage, parent_run_id=pipeline_run_id(uri, commit), log_system_metrics=True,
+                            tags={"dvc.stage": stage, "git.commit": commit, **(tags or {})})
+
+
+@contextmanager
+def mlflow_run(uri: str, run_name: str, stage: str, params: Mapping[str, Any],
+               tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open a stage's run (child of the pipeline run) with the stage's params and the git commit as tags."""
+    import mlflow
+
+    with start_stage_run(uri, stage, tags=tags) as run:
         mlflow.log_params(flatten(params))
         yield run

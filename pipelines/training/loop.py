@@ -286,15 +286,11 @@ def _maybe_fail(config: dict[str, Any], cfg: TrainConfig, step: int) -> None:
 def _open_mlflow(config, core, trainable: dict[str, int], state: dict):
     import mlflow
 
-    from pipelines.tracking import flatten, git_commit
+    from pipelines.tracking import flatten, start_stage_run
 
-    mlflow.set_tracking_uri(config["tracking_uri"])
-    mlflow.set_experiment(config.get("experiment", "faceinsight"))
-    if state.get("mlflow_run_id"):  # a restarted run continues its MLflow run
-        run = mlflow.start_run(run_id=state["mlflow_run_id"])
-    else:
-        run = mlflow.start_run(run_name=config["stage"], tags={"dvc.stage": config["stage"],
-                                                               "git.commit": git_commit()})
+    # a restarted run continues its MLflow run; a new one is a child of the pipeline's run
+    run = start_stage_run(config["tracking_uri"], config["stage"], state.get("mlflow_run_id"))
+    if not state.get("mlflow_run_id"):
         mlflow.log_params(flatten({config["stage"]: config["train"], "model": core.cfg.to_dict()}))
         mlflow.log_params({f"trainable.{k}": v for k, v in trainable.items()})
     state["mlflow_run_id"] = run.info.run_id

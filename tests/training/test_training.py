@@ -61,11 +61,16 @@ def train(corpus, tmp_path, cfg=CFG, stage="align", init_from=None, name="run"):
 
 
 def runs(uri: str) -> list:
+    """The stage runs (children of the pipeline run)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("faceinsight")
-    return client.search_runs([exp.experiment_id]) if exp else []
+    found = client.search_runs([exp.experiment_id]) if exp else []
+    stages = [r for r in found if "dvc.stage" in r.data.tags]
+    parents = {r.info.run_id for r in found if "pipeline.commit" in r.data.tags}
+    assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in stages)
+    return stages
 
 
 @pytest.mark.slow
@@ -82,6 +87,7 @@ def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_p
     [run] = runs(tracking)
     assert run.data.tags["dvc.stage"] == "align" and run.data.params["align.recipe"] == "full"
     assert int(run.data.params["trainable.vision"]) > 0 and "loss/lm" in run.data.metrics
+    assert any(k.startswith("system/") for k in run.data.metrics)  # MLflow's system metrics
     from mlflow import MlflowClient
 
     history_lm = MlflowClient(tracking).get_metric_history(run.info.run_id, "loss/lm")
