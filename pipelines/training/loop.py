@@ -9,6 +9,7 @@ at the same step, data position and LR, and the MLflow run it logged to before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -344,6 +345,24 @@ def ray_storage(storage_path: str) -> dict[str, Any]:
     return {"storage_path": storage_path.removeprefix("s3://"), "storage_filesystem": filesystem}
 
 
+def run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int) -> str:
+    """The Ray Train run name: the stage plus a fingerprint of everything the run learns from.
+
+    Restarting the same stage on the same inputs finds the same name and resumes from its last
+    checkpoint; a changed corpus, tokenizer, config or starting checkpoint starts a fresh run
+    (resuming an old run's weights into a changed model would fail, or silently mix runs)."""
+    digest = hashlib.sha256(json.dumps({"stage": stage, "train": asdict(cfg), "model": inputs.model, "seed": seed,
+                                        "knowledge": inputs.knowledge}, sort_keys=True, default=str).encode())
+    folders = [inputs.corpus / "train", inputs.tokenizer_dir] + ([inputs.init_from] if inputs.init_from else [])
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            digest.update(path.name.encode())
+            with path.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return f"{stage}-{digest.hexdigest()[:12]}"
+
+
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
@@ -381,7 +400,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
                            "n_train": n_train, "tracking_uri": tracking_uri(), "storage_path": storage_path},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(**ray_storage(storage_path), name=stage,
+        run_config=RunConfig(**ray_storage(storage_path), name=run_name(stage, cfg, inputs, seed),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": train},

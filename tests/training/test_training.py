@@ -126,7 +126,7 @@ def test_checkpoints_on_s3(ray_local, s3_server, corpus, tracking, tmp_path):
     cfg = dataclasses.replace(CFG, max_steps=4, checkpoint_every=2)
     result = run_training("align", cfg, inputs, 0, tmp_path / "model", "s3://train-runs/ray")
     assert result["steps"] == 4 and (tmp_path / "model" / "model.safetensors").exists()
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="train-runs", Prefix="ray/align/")["Contents"]]
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="train-runs", Prefix="ray/align-")["Contents"]]
     checkpoints = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_2")}
     assert len(checkpoints) == 2  # steps 2 and 4, kept on S3
     assert any(k.endswith("/model.safetensors") for k in keys) and any(k.endswith("/trainer_state.json") for k in keys)
@@ -181,3 +181,20 @@ def test_finetune_registers_a_model_that_answers_in_a_fresh_process(ray_local, c
         assert isinstance(said["answer"], str) and len(said["attributes"]) == 40
         assert all(0 <= p <= 1 for p in said["attributes"])
     assert RECIPES["finetune"].llm == "lora"
+
+
+def test_run_name_changes_with_the_inputs_only(corpus, tmp_path):
+    from pipelines.training.loop import run_name
+
+    inputs = TrainInputs(corpus=corpus["root"], tokenizer_dir=corpus["tokenizer"], knowledge=corpus["knowledge"],
+                         model=MODEL)
+    name = run_name("align", CFG, inputs, 0)
+    assert name.startswith("align-") and name == run_name("align", CFG, inputs, 0)  # a restart resumes
+    assert run_name("align", dataclasses.replace(CFG, lr=0.1), inputs, 0) != name
+    assert run_name("align", CFG, inputs, 1) != name
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(corpus["tokenizer"], tok)
+    (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text().replace('"<pad>"', '"<PAD>"'))
+    assert run_name("align", CFG, dataclasses.replace(inputs, tokenizer_dir=tok), 0) != name
