@@ -61,7 +61,10 @@ def test_parser_learns_with_ray_train_and_logs_to_mlflow(synthetic_roots, ray_lo
     parser = load_parser(tmp_path / "parser")
     assert parser.cfg.base_channels == 8
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["faceinsight"], output_format="list")
+    found = mlflow.search_runs(experiment_names=["faceinsight"], output_format="list")
+    runs = [r for r in found if "dvc.stage" in r.data.tags]
+    [parent] = [r for r in found if "pipeline.commit" in r.data.tags]  # the pipeline's run, per commit
     assert len(runs) == 1 and runs[0].data.tags["dvc.stage"] == "train_parser"
+    assert runs[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert runs[0].data.metrics["test_miou"] == pytest.approx(result["test_miou"])
     assert runs[0].data.params["epochs"] == "16"
