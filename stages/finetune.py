@@ -33,7 +33,7 @@ def main(
     metrics: Annotated[Path, typer.Option(help="Steps, losses (DVC metric).")] = Path("metrics/train_finetune.json"),
     history: Annotated[Path, typer.Option(help="Loss per step (DVC plot).")] = Path("plots/train/finetune.json"),
     registry: Annotated[Path, typer.Option(help="Registered version and URI (DVC out).")] = Path(
-        "models/registry.json"),
+        "registry/faceinsight.json"),
     storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
 ) -> None:
     def body() -> None:

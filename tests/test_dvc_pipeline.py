@@ -32,7 +32,7 @@ def repo_copy(tmp_path) -> Path:
     dst = tmp_path / "repo"
     for rel in files:
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("metrics/", "dvc.lock")):
+        if src.is_file() and not rel.startswith(("metrics/", "dvc.lock", "registry/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             (dst / rel).write_bytes(src.read_bytes())
     params = yaml.safe_load((dst / "params.yaml").read_text())
@@ -78,7 +78,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     align = json.loads((repo_copy / "metrics" / "train_align.json").read_text())
     assert align["steps"] == 16 and align["final_loss"] < 0.8 * align["first_loss"]  # it learns
     assert len(json.loads((repo_copy / "plots" / "train" / "align.json").read_text())) == 16
-    registry = json.loads((repo_copy / "models" / "registry.json").read_text())
+    registry = json.loads((repo_copy / "registry" / "faceinsight.json").read_text())
     assert registry["uri"] == "models:/faceinsight@candidate" and registry["version"] == "1"
     assert (repo_copy / "models" / "faceinsight" / "model.safetensors").exists()
 
