@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from model.chat import CHAT_TEMPLATES, ChatTemplate
-from model.config import COMPONENTS, FaceInsightConfig, Recipe
+from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import CooccurrenceGraph, constraint_loss, masked_bce, rules_tensor
 from model.labels import CELEBA_ATTRIBUTES
@@ -234,5 +234,3 @@ class FaceInsight(nn.Module):
         tokens = self.generate(prompts, pixel_values, maps, **kwargs)
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
-
-__all__ = ["COMPONENTS", "FaceInsight", "FaceInsightOutput"]

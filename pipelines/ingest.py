@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pipelines.datasets.celebamask_hq import read_celebamask_hq
 from pipelines.datasets.common import REASONS, SPLITS, Quarantined, ReadResult, Record
 from pipelines.datasets.rafdb import read_rafdb
 from pipelines.datasets.utkface import read_utkface
-from pipelines.storage import replace_dir, write_json_atomic
+from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.synthetic.writers import DATASET_DIRS, SyntheticConfig, write_synthetic
 
 DATASETS = ("celebamask_hq", "utkface", "rafdb")
@@ -132,17 +131,14 @@ def ingest_metrics(results: dict[str, ReadResult]) -> dict:
 
 def resolve_roots(cfg: IngestConfig, seed: int, raw: Path) -> dict[str, str]:
     """Render the synthetic sets into `raw` (atomically), or record where the real ones are."""
-    tmp = raw.with_name(raw.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if cfg.source == "synthetic":
-        write_synthetic(tmp, seed, cfg.synthetic)
-        roots = {name: (raw / sub).as_posix() for name, sub in DATASET_DIRS.items()}
-    else:
-        roots = dataclasses.asdict(cfg.roots)
-    (tmp / "SOURCE.json").write_text(json.dumps({"source": cfg.source, "roots": roots}, indent=2) + "\n")
-    replace_dir(tmp, raw)
+    with atomic_dir(raw) as tmp:
+        tmp.mkdir()
+        if cfg.source == "synthetic":
+            write_synthetic(tmp, seed, cfg.synthetic)
+            roots = {name: (raw / sub).as_posix() for name, sub in DATASET_DIRS.items()}
+        else:
+            roots = dataclasses.asdict(cfg.roots)
+        (tmp / "SOURCE.json").write_text(json.dumps({"source": cfg.source, "roots": roots}, indent=2) + "\n")
     return roots
 
 
@@ -152,13 +148,10 @@ def run_ingest(cfg: IngestConfig, seed: int, paths: IngestPaths = IngestPaths())
     check_quarantine(results, cfg.max_quarantine_share)
     records = [r for name in DATASETS for r in results[name].records]
     quarantined = [q for name in DATASETS for q in results[name].quarantined]
-    tmp = paths.manifest.with_name(paths.manifest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    pq.write_table(manifest_table(records), tmp / "manifest.parquet")
-    pq.write_table(quarantine_table(quarantined), tmp / "quarantine.parquet")
-    replace_dir(tmp, paths.manifest)
+    with atomic_dir(paths.manifest) as tmp:
+        tmp.mkdir()
+        pq.write_table(manifest_table(records), tmp / "manifest.parquet")
+        pq.write_table(quarantine_table(quarantined), tmp / "quarantine.parquet")
     metrics = ingest_metrics(results)
     write_json_atomic(paths.metrics, metrics)
     write_contact_sheet(results["celebamask_hq"].records, paths.contact_sheet, cfg.contact_sheet_faces)

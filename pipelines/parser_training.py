@@ -19,7 +19,8 @@ from model.face_parser import FaceParser, FaceParserConfig, load_parser, save_pa
 from model.labels import PARSING_CLASSES
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import Augment, load_parsing_example
-from pipelines.storage import replace_dir
+from pipelines.storage import atomic_dir
+from pipelines.training.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,6 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits.sum() * 0.0
     dice = (2 * inter + 1.0) / (total + 1.0)
     return 1.0 - dice[present].mean()
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up, then cosine decay to 5% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _batches(shard, batch_size: int):
@@ -233,18 +226,14 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("train_parser finished without a checkpoint; see the Ray Train logs above")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with result.checkpoint.as_directory() as ckpt:
-        shutil.copytree(ckpt, tmp)
-    load_parser(tmp)  # refuse to publish a checkpoint that does not load
     scores = json.loads(result.metrics["scores_json"])
-    if scores["val"]["miou"] < cfg.min_val_miou:
-        shutil.rmtree(tmp)
-        raise RuntimeError(f"the parser reached val mIoU {scores['val']['miou']:.3f}, below "
-                           f"train_parser.min_val_miou={cfg.min_val_miou}; train longer (epochs) or lower the gate")
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        with result.checkpoint.as_directory() as ckpt:
+            shutil.copytree(ckpt, tmp)
+        load_parser(tmp)  # refuse to publish a checkpoint that does not load
+        if scores["val"]["miou"] < cfg.min_val_miou:
+            raise RuntimeError(f"the parser reached val mIoU {scores['val']['miou']:.3f}, below train_parser."
+                               f"min_val_miou={cfg.min_val_miou}; train longer (epochs) or lower the gate")
     return {"epochs": cfg.epochs, "train_records": len(by_split["train"]),
             "final_train_loss": result.metrics["train_loss"],
             "val_miou": scores["val"]["miou"], "val_pixel_accuracy": scores["val"]["pixel_accuracy"],

@@ -7,33 +7,19 @@ Output: `answer` and, where the model has the attribute head, `attributes` (40 p
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
+
+from pipelines.corpus.records import decode_image
 
 MODEL_NAME = "faceinsight"
 
 
-def _decode(data: bytes, size: int, mode: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert(mode)
-        return np.asarray(img.resize((size, size), Image.NEAREST if mode == "L" else Image.BILINEAR))
-
-
-try:
-    import mlflow.pyfunc
-
-    _Base = mlflow.pyfunc.PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency; keeps model-only environments importable
-    _Base = object
-
-
-class FaceInsightPyfunc(_Base):
+class FaceInsightPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from model.faceinsight import FaceInsight
 
@@ -51,14 +37,14 @@ class FaceInsightPyfunc(_Base):
 
         m = self.model
         size, seg_size = m.cfg.vision.image_size, m.cfg.seg.image_size
-        images = np.stack([_decode(b, size, "RGB") for b in model_input["image"]])
+        images = np.stack([decode_image(b, size) for b in model_input["image"]])
         maps = None
         if m.seg_encoder is not None:
             if "seg_map" in model_input and model_input["seg_map"].notna().all():
-                maps = np.stack([_decode(b, seg_size, "L") for b in model_input["seg_map"]])
+                maps = np.stack([decode_image(b, seg_size, "L") for b in model_input["seg_map"]])
             elif self.parser is not None:
                 side = self.parser.cfg.image_size
-                small = np.stack([_decode(b, side, "RGB") for b in model_input["image"]])
+                small = np.stack([decode_image(b, side) for b in model_input["image"]])
                 maps = self.parser.parse(small)
             else:
                 maps = np.zeros((len(images), seg_size, seg_size), np.uint8)

@@ -123,6 +123,23 @@ def write_json_atomic(path: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of directory `final` (not yet created) to fill; moved onto `final` only
+    when the block succeeds, removed when it fails, so `final` is always the old whole or the new whole."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished temporary directory into place (the old one goes only once the new one is whole)."""
     old = final.with_name(final.name + ".old")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.storage import replace_dir
+from pipelines.storage import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,8 @@ def build_tokenizer(corpus: Path, cfg: TokenizerConfig, out: Path) -> dict:
     from model.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(corpus_texts(corpus), cfg.vocab_size)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tokenizer.save_pretrained(str(tmp))
-    replace_dir(tmp, out)
+    with atomic_dir(out) as tmp:
+        tokenizer.save_pretrained(str(tmp))
     sample = next(corpus_texts(corpus, "val"), "")
     ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
     return {"vocab_size": len(tokenizer), "requested_vocab_size": cfg.vocab_size,

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import zlib
 from collections import Counter
@@ -43,7 +42,7 @@ from pipelines.corpus.records import (
 )
 from pipelines.corpus.templates import Templates
 from pipelines.datasets.common import SPLITS, Record
-from pipelines.storage import filesystem, replace_dir
+from pipelines.storage import atomic_dir, filesystem
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = len(PARSING_CLASSES)
@@ -267,11 +266,8 @@ def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: 
     if not records:
         raise ValueError("the manifest holds no records; run `dvc repro ingest` first")
     rows = manifest_rows(records, cfg)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
+        tmp.mkdir()
         shards = sorted(shard_summaries(rows, cfg, parser_payload(parser_dir), tmp.resolve(), templates, knowledge,
                                         seed), key=lambda s: s["file"])
         bad = sorted((b for s in shards for b in json.loads(s["quarantined"])), key=lambda b: (b["dataset"], b["id"]))
@@ -285,10 +281,6 @@ def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: 
         pq.write_table(quarantine, tmp / "quarantine.parquet")
         (tmp / "shards.json").write_text(json.dumps(
             [{k: s[k] for k in ("file", "split", "faces", "records")} for s in shards], indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
-        raise
-    replace_dir(tmp, out_dir)
     wall = time.perf_counter() - start
     busy = Counter()
     for shard in shards:

@@ -38,9 +38,13 @@ class RecordPlan:
             raise ValueError("build_corpus: questions_per_record, multiple_choice_turns, knowledge_turns must be >= 1")
 
 
-def decode_rgb(data: bytes, size: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, mode: str = "RGB") -> np.ndarray:
+    """Encoded image bytes -> a size x size array; "L" (label maps) resizes by nearest neighbour."""
     with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+        img = img.convert(mode)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.NEAREST if mode == "L" else Image.BILINEAR)
+        return np.asarray(img)
 
 
 def resize_map(label_map: np.ndarray, size: int) -> np.ndarray:
@@ -60,7 +64,7 @@ def load_face(row: dict[str, Any], size: int) -> dict[str, Any]:
     out = {"image_array": np.zeros((size, size, 3), np.uint8), "gt_map": np.zeros((size, size), np.uint8),
            "has_gt": False, "error_reason": "", "error_detail": ""}
     try:
-        out["image_array"] = decode_rgb(read_url(row["image"]), size)
+        out["image_array"] = decode_image(read_url(row["image"]), size)
     except FileNotFoundError:
         return {**out, "error_reason": "missing_image", "error_detail": f"{row['image']}: gone since ingest"}
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's problem, not the run's

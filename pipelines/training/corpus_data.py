@@ -5,16 +5,15 @@ Workers receive ready tensors (get_dataset_shard); nothing is decoded or tokenis
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from model.chat import CHAT_TEMPLATES, IGNORE
+from pipelines.corpus.records import decode_image
 
 
 class CorpusEncoder:
@@ -45,21 +44,13 @@ class CorpusEncoder:
             ids[k, :len(tokens)], labels[k, :len(targets)], mask[k, :len(tokens)] = tokens, targets, 1
         attributes = np.array([(row["labels"]["attributes"] or [-1] * 40) for row in rows], np.int8)
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
-                "image": np.stack([_decode(row["image"], self.image_size, "RGB") for row in rows]),
-                "seg_map": np.stack([_decode(row["seg_map"], self.seg_size, "L") for row in rows]),
+                "image": np.stack([decode_image(row["image"], self.image_size) for row in rows]),
+                "seg_map": np.stack([decode_image(row["seg_map"], self.seg_size, "L") for row in rows]),
                 "attribute_labels": attributes}
 
 
-def _decode(data: bytes, size: int, mode: str) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert(mode)
-        if img.size != (size, size):  # maps: nearest (labels), images: bilinear
-            img = img.resize((size, size), Image.NEAREST if mode == "L" else Image.BILINEAR)
-        return np.asarray(img)
-
-
-def shard_files(corpus: str | Path, split: str, tasks: tuple[str, ...] = ()) -> list[str]:
-    """The split's shard files (sorted); `tasks` is checked against shards.json's datasets only by count."""
+def shard_files(corpus: str | Path, split: str) -> list[str]:
+    """The split's shard files, sorted."""
     corpus = Path(corpus)
     files = sorted(str(p.resolve()) for p in (corpus / split).glob("part-*.parquet"))
     if not files:

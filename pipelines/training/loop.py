@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipelines.training.schedule import lr_at
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -74,14 +75,6 @@ class TrainConfig:
             raise ValueError("train: epochs, num_workers, grad_accum, checkpoint_every, max_tokens must be >= 1")
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up, then cosine decay to 5% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 # -- optimiser state without pickle ---------------------------------------------------------------------
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -93,7 +86,8 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     save_file(tensors, str(path / OPTIMIZER_FILE), metadata={"param_groups": json.dumps(state["param_groups"])})
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def read_optimizer_state(path: Path) -> dict[str, Any]:
+    """The optimiser state save_optimizer wrote, in memory (the checkpoint folder may go away after)."""
     from safetensors import safe_open
 
     with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as f:
@@ -102,7 +96,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         for key in f.keys():
             idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = f.get_tensor(key)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    optimizer.load_state_dict(read_optimizer_state(path))
 
 
 def deepspeed_config(cfg: TrainConfig, micro: int) -> dict[str, Any]:
@@ -162,6 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     core = model
     micro = cfg.batch_size // world // cfg.grad_accum
     state = {"step": 0, "mlflow_run_id": None, "history": []}
+    optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume: weights (before any wrapping), step, data position, LR and the MLflow run
         with checkpoint.as_directory() as ckpt:
@@ -171,9 +170,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
             core.load_state_dict(load_file(str(Path(ckpt) / WEIGHTS_FILE)), strict=False)
             state = json.loads((Path(ckpt) / TRAINER_STATE).read_text())
-            resume_dir = Path(tempfile.mkdtemp())
-            if (Path(ckpt) / OPTIMIZER_FILE).exists():
-                shutil.copy(Path(ckpt) / OPTIMIZER_FILE, resume_dir / OPTIMIZER_FILE)
+            if (Path(ckpt) / OPTIMIZER_FILE).exists():  # DDP checkpoints have it; ZeRO ones do not
+                optimizer_state = read_optimizer_state(Path(ckpt))
     groups = param_groups(core, cfg)
     trainable = core.trainable_parameters()  # before ZeRO-3 partitions the parameters away
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
@@ -188,8 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if world > 1 else {}
         model = ray.train.torch.prepare_model(model, **kwargs)
-        if checkpoint and (resume_dir / OPTIMIZER_FILE).exists():
-            load_optimizer(optimizer, resume_dir)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     nodes = [None] * world  # where each rank runs (logged; the multi-node test checks it)
@@ -254,8 +252,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _micro_step(model, core, batch: dict[str, torch.Tensor], cfg: TrainConfig, engine) -> dict[str, float]:
     batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels") else v)
              for k, v in batch.items()}
-    pixel_values = core.preprocess(batch["image"].numpy()) if core.cfg.vision.kind != "tiny" else \
-        batch["image"].permute(0, 3, 1, 2).float() / 255.0
+    pixel_values = core.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
     with torch.autocast("cuda" if cfg.use_gpu else "cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         out = model(input_ids=batch["input_ids"], pixel_values=pixel_values,
                     seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
@@ -408,17 +405,14 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint; see the Ray Train logs above")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with result.checkpoint.as_directory() as ckpt:
-        shutil.copytree(ckpt, tmp)
-    state = json.loads((tmp / TRAINER_STATE).read_text())
-    (tmp / OPTIMIZER_FILE).unlink(missing_ok=True)  # the DVC out is the model; optimiser state stays in the run
-    FaceInsight.from_pretrained(tmp)  # refuse to publish a checkpoint that does not load
-    from pipelines.storage import replace_dir
+    from pipelines.storage import atomic_dir
 
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        with result.checkpoint.as_directory() as ckpt:
+            shutil.copytree(ckpt, tmp)
+        state = json.loads((tmp / TRAINER_STATE).read_text())
+        (tmp / OPTIMIZER_FILE).unlink(missing_ok=True)  # the DVC out is the model; optimiser state stays in the run
+        FaceInsight.from_pretrained(tmp)  # refuse to publish a checkpoint that does not load
     history = state["history"]
     return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
             "workers": len(state.get("worker_nodes", [])), "nodes": len(set(state.get("worker_nodes", []))),

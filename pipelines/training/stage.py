@@ -18,8 +18,7 @@ def train_stage(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Pat
 
     cfg = build(TrainConfig, params.get(stage), stage)
     model_params = dict(params.get("model") or {})
-    model_config(model_params)  # validate before Ray starts
-    resolved = model_config(model_params).to_dict()
+    resolved = model_config(model_params).to_dict()  # validated here, before Ray starts
     inputs = TrainInputs(corpus=corpus, tokenizer_dir=tokenizer, knowledge=knowledge_file(knowledge),
                          model=resolved, init_from=init_from)
     result = run_training(stage, cfg, inputs, int(params.get("seed", 0)), out, storage)
