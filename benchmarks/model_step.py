@@ -2,12 +2,15 @@
 
     python benchmarks/model_step.py [--preset tiny] [--batch 16] [--steps 5] [--recipe full]
     python benchmarks/model_step.py --preset llava15-7b --random --device cuda --dtype bf16 --recipe finetune
+    python benchmarks/model_step.py ... --deepspeed zero2      # the step through a DeepSpeed engine (1 process)
 
 Sequences are real corpus conversations (the templates on random labels): 8 yes/no questions about
 one face per sequence, as the tiny recipe packs them. `--random` builds a preset's backbones from
 its shapes with random weights (no download): the `llava15-7b` shapes are CLIP ViT-L/14-336 and a
 7B Llama. FLOPs are counted by torch's FlopCounterMode on one step; MFU divides the achieved FLOP/s
 by `--peak-tflops` (default: 989 for an H100's dense bf16; on a CPU pass the machine's own figure).
+`--deepspeed NAME` runs the step through `infra/deepspeed/NAME.json` (bf16 from `--dtype`) in one
+process; peak memory is the accelerator's high-water mark over the timed steps (CUDA only).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--deepspeed", default="", help="a config name under infra/deepspeed/ (zero2, zero3, ...)")
     args = ap.parse_args()
     torch.manual_seed(0)
     convs, knowledge = corpus_like(args.batch)
@@ -86,22 +90,23 @@ def main() -> None:
     }
     batch = {k: v.to(args.device) for k, v in batch.items()}
     tokens = int(batch["attention_mask"].sum())
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast(args.device, dtype=dtype, enabled=args.dtype == "bf16"):
-            loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        step()  # also the warm-up
+    def forward_backward(module) -> torch.Tensor:
+        with torch.autocast(args.device, dtype=dtype, enabled=args.dtype == "bf16"):
+            return module(**batch).loss
+
+    with FlopCounterMode(display=False) as counter:  # counted on the bare model: the same matmuls
+        forward_backward(model).backward()
     flops = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
+    step = (deepspeed_step(model, args, forward_backward) if args.deepspeed
+            else torch_step(model, forward_backward))
+    step()  # warm-up
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     sync()
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -113,6 +118,45 @@ def main() -> None:
           f"{tokens / per_step:,.0f} tokens/s")
     print(f"{flops / 1e9:.2f} GFLOP/step -> {flops / per_step / 1e9:,.1f} GFLOP/s achieved; "
           f"MFU {flops / per_step / (args.peak_tflops * 1e12):.2%} of {args.peak_tflops} TFLOP/s peak")
+    if args.device == "cuda":
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
+              f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved ({args.deepspeed or 'plain torch'})")
+
+
+def torch_step(model: FaceInsight, forward_backward):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        loss = forward_backward(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def deepspeed_step(model: FaceInsight, args: argparse.Namespace, forward_backward):
+    """One process, world size 1: the engine, its ZeRO stage and bf16 as the trainer configures them."""
+    import os
+
+    import deepspeed
+
+    from pipelines.training.loop import TrainConfig, deepspeed_config, make_optimizer
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29531"}.items():
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
+    cfg = TrainConfig(deepspeed=args.deepspeed, bf16=args.dtype == "bf16", warmup_steps=0)
+    ds_config = deepspeed_config(cfg, micro=args.batch)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(groups, cfg, ds_config),
+                                           config=ds_config)
+
+    def step() -> None:
+        loss = forward_backward(engine)  # as the trainer does: bf16 weights from the engine, autocast around
+        engine.backward(loss)
+        engine.step()
+    return step
 
 
 if __name__ == "__main__":

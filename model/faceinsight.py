@@ -128,6 +128,8 @@ class FaceInsight(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     def visual_tokens(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None) -> torch.Tensor:
         """Projected image tokens, then map tokens: (B, image_tokens + seg_tokens, width)."""
+        # float images into a tower whose weights may be bf16 (DeepSpeed casts them; autocast is then off)
+        pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
         tokens = [self.image_projector(self.vision(pixel_values))]
         if self.seg_encoder is not None:
             if seg_maps is None:
@@ -154,7 +156,8 @@ class FaceInsight(nn.Module):
     def attribute_logits(self, visual: torch.Tensor) -> torch.Tensor:
         """The co-occurrence head: 40 logits from the mean visual token."""
         table = self.llm.get_input_embeddings()(self.attribute_ids)
-        text = (table * self.attribute_mask[..., None]).sum(1) / self.attribute_mask.sum(1, keepdim=True)
+        mask = self.attribute_mask.to(table.dtype)  # the buffer stays fp32 where DeepSpeed casts only parameters
+        text = (table * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return self.cooccurrence(text, visual.mean(dim=1))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,

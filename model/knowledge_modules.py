@@ -31,6 +31,7 @@ class CooccurrenceGraph(nn.Module):
 
     def classifiers(self, text_embeddings: torch.Tensor) -> torch.Tensor:
         """(N, text_dim) -> (N, visual_dim)."""
+        text_embeddings = text_embeddings.to(self.w1.weight.dtype)
         a = self.adjacency.to(text_embeddings.dtype)
         h = F.leaky_relu(a @ self.w1(text_embeddings), 0.2)
         return a @ self.w2(h)

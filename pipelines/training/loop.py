@@ -117,6 +117,16 @@ def deepspeed_config(cfg: TrainConfig, micro: int) -> dict[str, Any]:
     return raw
 
 
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, ds_config: dict[str, Any] | None = None):
+    """AdamW over the param groups; DeepSpeed's CPU Adam where the ZeRO config offloads the optimiser."""
+    offload = ((ds_config or {}).get("zero_optimization", {}).get("offload_optimizer") or {}).get("device")
+    if offload == "cpu":  # ZeRO-Offload steps on the CPU: torch's AdamW there is rejected by DeepSpeed
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 # -- the worker ------------------------------------------------------------------------------------------
 
 def build_model(config: dict[str, Any]):
@@ -174,14 +184,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 optimizer_state = read_optimizer_state(Path(ckpt))
     groups = param_groups(core, cfg)
     trainable = core.trainable_parameters()  # before ZeRO-3 partitions the parameters away
-    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
-                                   for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ds_config = deepspeed_config(cfg, micro) if cfg.deepspeed else None
+    optimizer = make_optimizer([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
+                                for g in groups], cfg, ds_config)
     engine = None
     if cfg.deepspeed:  # ZeRO partitions optimiser state (2) and parameters (3) across the workers
         import deepspeed
 
-        engine, optimizer, _, _ = deepspeed.initialize(model=core, optimizer=optimizer,
-                                                       config=deepspeed_config(cfg, micro))
+        engine, optimizer, _, _ = deepspeed.initialize(model=core, optimizer=optimizer, config=ds_config)
         model = engine
     else:
         kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if world > 1 else {}

@@ -189,6 +189,19 @@ def test_shared_projector_and_bf16_autocast(tokenizer, knowledge, conversations)
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in shared.parameters())  # fp32 master weights
 
 
+def test_bf16_weights_take_float_inputs(tokenizer, knowledge, conversations):
+    """DeepSpeed's bf16 mode casts the weights and turns autocast off: float images and maps must still work."""
+    model = FaceInsight(SMALL, tokenizer, knowledge)
+    for p in model.parameters():  # parameters only, as DeepSpeed does: the fp32 buffers stay
+        p.data = p.data.to(torch.bfloat16)
+    b = batch(model, conversations[:2])
+    assert b["pixel_values"].dtype == torch.float32 and model.attribute_mask.dtype == torch.float32
+    out = model(**b)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.image_projector[0].weight.grad.dtype == torch.bfloat16
+
+
 def test_faceinsight_ask_command(model, tmp_path):
     """The `faceinsight ask` command on a saved checkpoint and a (random) parser, as a user runs it."""
     import subprocess
