@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 OPTIMIZER_FILE = "optimizer.safetensors"
+DEEPSPEED_STATE = "deepspeed"  # engine.save_checkpoint's folder: each rank's ZeRO optimiser partition
 HISTORY_FILE = "history.json"
 
 
@@ -193,11 +194,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         engine, optimizer, _, _ = deepspeed.initialize(model=core, optimizer=optimizer, config=ds_config)
         model = engine
+        if checkpoint:  # the moments live partitioned across ranks: each rank loads its own partition
+            with checkpoint.as_directory() as ckpt:
+                if (Path(ckpt) / DEEPSPEED_STATE).exists():
+                    engine.load_checkpoint(str(Path(ckpt) / DEEPSPEED_STATE), tag="state", load_module_strict=False,
+                                           load_lr_scheduler_states=False)
+                    state["optimizer_restored"] = True
     else:
         kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if world > 1 else {}
         model = ray.train.torch.prepare_model(model, **kwargs)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
+            state["optimizer_restored"] = True
     steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     nodes = [None] * world  # where each rank runs (logged; the multi-node test checks it)
@@ -316,11 +324,14 @@ def _report(core, optimizer, engine, recipe, state: dict, metrics: dict, rank: i
         checkpoint = None
         if rank == 0:  # the trained parts are small and identical on every rank: rank 0 saves them
             core.save_pretrained(tmp, recipe, state_dict=weights)
-            if engine is None:  # a ZeRO-partitioned optimiser has no whole state on one rank: weights only
+            if engine is None:  # DDP: the whole state; ZeRO's partitions are written by every rank below
                 save_optimizer(optimizer, Path(tmp))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state) + "\n")
-            if final and run is not None:
+            if final and run is not None:  # the model, before DeepSpeed's partitions join the folder
                 run.log_artifacts(tmp, artifact_path="checkpoint")
+        if engine is not None:  # collective: every rank writes its optimiser partition; Ray merges the folders
+            engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_STATE), tag="state", exclude_frozen_parameters=True)
+        if rank == 0 or engine is not None:
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({"step": state["step"], **metrics}, checkpoint=checkpoint)
 
@@ -421,11 +432,14 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
         with result.checkpoint.as_directory() as ckpt:
             shutil.copytree(ckpt, tmp)
         state = json.loads((tmp / TRAINER_STATE).read_text())
-        (tmp / OPTIMIZER_FILE).unlink(missing_ok=True)  # the DVC out is the model; optimiser state stays in the run
+        # the DVC out is the model; optimiser state (whole or ZeRO partitions) stays in the Ray Train run
+        (tmp / OPTIMIZER_FILE).unlink(missing_ok=True)
+        shutil.rmtree(tmp / DEEPSPEED_STATE, ignore_errors=True)
         FaceInsight.from_pretrained(tmp)  # refuse to publish a checkpoint that does not load
     history = state["history"]
     return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
             "workers": len(state.get("worker_nodes", [])), "nodes": len(set(state.get("worker_nodes", []))),
+            "optimizer_restored": bool(state.get("optimizer_restored")),
             "first_loss": history[0]["loss"] if history else None,
             "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,
             "history": history}

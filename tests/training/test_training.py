@@ -135,9 +135,23 @@ def test_checkpoints_on_s3(ray_local, s3_server, corpus, tracking, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tmp_path):
-    cfg = dataclasses.replace(CFG, num_workers=2, max_steps=8, checkpoint_every=4, deepspeed=zero)
+    # a failure at step 6 resumes from the step-4 checkpoint: weights, and each rank's optimiser partition
+    cfg = dataclasses.replace(CFG, num_workers=2, max_steps=8, checkpoint_every=4, deepspeed=zero, fail_at_step=6)
     result = train(corpus, tmp_path, cfg, name=zero)
     assert result["steps"] == 8 and result["final_loss"] < result["first_loss"]
+    assert result["optimizer_restored"]
+    ray_dir = next((tmp_path / zero / "ray").glob("align-*"))
+    last = sorted(p for p in ray_dir.glob("checkpoint_*") if p.is_dir())[-1] / "deepspeed" / "state"
+    assert sorted(p.name.split("_mp_rank")[0] for p in last.glob("*optim_states.pt")) == ["zero_pp_rank_0",
+                                                                                       "zero_pp_rank_1"]
+    assert not (tmp_path / zero / "model" / "deepspeed").exists()  # the DVC out is the model alone
+    # step 6 ran twice (before the failure and after resuming); the same weights, batch and Adam moments
+    # give the same loss: a fresh optimiser would have taken a different step 5
+    from mlflow import MlflowClient
+
+    losses = [m.value for m in MlflowClient(tracking).get_metric_history(result["mlflow_run_id"], "loss")
+              if m.step == 6]
+    assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-3 * abs(losses[0]), losses
     # the published checkpoint holds whole tensors (ZeRO-3's partitions gathered) and loads
     from model.faceinsight import FaceInsight
 
