@@ -140,13 +140,13 @@ def deepspeed_step(model: FaceInsight, args: argparse.Namespace, forward_backwar
 
     import deepspeed
 
-    from pipelines.training.loop import TrainConfig, deepspeed_config, make_optimizer
+    from pipelines.training.loop import LoopConfig, deepspeed_config, make_optimizer
 
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29531"}.items():
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
-    cfg = TrainConfig(deepspeed=args.deepspeed, bf16=args.dtype == "bf16", warmup_steps=0)
+    cfg = LoopConfig(deepspeed=args.deepspeed, bf16=args.dtype == "bf16", warmup_steps=0)
     ds_config = deepspeed_config(cfg, micro=args.batch)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(groups, cfg, ds_config),

@@ -83,11 +83,12 @@ class FaceParser(nn.Module):
             self.train()
 
 
-def save_parser(model: FaceParser, path: str | Path) -> None:
-    """Safetensors weights + a JSON config: no pickle."""
+def save_parser(model: FaceParser, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Safetensors weights (the model's own, or `state_dict`) + a JSON config: no pickle."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / WEIGHTS_FILE))
+    weights = state_dict if state_dict is not None else model.state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path / WEIGHTS_FILE))
     (path / CONFIG_FILE).write_text(json.dumps({"model_type": "face_parser", **asdict(model.cfg)}, indent=2) + "\n")
 
 

@@ -5,54 +5,39 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from model.face_parser import FaceParser, FaceParserConfig, load_parser, save_parser
+from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_parser, save_parser
 from model.labels import PARSING_CLASSES
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import Augment, load_parsing_example
-from pipelines.storage import atomic_dir
-from pipelines.training.schedule import lr_at
+from pipelines.training.loop import TRAINER_STATE, LoopConfig, fit, publish, run_name
+from pipelines.training.task import TrainTask
 
 log = logging.getLogger(__name__)
+TASK = "pipelines.parser_training:ParserTask"
 
 
 @dataclass(frozen=True)
-class ParserTrainConfig:
-    """params.yaml: train_parser."""
+class ParserTrainConfig(LoopConfig):
+    """params.yaml: train_parser (and the loop's own keys, LoopConfig)."""
 
     parser: FaceParserConfig = field(default_factory=FaceParserConfig)
     epochs: int = 10
-    batch_size: int = 32  # global; each worker gets batch_size / num_workers
     lr: float = 1e-2
     weight_decay: float = 1e-4
     warmup_steps: int = 30
-    grad_clip: float = 1.0
     dice_weight: float = 1.0  # soft Dice beside cross-entropy: small parts (eyes, earrings) count as much as skin
     augment: bool = True
-    torch_threads: int = 2  # intra-op threads per worker (data is materialised before training starts)
-    num_workers: int = 1
-    cpus_per_worker: int = 1
-    use_gpu: bool = False
     max_train_records: int = 0  # 0: all; smoke runs cap it
     min_val_miou: float = 0.0  # a gate: the stage fails when the trained parser scores below it
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1 or self.cpus_per_worker < 1:
-            raise ValueError("train_parser: epochs, batch_size, num_workers, cpus_per_worker must be >= 1")
-        if self.batch_size % self.num_workers:
-            raise ValueError(f"train_parser.batch_size ({self.batch_size}) must divide by num_workers "
-                             f"({self.num_workers})")
-        if self.lr <= 0:
-            raise ValueError(f"train_parser.lr must be > 0, got {self.lr}")
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -93,93 +78,54 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1.0 - dice[present].mean()
 
 
-def _batches(shard, batch_size: int):
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes={"image": torch.uint8, "label": torch.uint8}):
-        images = batch["image"].permute(0, 3, 1, 2).float() / 255.0
-        yield images, batch["label"].long()
+def _images(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch["image"].permute(0, 3, 1, 2).float() / 255.0, batch["label"].long()
 
 
-def _evaluate(model, shard, batch_size: int, num_classes: int) -> torch.Tensor:
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    model.eval()
-    with torch.no_grad():
-        for images, labels in _batches(shard, batch_size):
-            confusion += confusion_matrix(model(images).argmax(1), labels, num_classes)
-    model.train()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(confusion)
-    return confusion
+class ParserTask(TrainTask):
+    """The face parser on the shared loop: CE + soft Dice; val mIoU at every checkpoint, test at the end."""
 
+    config_class = ParserTrainConfig
+    artifact_path = "parser"
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: train, evaluate on val and test, rank 0 logs to MLflow and saves the checkpoint."""
-    import ray.train
-    import ray.train.torch
+    def build(self) -> FaceParser:
+        return FaceParser(self.cfg.parser)
 
-    from pipelines.config import build
-    from pipelines.tracking import mlflow_run
+    def loss(self, model, core, batch):
+        images, labels = _images(batch)
+        logits = model(images)
+        ce = F.cross_entropy(logits, labels)
+        dice = soft_dice_loss(logits, labels)
+        return ce + self.cfg.dice_weight * dice, {"loss_ce": ce.item(), "loss_dice": dice.item()}, len(images)
 
-    cfg = build(ParserTrainConfig, config["train"], "train_parser")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"] + rank)
-    torch.set_num_threads(cfg.torch_threads)
-    model = ray.train.torch.prepare_model(FaceParser(cfg.parser))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_worker = cfg.batch_size // world
-    train_shard = ray.train.get_dataset_shard("train")
-    total = cfg.epochs * math.ceil(config["n_train"] / cfg.batch_size)
-    step = 0
+    def save(self, core, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        save_parser(core, path, state_dict=weights)
 
-    def epochs(run):
-        nonlocal step
-        for epoch in range(cfg.epochs):
-            losses = []
-            for images, labels in _batches(train_shard, per_worker):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total, cfg.warmup_steps, cfg.lr)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels) + cfg.dice_weight * soft_dice_loss(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                losses.append(loss.item())
-                if run is not None:
-                    run.log_metrics({"train_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, step=step)
-                step += 1
-            val = segmentation_scores(_evaluate(model, ray.train.get_dataset_shard("val"), per_worker,
-                                                cfg.parser.num_classes).numpy())
-            metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                       "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
-            if run is not None:
-                run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=step)
-            last = epoch == cfg.epochs - 1
-            if not last:
-                ray.train.report(metrics)
-                continue
-            test = segmentation_scores(_evaluate(model, ray.train.get_dataset_shard("test"), per_worker,
-                                                 cfg.parser.num_classes).numpy())
-            final = {**metrics, "test_miou": test["miou"], "val": val, "test": test}
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if rank == 0:
-                    save_parser(model.module if hasattr(model, "module") else model, tmp)
-                    if run is not None:
-                        run.log_metrics({"test_miou": test["miou"]}, step=step)
-                        run.log_artifacts(tmp, artifact_path="parser")
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                scalars = {k: v for k, v in final.items() if not isinstance(v, dict)}
-                ray.train.report({**scalars, "scores_json": json.dumps({"val": val, "test": test})},
-                                 checkpoint=checkpoint)
+    def load(self, core, path: Path) -> None:
+        core.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
 
-    if rank == 0:  # only rank 0 talks to MLflow; `run` is the mlflow module bound to the active run
-        with mlflow_run(config["tracking_uri"], "train_parser", "train_parser", config["train"]):
-            import mlflow
+    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+        import ray.train
 
-            epochs(mlflow)
-    else:
-        epochs(None)
+        splits = ("val", "test") if final else ("val",)  # test is looked at once, at the end
+        scores = {s: segmentation_scores(self._confusion(core, ray.train.get_dataset_shard(s)).numpy())
+                  for s in splits}
+        out: dict[str, Any] = {f"{s}_miou": v["miou"] for s, v in scores.items()}
+        out["val_pixel_accuracy"] = scores["val"]["pixel_accuracy"]
+        return out | scores
+
+    def _confusion(self, core, shard) -> torch.Tensor:
+        n = self.cfg.parser.num_classes
+        confusion = torch.zeros(n, n, dtype=torch.long)
+        core.eval()
+        with torch.no_grad():
+            for batch in shard.iter_torch_batches(batch_size=64):
+                images, labels = _images(batch)
+                confusion += confusion_matrix(core(images).argmax(1), labels, n)
+        core.train()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(confusion)  # each rank saw its own part of the split
+        return confusion
 
 
 def _dataset(records: list[Record], size: int, augment: bool, seed: int):
@@ -196,11 +142,7 @@ def _dataset(records: list[Record], size: int, augment: bool, seed: int):
 def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_dir: Path,
                  storage_path: Path) -> dict[str, Any]:
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipelines.ray_runtime import init_ray
-    from pipelines.tracking import tracking_uri
 
     init_ray()
     by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
@@ -214,29 +156,21 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     datasets = {"train": _dataset(by_split["train"], size, cfg.augment, seed),
                 "val": _dataset(by_split["val"], size, False, seed),
                 "test": _dataset(by_split["test"], size, False, seed)}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": asdict(cfg), "seed": seed, "n_train": len(by_split["train"]),
-                           "tracking_uri": tracking_uri()},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str(storage_path.resolve()), name="train_parser"),
-        datasets=datasets,
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("train_parser finished without a checkpoint; see the Ray Train logs above")
-    scores = json.loads(result.metrics["scores_json"])
-    with atomic_dir(out_dir) as tmp:
-        with result.checkpoint.as_directory() as ckpt:
-            shutil.copytree(ckpt, tmp)
-        load_parser(tmp)  # refuse to publish a checkpoint that does not load
-        if scores["val"]["miou"] < cfg.min_val_miou:
-            raise RuntimeError(f"the parser reached val mIoU {scores['val']['miou']:.3f}, below train_parser."
+    storage = str(storage_path.resolve()) if "://" not in str(storage_path) else str(storage_path)
+    name = run_name("train_parser", {"train": asdict(cfg), "seed": seed,
+                                     "records": {s: [(r.id, r.image) for r in rows] for s, rows in by_split.items()}})
+    result = fit("train_parser", TASK, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])}, storage, name)
+
+    def check(folder: Path) -> None:
+        load_parser(folder)  # refuse to publish a checkpoint that does not load
+        val = json.loads((folder / TRAINER_STATE).read_text())["evaluation"]["val"]
+        if val["miou"] < cfg.min_val_miou:
+            raise RuntimeError(f"the parser reached val mIoU {val['miou']:.3f}, below train_parser."
                                f"min_val_miou={cfg.min_val_miou}; train longer (epochs) or lower the gate")
-    return {"epochs": cfg.epochs, "train_records": len(by_split["train"]),
-            "final_train_loss": result.metrics["train_loss"],
+
+    state = publish(result, out_dir, check)
+    scores, history = state["evaluation"], state["history"]
+    return {"epochs": cfg.epochs, "steps": state["step"], "train_records": len(by_split["train"]),
+            "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
             "val_miou": scores["val"]["miou"], "val_pixel_accuracy": scores["val"]["pixel_accuracy"],
             "test_miou": scores["test"]["miou"], "val_f1": scores["val"]["f1"], "val_iou": scores["val"]["iou"]}
-
-

@@ -77,3 +77,23 @@ def register(checkpoint: Path, run_id: str, tracking_uri: str, parser: Path | No
     client.set_registered_model_alias(MODEL_NAME, alias, version)
     return {"name": MODEL_NAME, "version": version, "alias": alias, "uri": f"models:/{MODEL_NAME}@{alias}",
             "version_uri": f"models:/{MODEL_NAME}/{version}", "run_id": run_id, "model_uri": info.model_uri}
+
+
+def alias_metrics(client, alias: str, prefix: str = "eval.", system: str = "faceinsight") -> dict[str, float] | None:
+    """The evaluation numbers ("task.metric") of the version `alias` points at, or None if no version has it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(MODEL_NAME, alias)
+    except MlflowException:
+        return None
+    out = {}
+    for key, value in client.get_run(version.run_id).data.metrics.items():
+        parts = key.split(".")  # eval.<task>.<system>.<metric>
+        if key.startswith(prefix) and len(parts) == 4 and parts[2] == system:
+            out[f"{parts[1]}.{parts[3]}"] = value
+    return out | {"_version": version.version}
+
+
+def promote(client, version: str, alias: str = "champion") -> None:
+    client.set_registered_model_alias(MODEL_NAME, alias, version)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.parser_training import ParserTrainConfig, confusion_matrix, lr_at, segmentation_scores
+from pipelines.parser_training import ParserTrainConfig, confusion_matrix, segmentation_scores
+from pipelines.training.schedule import lr_at
 
 
 def test_confusion_and_scores_by_hand():
@@ -67,4 +68,4 @@ def test_parser_learns_with_ray_train_and_logs_to_mlflow(synthetic_roots, ray_lo
     assert len(runs) == 1 and runs[0].data.tags["dvc.stage"] == "train_parser"
     assert runs[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert runs[0].data.metrics["test_miou"] == pytest.approx(result["test_miou"])
-    assert runs[0].data.params["epochs"] == "16"
+    assert runs[0].data.params["train_parser.epochs"] == "16"

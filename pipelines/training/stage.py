@@ -9,7 +9,7 @@ from typing import Any
 from pipelines.config import build
 from pipelines.storage import write_json_atomic
 from pipelines.training.corpus_data import knowledge_file
-from pipelines.training.loop import TrainConfig, TrainInputs, run_training
+from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
 
 
 def train_stage(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Path, knowledge: Path,

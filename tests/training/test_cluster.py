@@ -18,7 +18,7 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 import ray
-from pipelines.training.loop import TrainConfig, TrainInputs, run_training
+from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
 from tests.training.test_training import MODEL, CFG
 import dataclasses
 corpus = json.loads(sys.argv[1])

@@ -14,7 +14,8 @@ import torch
 
 from model.config import RECIPES
 from pipelines.corpus.records import encode_png
-from pipelines.training.loop import TrainConfig, TrainInputs, load_optimizer, run_training, save_optimizer
+from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
+from pipelines.training.loop import load_optimizer, save_optimizer
 from tests.model.conftest import SMALL
 
 MODEL = SMALL.to_dict()
@@ -198,7 +199,7 @@ def test_finetune_registers_a_model_that_answers_in_a_fresh_process(ray_local, c
 
 
 def test_run_name_changes_with_the_inputs_only(corpus, tmp_path):
-    from pipelines.training.loop import run_name
+    from pipelines.training.faceinsight_task import faceinsight_run_name as run_name
 
     inputs = TrainInputs(corpus=corpus["root"], tokenizer_dir=corpus["tokenizer"], knowledge=corpus["knowledge"],
                          model=MODEL)

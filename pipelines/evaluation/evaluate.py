@@ -1,0 +1,200 @@
+"""Evaluate systems on one task's test faces: the same questions to every system, answers read by one rule.
+
+Faces come from the corpus' test split, whose maps the parser made (`build_corpus.parser_splits`), never
+ground truth. The questions are the corpus templates' own (the first open / yes-no form of each), so a
+model is asked what it was taught to answer. Systems: the trained FaceInsight (its generated answers and,
+for attributes, its co-occurrence head) and the majority-class baseline from the train split's labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
+from pipelines.corpus.records import decode_image
+from pipelines.corpus.templates import Templates
+from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
+from pipelines.evaluation.metrics import UNREAD, age_metrics, attribute_metrics, classification_metrics, rule_violations
+from pipelines.training.corpus_data import shard_files
+
+log = logging.getLogger(__name__)
+TASKS = ("attributes", "age_gender_race", "expression")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """params.yaml: evaluate."""
+
+    split: str = "test"
+    max_faces: int = 0  # 0: every face of the split; smoke runs cap it
+    batch_size: int = 64  # prompts per generation batch
+    max_new_tokens: int = 12
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "test"):
+            raise ValueError(f"evaluate.split must be val or test, got {self.split!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_faces < 0:
+            raise ValueError("evaluate: batch_size and max_new_tokens must be >= 1, max_faces >= 0")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question asked of every face: its target, text, and how its answer is read."""
+
+    target: str
+    text: str
+    read: Callable[[str], int | None]
+
+
+def questions(task: str, templates: Templates) -> list[Question]:
+    d = templates.data
+    if task == "attributes":
+        return [Question(name, d["attributes"][name]["question"], parse_yes_no) for name in CELEBA_ATTRIBUTES]
+    if task == "age_gender_race":
+        opened = d["demographics"]["open"]
+        return [Question("age", opened["age"][0]["q"], parse_number),
+                Question("gender", opened["gender"][0]["q"], lambda t: parse_name(t, UTK_GENDERS)),
+                Question("race", opened["race"][0]["q"], lambda t: parse_name(t, UTK_RACES))]
+    if task == "expression":
+        return [Question("expression", d["expression"]["open"][0]["q"], lambda t: parse_name(t, EXPRESSIONS))]
+    raise ValueError(f"unknown task {task!r}; one of {TASKS}")
+
+
+def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0) -> list[dict[str, Any]]:
+    """One row per face of the task in the split (image, parsing map, labels), in a fixed order that does not
+    follow the ids (UTKFace ids start with the age: a capped sample must not be the youngest faces)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    faces: dict[str, dict[str, Any]] = {}
+    for path in shard_files(corpus, split):
+        table = pq.read_table(path, columns=["face_id", "task", "image", "seg_map", "map_source", "labels"])
+        for row in table.filter(pc.equal(table["task"], task)).to_pylist():
+            faces.setdefault(row["face_id"], row)
+    rows = [faces[k] for k in sorted(faces, key=lambda k: hashlib.sha1(k.encode()).hexdigest())]
+    if not rows:
+        raise ValueError(f"{corpus}/{split}: no {task} faces; check build_corpus")
+    return rows[:max_faces] if max_faces else rows
+
+
+def truth(task: str, faces: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    labels = [f["labels"] for f in faces]
+    if task == "attributes":
+        table = np.array([lab["attributes"] for lab in labels], dtype=int)
+        return {name: table[:, k] for k, name in enumerate(CELEBA_ATTRIBUTES)}
+    if task == "age_gender_race":
+        return {k: np.array([lab[k] for lab in labels], dtype=int) for k in ("age", "gender", "race")}
+    return {"expression": np.array([lab["expression"] for lab in labels], dtype=int)}
+
+
+def score(task: str, pred: dict[str, np.ndarray], true: dict[str, np.ndarray], templates: Templates,
+          rules: np.ndarray) -> dict[str, Any]:
+    """The task's metrics from predicted and true labels per target (UNREAD where no answer was read)."""
+    if task == "attributes":
+        p = np.stack([pred[n] for n in CELEBA_ATTRIBUTES], axis=1)
+        t = np.stack([true[n] for n in CELEBA_ATTRIBUTES], axis=1)
+        return attribute_metrics(p, t) | {"rules": rule_violations(p, rules)}
+    if task == "age_gender_race":
+        return {"age": age_metrics(pred["age"], true["age"], templates.data["age_groups"]),
+                "gender": classification_metrics(pred["gender"], true["gender"], UTK_GENDERS),
+                "race": classification_metrics(pred["race"], true["race"], UTK_RACES)}
+    return {"expression": classification_metrics(pred["expression"], true["expression"], EXPRESSIONS)}
+
+
+# -- systems -------------------------------------------------------------------------------------------
+
+def majority_predictions(task: str, train_faces: list[dict[str, Any]], n: int) -> dict[str, np.ndarray]:
+    """The train split's most frequent label per target (the median for age), for every test face."""
+    out = {}
+    for target, values in truth(task, train_faces).items():
+        constant = int(np.median(values)) if target == "age" else int(np.bincount(values).argmax())
+        out[target] = np.full(n, constant)
+    return out
+
+
+def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig,
+                      parser_side: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Generated answers of a FaceInsight model, read per question; for attributes also its head's."""
+    import torch
+
+    side = model.cfg.vision.image_size
+    images = np.stack([decode_image(f["image"], side) for f in faces])
+    maps = None
+    if model.seg_encoder is not None:
+        maps = np.stack([decode_image(f["seg_map"], model.cfg.seg.image_size, "L") for f in faces]).astype(np.int64)
+    pairs = [(i, q) for i in range(len(faces)) for q in range(len(asked))]
+    pred = {q.target: np.full(len(faces), UNREAD) for q in asked}
+    examples: list[dict[str, str]] = []
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="answering", unit="batch", leave=False):
+            chunk = pairs[start:start + cfg.batch_size]
+            idx = [i for i, _ in chunk]
+            said = model.answer(images[idx], None if maps is None else maps[idx],
+                                [asked[q].text for _, q in chunk], max_new_tokens=cfg.max_new_tokens)
+            for (i, q), text in zip(chunk, said, strict=True):
+                value = asked[q].read(text)
+                pred[asked[q].target][i] = UNREAD if value is None else value
+                if len(examples) < 12:
+                    examples.append({"question": asked[q].text, "answer": text})
+        extra: dict[str, Any] = {"examples": examples}
+        if model.cooccurrence is not None and asked[0].target in CELEBA_ATTRIBUTES:
+            probs = []
+            for start in range(0, len(faces), cfg.batch_size):
+                sl = slice(start, start + cfg.batch_size)
+                m = None if maps is None else torch.as_tensor(maps[sl])
+                probs.append(model.attribute_probabilities(model.preprocess(images[sl]), m).float().numpy())
+            head = np.concatenate(probs) > 0.5
+            extra["head"] = {n: head[:, k].astype(int) for k, n in enumerate(CELEBA_ATTRIBUTES)}
+    return pred, extra
+
+
+def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a task's metrics (the results table's cells)."""
+    if task == "attributes":
+        return {"mean_accuracy": metrics["mean_accuracy"], "mean_balanced_accuracy": metrics["mean_balanced_accuracy"],
+                "macro_f1": metrics["macro_f1"], "rule_violation_rate": metrics["rules"]["violation_rate"]}
+    if task == "age_gender_race":
+        return {"age_mae": metrics["age"]["mae"], "age_group_accuracy": metrics["age"]["age_group_accuracy"],
+                "gender_accuracy": metrics["gender"]["accuracy"], "race_accuracy": metrics["race"]["accuracy"],
+                "race_macro_f1": metrics["race"]["macro_f1"]}
+    return {"war": metrics["expression"]["accuracy"], "uar": metrics["expression"]["uar"]}
+
+
+def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: dict[str, Any],
+                  cfg: EvalConfig) -> dict[str, Any]:
+    """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}."""
+    from model.knowledge_modules import rules_tensor
+
+    templates = Templates.load(knowledge=knowledge)
+    asked = questions(task, templates)
+    faces = load_faces(corpus, cfg.split, task, cfg.max_faces)
+    true = truth(task, faces)
+    rules = rules_tensor(knowledge.get("rules", [])).numpy()
+    systems: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, pred: dict[str, np.ndarray], **extra: Any) -> None:
+        metrics = score(task, pred, true, templates, rules)
+        systems[name] = {"summary": summary(task, metrics), "metrics": metrics, **extra}
+        log.info("%s / %s: %s", task, name, systems[name]["summary"])
+
+    add("majority", majority_predictions(task, load_faces(corpus, "train", task), len(faces)))
+    if model_dir is not None:
+        from model.faceinsight import FaceInsight
+
+        model = FaceInsight.from_pretrained(model_dir)
+        pred, extra = model_predictions(model, faces, asked, cfg)
+        add("faceinsight", pred, examples=extra["examples"])
+        if "head" in extra:
+            add("faceinsight_head", extra["head"])
+    map_sources = sorted({f["map_source"] for f in faces})
+    return {"task": task, "split": cfg.split, "faces": len(faces), "map_sources": map_sources,
+            "questions": [q.text for q in asked], "systems": systems}

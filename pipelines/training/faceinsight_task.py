@@ -1,0 +1,152 @@
+"""FaceInsight on the shared loop: the `align` / `finetune` task, its params and its driver."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.training.loop import LoopConfig, fit, publish, run_name
+from pipelines.training.task import TrainTask
+
+TASK = "pipelines.training.faceinsight_task:FaceInsightTask"
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """params.yaml: align / finetune (and the loop's own keys, LoopConfig)."""
+
+    recipe: str = "align"  # a name in model.config.RECIPES
+    projector_lr: float = 0.0  # 0: same as lr
+    max_tokens: int = 320  # sequences are padded / truncated to this many tokens
+    max_records: int = 0  # 0: the whole train split
+    kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
+
+    def __post_init__(self) -> None:
+        from model.config import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.max_tokens < 1:
+            raise ValueError("train.max_tokens must be >= 1")
+        super().__post_init__()
+
+
+class FaceInsightTask(TrainTask):
+    config_class = TrainConfig
+
+    def build(self):
+        """Fresh from the config, or from the previous stage's checkpoint; the recipe decides what trains."""
+        from model.config import RECIPES, FaceInsightConfig
+        from model.faceinsight import FaceInsight
+        from model.tokenizer import load_tokenizer
+
+        config = self.config
+        if config.get("init_from"):
+            model = FaceInsight.from_pretrained(config["init_from"])
+        else:
+            model = FaceInsight(FaceInsightConfig.from_dict(config["model"]), load_tokenizer(config["tokenizer_dir"]),
+                                config["knowledge"])
+        self.recipe = RECIPES[self.cfg.recipe]
+        model.apply_recipe(self.recipe)
+        return model
+
+    def param_groups(self, core) -> list[dict[str, Any]]:
+        projector = {id(p) for m in core.components()["projector"] for p in m.parameters()}
+        trainable = [p for p in core.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) not in projector], "base_lr": self.cfg.lr, "name": "main"},
+                  {"params": [p for p in trainable if id(p) in projector],
+                   "base_lr": self.cfg.projector_lr or self.cfg.lr, "name": "projector"}]
+        return [g for g in groups if g["params"]]
+
+    def trainable(self, core) -> dict[str, int]:
+        return core.trainable_parameters()
+
+    def logged_params(self, core) -> dict[str, Any]:
+        return {"model": core.cfg.to_dict()}
+
+    def loss(self, model, core, batch):
+        batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels") else v)
+                 for k, v in batch.items()}
+        pixel_values = core.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
+        out = model(input_ids=batch["input_ids"], pixel_values=pixel_values,
+                    seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
+                    attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    attribute_labels=batch["attribute_labels"])
+        terms = {f"loss_{k}": v.item() for k, v in out.losses.items()}
+        if out.attribute_logits is not None:  # how often the attribute head is right, where labels exist
+            known = batch["attribute_labels"] >= 0
+            if known.any():
+                right = (out.attribute_logits.detach() > 0).long() == batch["attribute_labels"]
+                terms["attribute_accuracy"] = float(right[known].float().mean())
+        return out.loss, terms, int(batch["attention_mask"].sum())
+
+    def save(self, core, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        core.save_pretrained(path, self.recipe, state_dict=weights)
+
+    def load(self, core, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        from model.checkpoint import WEIGHTS_FILE
+
+        core.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainInputs:
+    corpus: Path
+    tokenizer_dir: Path
+    knowledge: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)  # params.yaml: model (a FaceInsightConfig mapping)
+    init_from: Path | None = None  # the previous stage's checkpoint (finetune starts from align)
+
+
+def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int) -> str:
+    """Config, model, seed and knowledge, and the bytes of the corpus' train split, the tokenizer and
+    the starting checkpoint."""
+    folders = [inputs.corpus / "train", inputs.tokenizer_dir] + ([inputs.init_from] if inputs.init_from else [])
+    return run_name(stage, {"train": asdict(cfg), "model": inputs.model, "seed": seed,
+                            "knowledge": inputs.knowledge}, folders)
+
+
+def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
+                 storage_path: str) -> dict[str, Any]:
+    """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
+    from model.config import FaceInsightConfig
+    from model.faceinsight import FaceInsight
+    from model.tokenizer import load_tokenizer
+    from pipelines.ray_runtime import init_ray
+    from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
+
+    init_ray()
+    # absolute paths: Ray Train workers do not run in this directory
+    init_from = inputs.init_from.resolve() if inputs.init_from is not None else None
+    if init_from is not None:
+        probe = FaceInsight.from_pretrained(init_from)
+        tokenizer_dir = str(init_from)
+    else:
+        probe = FaceInsight(FaceInsightConfig.from_dict(inputs.model), load_tokenizer(inputs.tokenizer_dir),
+                            inputs.knowledge)
+        tokenizer_dir = str(inputs.tokenizer_dir.resolve())
+    encoder = encoder_kwargs(probe.cfg, tokenizer_dir, probe.image_tokens, probe.seg_tokens, cfg.max_tokens)
+    # with max_steps, encode only the records those steps can consume (one pass)
+    limit = cfg.max_records or (cfg.max_steps * cfg.batch_size if cfg.max_steps else 0)
+    train = corpus_dataset(inputs.corpus, "train", encoder, limit, cfg.kinds).materialize()
+    n_train = train.count()
+    del probe
+    result = fit(stage, TASK, cfg, {"train": train},
+                 {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
+                  "init_from": str(init_from) if init_from else None, "n_train": n_train},
+                 storage_path, faceinsight_run_name(stage, cfg, inputs, seed))
+    state = publish(result, out_dir, FaceInsight.from_pretrained)
+    history = state["history"]
+    return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
+            "workers": len(state.get("worker_nodes", [])), "nodes": len(set(state.get("worker_nodes", []))),
+            "optimizer_restored": bool(state.get("optimizer_restored")),
+            "first_loss": history[0]["loss"] if history else None,
+            "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,
+            "history": history}

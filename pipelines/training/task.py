@@ -1,0 +1,54 @@
+"""What the shared train loop asks of a model family: a TrainTask subclass per family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from pipelines.config import build
+from pipelines.training.loop import LoopConfig
+
+
+class TrainTask:
+    """Built on every worker from the loop config; `config["train"]` is the stage's params section."""
+
+    config_class: ClassVar[type[LoopConfig]] = LoopConfig
+    artifact_path: ClassVar[str] = "checkpoint"  # where the final weights go among the MLflow run's artifacts
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.cfg = build(self.config_class, config["train"], config["stage"])
+
+    def build(self) -> torch.nn.Module:
+        """The model, fresh or from the run's starting point (before any resume)."""
+        raise NotImplementedError
+
+    def param_groups(self, core: torch.nn.Module) -> list[dict[str, Any]]:
+        """[{"params": [...], "base_lr": float, "name": str}]: each group gets its own warm-up + cosine LR."""
+        params = [p for p in core.parameters() if p.requires_grad]
+        return [{"params": params, "base_lr": self.cfg.lr, "name": "main"}]
+
+    def trainable(self, core: torch.nn.Module) -> dict[str, int]:
+        return {"all": sum(p.numel() for p in core.parameters() if p.requires_grad)}
+
+    def logged_params(self, core: torch.nn.Module) -> dict[str, Any]:
+        """Beyond the stage's params section: what MLflow should record of the model."""
+        return {}
+
+    def loss(self, model, core: torch.nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(loss to backpropagate, named terms to log, tokens or samples counted for throughput)."""
+        raise NotImplementedError
+
+    def save(self, core: torch.nn.Module, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        """Write the model to `path`; `weights` (ZeRO-3's gathered state) replaces core's own where given."""
+        raise NotImplementedError
+
+    def load(self, core: torch.nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, model, core: torch.nn.Module, final: bool) -> dict[str, Any]:
+        """At each checkpoint, on every rank: numbers join the step's metrics, the whole dict the trainer state."""
+        return {}

@@ -1,0 +1,113 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.evaluation.report import ReportConfig, gate
+
+ROOT = Path(__file__).resolve().parents[2]
+GATE = {"attributes.mean_balanced_accuracy": 0.55, "age_gender_race.age_mae": 10.0, "expression.uar": 0.2}
+
+
+def evals(bal=0.6, mae=8.0, uar=0.3, base=(0.5, 12.0, 0.143)) -> dict:
+    def task(name, ours, theirs, keys):
+        return {"task": name, "split": "test", "faces": 10, "map_sources": ["parser"],
+                "systems": {"faceinsight": {"summary": dict(zip(keys, ours, strict=True))},
+                            "majority": {"summary": dict(zip(keys, theirs, strict=True))}}}
+    return {"attributes": task("attributes", [bal, 0.1], [base[0], 0.0], ["mean_balanced_accuracy",
+                                                                        "rule_violation_rate"]),
+            "age_gender_race": task("age_gender_race", [mae], [base[1]], ["age_mae"]),
+            "expression": task("expression", [uar], [base[2]], ["uar"])}
+
+
+def test_gate_thresholds_majority_and_champion():
+    cfg = ReportConfig(gate=GATE)
+    assert gate(evals(), cfg, None) == (True, [])
+    ok, why = gate(evals(bal=0.52), cfg, None)
+    assert not ok and any("at least 0.55" in r for r in why)
+    ok, why = gate(evals(mae=11.0), cfg, None)  # lower is better for MAE
+    assert not ok and any("at most 10.0" in r for r in why)
+    ok, why = gate(evals(uar=0.25, base=(0.5, 12.0, 0.3)), cfg, None)
+    assert not ok and any("majority" in r for r in why)
+    better_champion = {"attributes.mean_balanced_accuracy": 0.7, "age_gender_race.age_mae": 7.0, "expression.uar": 0.4}
+    ok, why = gate(evals(), cfg, better_champion)
+    assert not ok and any("champion" in r for r in why)
+    worse_champion = {"attributes.mean_balanced_accuracy": 0.56, "age_gender_race.age_mae": 9.0, "expression.uar": 0.25}
+    assert gate(evals(), cfg, worse_champion) == (True, [])
+    with pytest.raises(ValueError, match="unknown metric"):
+        ReportConfig(gate={"attributes.nonsense": 1.0})
+
+
+def _register(client, tmp_path: Path, numbers: dict[str, float]) -> str:
+    """A version of `faceinsight` whose run carries the evaluation numbers evaluate would log."""
+    import mlflow
+
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "MLmodel").write_text("stand-in: the gate reads only the run's metrics\n")
+    exp = client.get_experiment_by_name("faceinsight") or client.get_experiment(client.create_experiment("faceinsight"))
+    run = client.create_run(exp.experiment_id)
+    for key, v in numbers.items():
+        task, metric = key.split(".")
+        client.log_metric(run.info.run_id, f"eval.{task}.faceinsight.{metric}", v)
+    try:
+        client.get_registered_model("faceinsight")
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model("faceinsight")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "src"), "model")
+    version = client.create_model_version("faceinsight", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return version.version, run.info.run_id
+
+
+def _report(tmp_path: Path, uri: str, version: str, run_id: str, results: dict) -> dict:
+    folder = tmp_path / f"v{version}"
+    (folder / "eval").mkdir(parents=True)
+    for task, r in results.items():
+        (folder / "eval" / f"{task}.json").write_text(json.dumps(r))
+    (folder / "registry.json").write_text(json.dumps({"version": version, "run_id": run_id,
+                                                     "version_uri": f"models:/faceinsight/{version}"}))
+    (folder / "params.yaml").write_text(json.dumps({"seed": 0, "report": {"gate": GATE}}))
+    done = subprocess.run([sys.executable, "-m", "stages.report", "--params", str(folder / "params.yaml"),
+                           "--evals", str(folder / "eval"), "--registry", str(folder / "registry.json"),
+                           "--corpus-metrics", str(folder / "none.json"), "--out", str(folder / "results.md"),
+                           "--metrics", str(folder / "report.json")],
+                          cwd=ROOT, env=os.environ | {"MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((folder / "report.json").read_text()) | {"md": (folder / "results.md").read_text()}
+
+
+def test_report_moves_champion_only_when_earned(tmp_path):
+    from mlflow import MlflowClient
+
+    from tests.training.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        client = MlflowClient(uri)
+        first = evals()
+        v1, r1 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.6, "age_gender_race.age_mae": 8.0,
+                                              "expression.uar": 0.3})
+        out = _report(tmp_path, uri, v1, r1, first)
+        assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v1
+        assert "| FaceInsight (generated answers) | — | 0.600 |" in out["md"]
+        # a worse candidate: the alias stays, and the report says why
+        worse = evals(bal=0.58, mae=9.0, uar=0.25)
+        v2, r2 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.58,
+                                              "age_gender_race.age_mae": 9.0, "expression.uar": 0.25})
+        out = _report(tmp_path, uri, v2, r2, worse)
+        assert not out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v1
+        assert "does not beat the current champion" in out["md"]
+        # below a threshold: not moved either
+        low = evals(bal=0.7, mae=6.0, uar=0.15)
+        v3, r3 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.7, "age_gender_race.age_mae": 6.0,
+                                              "expression.uar": 0.15})
+        out = _report(tmp_path, uri, v3, r3, low)
+        assert not out["champion"] and any("expression.uar" in r for r in out["reasons"])
+        # a better one on every gated number: moved
+        best = evals(bal=0.7, mae=6.0, uar=0.4)
+        v4, r4 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.7, "age_gender_race.age_mae": 6.0,
+                                              "expression.uar": 0.4})
+        out = _report(tmp_path, uri, v4, r4, best)
+        assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v4
