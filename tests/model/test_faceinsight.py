@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -200,24 +199,3 @@ def test_bf16_weights_take_float_inputs(tokenizer, knowledge, conversations):
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.image_projector[0].weight.grad.dtype == torch.bfloat16
-
-
-def test_faceinsight_ask_command(model, tmp_path):
-    """The `faceinsight ask` command on a saved checkpoint and a (random) parser, as a user runs it."""
-    import subprocess
-    import sys
-
-    from PIL import Image
-
-    from model.face_parser import FaceParser, FaceParserConfig, save_parser
-
-    model.save_pretrained(tmp_path / "model", RECIPES["full"])
-    save_parser(FaceParser(FaceParserConfig(image_size=32, depth=2)), tmp_path / "parser")
-    Image.fromarray(np.full((48, 48, 3), 200, np.uint8)).save(tmp_path / "face.png")
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ask", str(tmp_path / "face.png"),
-                           "Is this person smiling?", "--model", str(tmp_path / "model"), "--parser",
-                           str(tmp_path / "parser"), "--json"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    said = json.loads(done.stdout.strip().splitlines()[-1])
-    assert said["question"] == "Is this person smiling?" and isinstance(said["answer"], str)
-    assert len(said["attributes"]) == 40 and all(0 <= v <= 1 for v in said["attributes"].values())
