@@ -67,6 +67,8 @@ def main(
     params: Annotated[Path, typer.Option(help="The params file (section `evaluate`).")] = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="The corpus (build_corpus).")] = Path("data/corpus"),
     model: Annotated[Path, typer.Option(help="The trained model (finetune).")] = Path("models/faceinsight"),
+    specialist: Annotated[Path, typer.Option(help="The specialist CNN baseline (train_specialist).")] = Path(
+        "models/specialist"),
     knowledge: Annotated[Path, typer.Option(help="Mined rules (mine_knowledge).")] = Path(
         "data/knowledge/knowledge.json"),
     registry: Annotated[Path, typer.Option(help="The registered version (finetune).")] = Path(
@@ -80,7 +82,8 @@ def main(
         if task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
         cfg, _ = stage_config(EvalConfig, "evaluate", params)
-        result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg)
+        result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg,
+                               specialist if specialist.exists() else None)
         result["mlflow_run_id"] = log_to_mlflow(task, result, registry)
         with atomic_dir(plots or Path("plots/eval") / task) as folder:
             write_plots(result, folder)

@@ -68,7 +68,8 @@ def questions(task: str, templates: Templates) -> list[Question]:
     raise ValueError(f"unknown task {task!r}; one of {TASKS}")
 
 
-def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0) -> list[dict[str, Any]]:
+def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0, required: bool = True
+               ) -> list[dict[str, Any]]:
     """One row per face of the task in the split (image, parsing map, labels), in a fixed order that does not
     follow the ids (UTKFace ids start with the age: a capped sample must not be the youngest faces)."""
     import pyarrow.compute as pc
@@ -80,7 +81,7 @@ def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0) -> list[
         for row in table.filter(pc.equal(table["task"], task)).to_pylist():
             faces.setdefault(row["face_id"], row)
     rows = [faces[k] for k in sorted(faces, key=lambda k: hashlib.sha1(k.encode()).hexdigest())]
-    if not rows:
+    if not rows and required:
         raise ValueError(f"{corpus}/{split}: no {task} faces; check build_corpus")
     return rows[:max_faces] if max_faces else rows
 
@@ -170,7 +171,7 @@ def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: dict[str, Any],
-                  cfg: EvalConfig) -> dict[str, Any]:
+                  cfg: EvalConfig, specialist: Path | None = None) -> dict[str, Any]:
     """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}."""
     from model.knowledge_modules import rules_tensor
 
@@ -187,6 +188,10 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         log.info("%s / %s: %s", task, name, systems[name]["summary"])
 
     add("majority", majority_predictions(task, load_faces(corpus, "train", task), len(faces)))
+    if specialist is not None:
+        from pipelines.specialist_training import specialist_predictions
+
+        add("specialist", specialist_predictions(specialist, faces, task))
     if model_dir is not None:
         from model.faceinsight import FaceInsight
 
