@@ -24,6 +24,7 @@ app = typer.Typer(add_completion=False)
 def write_plots(result: dict[str, Any], folder: Path) -> None:
     from pipelines.evaluation.plots import attribute_bars, confusion_png, confusion_rows
 
+    folder.mkdir(parents=True, exist_ok=True)
     systems = result["systems"]
     if result["task"] == "attributes":
         attribute_bars(systems, folder / "balanced_accuracy.png")
