@@ -6,21 +6,19 @@ dataset has no ground-truth masks, and always at evaluation and inference.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from model.labels import PARSING_CLASSES
+from model.small_checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_small_config, save_small
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FaceParser", "FaceParserConfig", "load_parser", "save_parser"]
 
 
 @dataclass(frozen=True)
@@ -85,18 +83,11 @@ class FaceParser(nn.Module):
 
 def save_parser(model: FaceParser, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Safetensors weights (the model's own, or `state_dict`) + a JSON config: no pickle."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    weights = state_dict if state_dict is not None else model.state_dict()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path / WEIGHTS_FILE))
-    (path / CONFIG_FILE).write_text(json.dumps({"model_type": "face_parser", **asdict(model.cfg)}, indent=2) + "\n")
+    save_small(path, "face_parser", model.cfg, state_dict if state_dict is not None else model.state_dict())
 
 
 def load_parser(path: str | Path) -> FaceParser:
-    path = Path(path)
-    if not (path / WEIGHTS_FILE).exists():
-        raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; train one with `dvc repro train_parser`")
-    return parser_from_bytes(json.loads((path / CONFIG_FILE).read_text()), (path / WEIGHTS_FILE).read_bytes())
+    return parser_from_bytes(read_small_config(path, "train_parser"), (Path(path) / WEIGHTS_FILE).read_bytes())
 
 
 def parser_from_bytes(config: dict, weights: bytes) -> FaceParser:

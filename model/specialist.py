@@ -6,20 +6,18 @@ no language model: what a task-specific network reaches, the bar an MLLM has to 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_MAX_AGE, UTK_RACES
+from model.small_checkpoint import WEIGHTS_FILE, read_small_config, save_small
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 HEADS = {"attributes": len(CELEBA_ATTRIBUTES), "age": 1, "gender": len(UTK_GENDERS), "race": len(UTK_RACES),
          "expression": len(EXPRESSIONS)}
 
@@ -84,19 +82,12 @@ class SpecialistCNN(nn.Module):
 
 
 def save_specialist(model: SpecialistCNN, path: str | Path, state_dict: dict | None = None) -> None:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    weights = state_dict if state_dict is not None else model.state_dict()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path / WEIGHTS_FILE))
-    (path / CONFIG_FILE).write_text(json.dumps({"model_type": "specialist_cnn", **asdict(model.cfg)}, indent=2) + "\n")
+    save_small(path, "specialist_cnn", model.cfg, state_dict if state_dict is not None else model.state_dict())
 
 
 def load_specialist(path: str | Path) -> SpecialistCNN:
-    path = Path(path)
-    if not (path / WEIGHTS_FILE).exists():
-        raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; run `dvc repro train_specialist`")
-    raw = {k: v for k, v in json.loads((path / CONFIG_FILE).read_text()).items() if k != "model_type"}
+    raw = {k: v for k, v in read_small_config(path, "train_specialist").items() if k != "model_type"}
     model = SpecialistCNN(SpecialistConfig(**raw))
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE)))
     model.eval()
     return model
