@@ -18,7 +18,7 @@ from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_p
 from model.labels import PARSING_CLASSES
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import Augment, load_parsing_example
-from pipelines.training.loop import TRAINER_STATE, LoopConfig, fit, publish, run_name
+from pipelines.training.loop import TRAINER_STATE, LoopConfig, fit, publish, run_name, worker_counts
 from pipelines.training.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -140,11 +140,11 @@ def _dataset(records: list[Record], size: int, augment: bool, seed: int):
 
 
 def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_dir: Path,
-                 storage_path: Path) -> dict[str, Any]:
+                 storage_path: str) -> dict[str, Any]:
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
-    from pipelines.ray_runtime import init_ray
+    from pipelines.cluster import placement
 
-    init_ray()
+    where = placement()
     by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
                 for s in ("train", "val", "test")}
     if cfg.max_train_records:
@@ -152,14 +152,16 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     for split, rows in by_split.items():
         if not rows:
             raise ValueError(f"no CelebAMask-HQ {split} records with masks in the manifest; check `ingest`")
+    where.require_files("train_parser", "manifest images and masks",
+                        (p for rows in by_split.values() for r in rows for p in (r.image, *r.masks)))
     size = cfg.parser.image_size
     datasets = {"train": _dataset(by_split["train"], size, cfg.augment, seed),
                 "val": _dataset(by_split["val"], size, False, seed),
                 "test": _dataset(by_split["test"], size, False, seed)}
-    storage = str(storage_path.resolve()) if "://" not in str(storage_path) else str(storage_path)
     name = run_name("train_parser", {"train": asdict(cfg), "seed": seed,
                                      "records": {s: [(r.id, r.image) for r in rows] for s, rows in by_split.items()}})
-    result = fit("train_parser", TASK, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])}, storage, name)
+    result = fit("train_parser", TASK, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])},
+                 storage_path, name)
 
     def check(folder: Path) -> None:
         load_parser(folder)  # refuse to publish a checkpoint that does not load
@@ -171,6 +173,7 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     state = publish(result, out_dir, check)
     scores, history = state["evaluation"], state["history"]
     return {"epochs": cfg.epochs, "steps": state["step"], "train_records": len(by_split["train"]),
+            **worker_counts(state),
             "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
             "val_miou": scores["val"]["miou"], "val_pixel_accuracy": scores["val"]["pixel_accuracy"],
             "test_miou": scores["test"]["miou"], "val_f1": scores["val"]["f1"], "val_iou": scores["val"]["iou"]}

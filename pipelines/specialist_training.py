@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
-from pipelines.training.loop import LoopConfig, fit, publish, run_name
+from pipelines.training.loop import LoopConfig, fit, publish, run_name, worker_counts
 from pipelines.training.task import TrainTask
 
 TASK = "pipelines.specialist_training:SpecialistTask"
@@ -67,7 +67,7 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
 
     from pipelines.ray_runtime import init_ray
 
-    init_ray()
+    init_ray()  # the rows travel in the object store: no path reaches a worker but Ray Train's storage
     rows = face_rows(corpus, "train", cfg.model.image_size)
     train = ray.data.from_items(rows)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train"])
@@ -76,6 +76,7 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     state = publish(result, out_dir, load_specialist)
     history = state["history"]
     return {"steps": state["step"], "train_faces": len(rows), "mlflow_run_id": state["mlflow_run_id"],
+            **worker_counts(state),
             "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]]))}
 
 

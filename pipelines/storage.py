@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,3 +162,56 @@ def upload_dir(local: Path, url: str) -> None:
         for target in targets:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
     fs.put([str(f) for f in files], targets)  # one batched call: concurrent uploads on S3
+
+
+def local_copy(path_or_url: str | Path) -> Path:
+    """A local path for a file or folder a stage handed to this worker: itself, or (a URL) a download
+    cached per machine, so the many actors of one node fetch it once."""
+    text = str(path_or_url)
+    if not is_remote(text):
+        return Path(text)
+    fs, base = filesystem(text)
+    cache = Path(tempfile.gettempdir()) / "faceinsight-staged" / hashlib.sha256(text.encode()).hexdigest()[:20]
+    target = cache / Path(base).name
+    if (cache / ".complete").exists():
+        return target
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fetch-", dir=cache.parent))
+    try:
+        if fs.isfile(base):
+            fs.get_file(base, str(tmp / Path(base).name))
+        else:
+            for remote in fs.find(base):
+                local = tmp / Path(base).name / remote[len(base) + 1:]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(local))
+        (tmp / ".complete").write_text(text)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another actor on this node finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def arrow_filesystem(url: str):
+    """(pyarrow filesystem or None, path) for Ray's readers and Ray Train: for s3:// with AWS_ENDPOINT_URL
+    (MinIO, moto, ...) an explicit S3 filesystem that carries its endpoint to every worker."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not url.startswith("s3://") or not endpoint:
+        return None, url
+    from pyarrow import fs
+
+    scheme, _, host = endpoint.partition("://")
+    filesystem = fs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                                 access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                 secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return filesystem, url.removeprefix("s3://")
+
+
+def remove_tree(url: str) -> None:
+    fs, base = filesystem(url)
+    if fs.exists(base):
+        fs.rm(base, recursive=True)

@@ -21,6 +21,17 @@ def tracking_uri() -> str:
     return uri
 
 
+def tracking_store_path(uri: str) -> str | None:
+    """The local file or folder behind a sqlite:/// or file: store; None for a server (http://...)."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):]  # sqlite:////abs/x.db -> /abs/x.db
+    if uri.startswith("file:"):
+        return urlparse(uri).path
+    return None if "://" in uri else uri
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,

@@ -27,7 +27,7 @@ def main(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.")] = Path("data/manifest/manifest.parquet"),
     out: Annotated[Path, typer.Option(help="Parser weights + config (DVC out).")] = Path("models/parser"),
     metrics: Annotated[Path, typer.Option(help="mIoU and per-class F1 (DVC metric).")] = Path("metrics/parser.json"),
-    storage: Annotated[Path, typer.Option(help="Ray Train run storage.")] = Path("runs/ray"),
+    storage: Annotated[str, typer.Option(help="Ray Train run storage (a path or s3:// URL).")] = "runs/ray",
 ) -> None:
     def body() -> None:
         cfg, all_params = stage_config(ParserTrainConfig, "train_parser", params)

@@ -9,8 +9,9 @@
 
 The shard is the unit of work, so no shuffle groups records into files and a shard's bytes depend
 only on its faces (rows sorted, random choices seeded per face): two runs write identical bytes.
-Nothing here names a local path a remote worker could not see except the output directory and the
-manifest's image URLs (use s3:// or shared storage for both on a multi-node cluster).
+On a remote cluster (pipelines/cluster.py) the manifest's images must be URLs or on shared storage (checked
+before any work), and the actors write their shards to the cluster storage; the driver then fetches them
+into the DVC output folder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.labels import PARSING_CLASSES
+from pipelines.cluster import placement
 from pipelines.corpus.records import (
     RECORD_SCHEMA,
     RecordPlan,
@@ -42,7 +44,7 @@ from pipelines.corpus.records import (
 )
 from pipelines.corpus.templates import Templates
 from pipelines.datasets.common import SPLITS, Record
-from pipelines.storage import atomic_dir, filesystem
+from pipelines.storage import atomic_dir, filesystem, remove_tree
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = len(PARSING_CLASSES)
@@ -128,7 +130,7 @@ class ShardBuilder:
         out = write_shard(faces, self.out_dir, self.templates, self.plan, self.seed)
         out["began"] = np.array([began])
         out["seconds"] = np.array([time.perf_counter() - start])
-        out["worker"] = np.array([f"{os.uname().nodename}:{os.getpid()}"])
+        out["worker"] = np.array([f"{ray_node_ip()}:{os.getpid()}"])
         return out
 
     def parse(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -233,7 +235,13 @@ def shard_blocks(rows: list[dict[str, Any]]) -> list[pa.Table]:
     return [pa.Table.from_pylist(groups[key]) for key in sorted(groups)]
 
 
-def shard_summaries(rows: list[dict[str, Any]], cfg: CorpusConfig, parser: dict[str, Any], out_dir: Path,
+def ray_node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def shard_summaries(rows: list[dict[str, Any]], cfg: CorpusConfig, parser: dict[str, Any], out_dir: str,
                     templates: Templates, knowledge: dict, seed: int) -> list[dict[str, Any]]:
     """The Ray Data pipeline: shard blocks -> ShardBuilder actors (batch = whole block) -> summaries."""
     import ray
@@ -266,10 +274,20 @@ def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: 
     if not records:
         raise ValueError("the manifest holds no records; run `dvc repro ingest` first")
     rows = manifest_rows(records, cfg)
+    where = placement()
+    where.require_files("build_corpus", "manifest images and masks",
+                        (p for r in records for p in (r.image, *(r.masks or []))))
+    scratch = where.scratch("build_corpus")  # None: the actors write straight into the output folder
     with atomic_dir(out_dir) as tmp:
         tmp.mkdir()
-        shards = sorted(shard_summaries(rows, cfg, parser_payload(parser_dir), tmp.resolve(), templates, knowledge,
-                                        seed), key=lambda s: s["file"])
+        try:
+            shards = sorted(shard_summaries(rows, cfg, parser_payload(parser_dir), scratch or str(tmp.resolve()),
+                                            templates, knowledge, seed), key=lambda s: s["file"])
+            if scratch:
+                fetch_shards(scratch, [str(s["file"]) for s in shards], tmp)
+        finally:
+            if scratch:
+                remove_tree(scratch)
         bad = sorted((b for s in shards for b in json.loads(s["quarantined"])), key=lambda b: (b["dataset"], b["id"]))
         check_failures(bad, Counter(r["dataset"] for r in rows), cfg.max_quarantine_share)
         quarantine = pa.concat_tables([
@@ -286,10 +304,19 @@ def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: 
     for shard in shards:
         busy[shard["worker"]] += float(shard["seconds"])
     timing = {"wall_s": round(wall, 2), "startup_s": round(min(float(s["began"]) for s in shards) - began, 2),
-              "workers": len(busy), "busiest_worker_s": round(max(busy.values()), 2)}
+              "workers": len(busy), "busiest_worker_s": round(max(busy.values()), 2),
+              "nodes": len({w.rsplit(":", 1)[0] for w in busy})}
     log.info("corpus written: %d shards, %d faces: %s", len(shards), len(rows), timing)
     timing["ray"] = f"cluster {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
     return corpus_metrics(shards, rows, quarantine, timing)
+
+
+def fetch_shards(scratch: str, files: list[str], local: Path) -> None:
+    """The shards remote actors wrote to the cluster storage, into the local output folder."""
+    fs, base = filesystem(scratch)
+    for rel in files:
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{base}/{rel}", str(local / rel))
 
 
 class CorpusQuarantineExceeded(RuntimeError):

@@ -76,7 +76,7 @@ def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0, required
     import pyarrow.parquet as pq
 
     faces: dict[str, dict[str, Any]] = {}
-    for path in shard_files(corpus, split):
+    for path in shard_files(Path(corpus) / split):
         table = pq.read_table(path, columns=["face_id", "task", "image", "seg_map", "map_source", "labels"])
         for row in table.filter(pc.equal(table["task"], task)).to_pylist():
             faces.setdefault(row["face_id"], row)

@@ -22,8 +22,9 @@ class CorpusEncoder:
     def __init__(self, tokenizer_dir: str, chat_template: str, image_tokens: int, seg_tokens: int, max_tokens: int,
                  image_size: int, seg_size: int):
         from model.tokenizer import load_tokenizer
+        from pipelines.storage import local_copy
 
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.tokenizer = load_tokenizer(local_copy(tokenizer_dir))
         self.chat = CHAT_TEMPLATES[chat_template]
         self.image_tokens, self.seg_tokens, self.max_tokens = image_tokens, seg_tokens, max_tokens
         self.image_size, self.seg_size = image_size, seg_size
@@ -49,22 +50,30 @@ class CorpusEncoder:
                 "attribute_labels": attributes}
 
 
-def shard_files(corpus: str | Path, split: str) -> list[str]:
-    """The split's shard files, sorted."""
-    corpus = Path(corpus)
-    files = sorted(str(p.resolve()) for p in (corpus / split).glob("part-*.parquet"))
+def shard_files(split_dir: str | Path) -> list[str]:
+    """The shard files of one split folder (a local path or a URL), sorted."""
+    from pipelines.storage import Store
+
+    files = sorted(info.path for rel, info in Store(str(split_dir)).list(recursive=False).items()
+                   if rel.startswith("part-") and rel.endswith(".parquet"))
     if not files:
-        raise FileNotFoundError(f"{corpus / split}: no corpus shards; run `dvc repro build_corpus` first")
+        raise FileNotFoundError(f"{split_dir}: no corpus shards; run `dvc repro build_corpus` first")
     return files
 
 
-def corpus_dataset(corpus: str | Path, split: str, encoder: dict[str, Any], max_records: int = 0,
+def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int = 0,
                    kinds: tuple[str, ...] = (), workers: int = 1):
-    """A Ray Dataset of encoded training examples from one split, in a fixed order."""
+    """A Ray Dataset of encoded training examples from one split folder, in a fixed order."""
     import ray
 
-    ds = ray.data.read_parquet(shard_files(corpus, split), columns=["kind", "conversations", "labels", "image",
-                                                                     "seg_map"])
+    from pipelines.storage import arrow_filesystem
+
+    files = shard_files(split_dir)
+    filesystem, _ = arrow_filesystem(files[0])
+    if filesystem is not None:
+        files = [arrow_filesystem(f)[1] for f in files]
+    ds = ray.data.read_parquet(files, filesystem=filesystem,
+                               columns=["kind", "conversations", "labels", "image", "seg_map"])
     if kinds:
         ds = ds.filter(lambda r: r["kind"] in kinds)
     if max_records:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipelines.training.loop import LoopConfig, fit, publish, run_name
+from pipelines.training.loop import LoopConfig, fit, publish, run_name, worker_counts
 from pipelines.training.task import TrainTask
 
 TASK = "pipelines.training.faceinsight_task:FaceInsightTask"
@@ -42,13 +42,14 @@ class FaceInsightTask(TrainTask):
         from model.config import RECIPES, FaceInsightConfig
         from model.faceinsight import FaceInsight
         from model.tokenizer import load_tokenizer
+        from pipelines.storage import local_copy
 
-        config = self.config
+        config = self.config  # paths here are what the driver handed over: local, shared or s3://
         if config.get("init_from"):
-            model = FaceInsight.from_pretrained(config["init_from"])
+            model = FaceInsight.from_pretrained(local_copy(config["init_from"]))
         else:
-            model = FaceInsight(FaceInsightConfig.from_dict(config["model"]), load_tokenizer(config["tokenizer_dir"]),
-                                config["knowledge"])
+            model = FaceInsight(FaceInsightConfig.from_dict(config["model"]),
+                                load_tokenizer(local_copy(config["tokenizer_dir"])), config["knowledge"])
         self.recipe = RECIPES[self.cfg.recipe]
         model.apply_recipe(self.recipe)
         return model
@@ -113,39 +114,50 @@ def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed
                             "knowledge": inputs.knowledge}, folders)
 
 
+def pretrained_path(model: dict[str, Any]) -> str | None:
+    """The user's pretrained weights folder named in params (model.llm / model.vision), if any."""
+    for part in ("llm", "vision"):
+        section = model.get(part) or {}
+        if section.get("kind") == "pretrained" and section.get("path"):
+            return str(section["path"])
+    return None
+
+
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
     from model.config import FaceInsightConfig
     from model.faceinsight import FaceInsight
     from model.tokenizer import load_tokenizer
-    from pipelines.ray_runtime import init_ray
+    from pipelines.cluster import placement
     from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 
-    init_ray()
-    # absolute paths: Ray Train workers do not run in this directory
-    init_from = inputs.init_from.resolve() if inputs.init_from is not None else None
-    if init_from is not None:
-        probe = FaceInsight.from_pretrained(init_from)
-        tokenizer_dir = str(init_from)
+    where = placement()
+    where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
+    # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
+    init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
+    if inputs.init_from is not None:
+        probe = FaceInsight.from_pretrained(inputs.init_from)
+        tokenizer_dir = init_from
     else:
         probe = FaceInsight(FaceInsightConfig.from_dict(inputs.model), load_tokenizer(inputs.tokenizer_dir),
                             inputs.knowledge)
-        tokenizer_dir = str(inputs.tokenizer_dir.resolve())
+        tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
     encoder = encoder_kwargs(probe.cfg, tokenizer_dir, probe.image_tokens, probe.seg_tokens, cfg.max_tokens)
     # with max_steps, encode only the records those steps can consume (one pass)
     limit = cfg.max_records or (cfg.max_steps * cfg.batch_size if cfg.max_steps else 0)
-    train = corpus_dataset(inputs.corpus, "train", encoder, limit, cfg.kinds).materialize()
+    split = where.hand(stage, "corpus train split", inputs.corpus / "train")
+    train = corpus_dataset(split, encoder, limit, cfg.kinds).materialize()
     n_train = train.count()
     del probe
     result = fit(stage, TASK, cfg, {"train": train},
                  {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
-                  "init_from": str(init_from) if init_from else None, "n_train": n_train},
+                  "init_from": init_from, "n_train": n_train},
                  storage_path, faceinsight_run_name(stage, cfg, inputs, seed))
     state = publish(result, out_dir, FaceInsight.from_pretrained)
     history = state["history"]
     return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
-            "workers": len(state.get("worker_nodes", [])), "nodes": len(set(state.get("worker_nodes", []))),
+            **worker_counts(state),
             "optimizer_restored": bool(state.get("optimizer_restored")),
             "first_loss": history[0]["loss"] if history else None,
             "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,

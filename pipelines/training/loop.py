@@ -17,7 +17,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -330,8 +329,13 @@ def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_c
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.tracking import tracking_uri
+    from pipelines.cluster import placement
+    from pipelines.tracking import tracking_store_path, tracking_uri
 
+    where = placement()
+    # rank 0 logs to MLflow and every worker writes checkpoints: both must be where the workers are
+    where.require(stage, {"MLflow store (MLFLOW_TRACKING_URI)": tracking_store_path(tracking_uri())})
+    storage_path = where.train_storage(stage, storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "task": task, "train": asdict(cfg), "tracking_uri": tracking_uri(),
@@ -347,6 +351,12 @@ def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_c
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint; see the Ray Train logs above")
     return result
+
+
+def worker_counts(state: dict[str, Any]) -> dict[str, int]:
+    """How many training workers ran, on how many nodes (from the final checkpoint's state)."""
+    nodes = state.get("worker_nodes", [])
+    return {"workers": len(nodes), "nodes": len(set(nodes))}
 
 
 def publish(result, out_dir: Path, check: Callable[[Path], Any]) -> dict[str, Any]:
@@ -365,16 +375,8 @@ def publish(result, out_dir: Path, check: Callable[[Path], Any]) -> dict[str, An
 
 
 def ray_storage(storage_path: str) -> dict[str, Any]:
-    """RunConfig storage arguments. For s3:// with AWS_ENDPOINT_URL (MinIO, moto, ...) an explicit pyarrow
-    filesystem: it travels to every worker with its endpoint, wherever the workers' environment comes from."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not storage_path.startswith("s3://") or not endpoint:
-        return {"storage_path": storage_path}
-    from pyarrow import fs
+    """RunConfig storage arguments (an explicit filesystem for s3:// at a custom endpoint)."""
+    from pipelines.storage import arrow_filesystem
 
-    scheme, _, host = endpoint.partition("://")
-    filesystem = fs.S3FileSystem(endpoint_override=host, scheme=scheme,
-                                 access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-                                 secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return {"storage_path": storage_path.removeprefix("s3://"), "storage_filesystem": filesystem}
+    filesystem, path = arrow_filesystem(storage_path)
+    return {"storage_path": path} | ({"storage_filesystem": filesystem} if filesystem else {})
