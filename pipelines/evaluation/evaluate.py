@@ -3,19 +3,23 @@
 Faces come from the corpus' test split, whose maps the parser made (`build_corpus.parser_splits`), never
 ground truth. The questions are the corpus templates' own (the first open / yes-no form of each), so a
 model is asked what it was taught to answer. Systems: the trained FaceInsight (its generated answers and,
-for attributes, its co-occurrence head) and the majority-class baseline from the train split's labels.
+for attributes, its co-occurrence head), the majority-class baseline from the train split's labels, the
+specialist CNN, and any Hugging Face MLLM named in `evaluate.hf_models` (hf_adapter.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
@@ -23,6 +27,7 @@ from pipelines.corpus.records import decode_image
 from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
 from pipelines.evaluation.metrics import UNREAD, age_metrics, attribute_metrics, classification_metrics, rule_violations
+from pipelines.evaluation.report import HF_PREFIX
 from pipelines.training.corpus_data import shard_files
 
 log = logging.getLogger(__name__)
@@ -37,12 +42,19 @@ class EvalConfig:
     max_faces: int = 0  # 0: every face of the split; smoke runs cap it
     batch_size: int = 64  # prompts per generation batch
     max_new_tokens: int = 12
+    hf_models: dict[str, str] = field(default_factory=dict)  # name -> folder of a Hugging Face MLLM, asked too
 
     def __post_init__(self) -> None:
         if self.split not in ("val", "test"):
             raise ValueError(f"evaluate.split must be val or test, got {self.split!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_faces < 0:
             raise ValueError("evaluate: batch_size and max_new_tokens must be >= 1, max_faces >= 0")
+        if not isinstance(self.hf_models, dict):
+            raise ValueError(f"evaluate.hf_models: a mapping name -> model folder, got {self.hf_models!r}")
+        for name, path in self.hf_models.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or not isinstance(path, str) or not path:
+                raise ValueError(f"evaluate.hf_models.{name}: names are letters, digits, _ and - (they become "
+                                 f"metric keys); the value is the model's folder, got {path!r}")
 
 
 @dataclass(frozen=True)
@@ -121,8 +133,28 @@ def majority_predictions(task: str, train_faces: list[dict[str, Any]], n: int) -
     return out
 
 
-def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig,
-                      parser_side: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+AnswerFn = Callable[[list[int], list[str]], list[str]]  # (face indices, questions) -> generated answers
+
+
+def generated_predictions(answer: AnswerFn, n_faces: int, asked: list[Question], cfg: EvalConfig
+                          ) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
+    """Every question to every face in batches, each answer read by its question's rule; a few examples."""
+    pairs = [(i, q) for i in range(n_faces) for q in range(len(asked))]
+    pred = {q.target: np.full(n_faces, UNREAD) for q in asked}
+    examples: list[dict[str, str]] = []
+    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="answering", unit="batch", leave=False):
+        chunk = pairs[start:start + cfg.batch_size]
+        said = answer([i for i, _ in chunk], [asked[q].text for _, q in chunk])
+        for (i, q), text in zip(chunk, said, strict=True):
+            value = asked[q].read(text)
+            pred[asked[q].target][i] = UNREAD if value is None else value
+            if len(examples) < 12:
+                examples.append({"question": asked[q].text, "answer": text})
+    return pred, examples
+
+
+def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig
+                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generated answers of a FaceInsight model, read per question; for attributes also its head's."""
     import torch
 
@@ -131,21 +163,11 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
     maps = None
     if model.seg_encoder is not None:
         maps = np.stack([decode_image(f["seg_map"], model.cfg.seg.image_size, "L") for f in faces]).astype(np.int64)
-    pairs = [(i, q) for i in range(len(faces)) for q in range(len(asked))]
-    pred = {q.target: np.full(len(faces), UNREAD) for q in asked}
-    examples: list[dict[str, str]] = []
     model.eval()
     with torch.no_grad():
-        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="answering", unit="batch", leave=False):
-            chunk = pairs[start:start + cfg.batch_size]
-            idx = [i for i, _ in chunk]
-            said = model.answer(images[idx], None if maps is None else maps[idx],
-                                [asked[q].text for _, q in chunk], max_new_tokens=cfg.max_new_tokens)
-            for (i, q), text in zip(chunk, said, strict=True):
-                value = asked[q].read(text)
-                pred[asked[q].target][i] = UNREAD if value is None else value
-                if len(examples) < 12:
-                    examples.append({"question": asked[q].text, "answer": text})
+        pred, examples = generated_predictions(
+            lambda idx, texts: model.answer(images[idx], None if maps is None else maps[idx], texts,
+                                            max_new_tokens=cfg.max_new_tokens), len(faces), asked, cfg)
         extra: dict[str, Any] = {"examples": examples}
         if model.cooccurrence is not None and asked[0].target in CELEBA_ATTRIBUTES:
             probs = []
@@ -156,6 +178,19 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
             head = np.concatenate(probs) > 0.5
             extra["head"] = {n: head[:, k].astype(int) for k, n in enumerate(CELEBA_ATTRIBUTES)}
     return pred, extra
+
+
+def hf_predictions(path: str, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig
+                   ) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
+    """A Hugging Face MLLM asked the same questions about the same faces (the image alone: it has no maps)."""
+    from pipelines.evaluation.hf_adapter import HFImageTextModel
+
+    model = HFImageTextModel.load(path)
+    with Image.open(io.BytesIO(faces[0]["image"])) as first:
+        side = first.size[0]  # as stored in the corpus; the model's processor resizes
+    images = np.stack([decode_image(f["image"], side) for f in faces])
+    return generated_predictions(lambda idx, texts: model.answer(images[idx], texts, cfg.max_new_tokens),
+                                 len(faces), asked, cfg)
 
 
 def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
@@ -200,6 +235,9 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         add("faceinsight", pred, examples=extra["examples"])
         if "head" in extra:
             add("faceinsight_head", extra["head"])
+    for name, path in cfg.hf_models.items():
+        pred, examples = hf_predictions(path, faces, asked, cfg)
+        add(f"{HF_PREFIX}{name}", pred, examples=examples, path=str(path))
     map_sources = sorted({f["map_source"] for f in faces})
     return {"task": task, "split": cfg.split, "faces": len(faces), "map_sources": map_sources,
             "questions": [q.text for q in asked], "systems": systems}

@@ -25,7 +25,20 @@ SYSTEM_TITLES = {"majority": "Majority class (train split)", "specialist": "Spec
                  "faceinsight": "FaceInsight (generated answers)",
                  "faceinsight_head": "FaceInsight (co-occurrence head)"}
 NOT_YET = ("general MLLM (no map, no knowledge)", "ablations (no map / no co-occurrence / "
-           "no constraint loss)", "the fine-tuned setting (finetune_task@<task>)", "Hugging Face MLLMs by path")
+           "no constraint loss)", "the fine-tuned setting (finetune_task@<task>)")
+HF_PREFIX = "hf_"  # evaluate.hf_models: one row per Hugging Face MLLM asked by path
+
+
+def system_title(system: str) -> str:
+    if system.startswith(HF_PREFIX):
+        return f"Hugging Face MLLM `{system[len(HF_PREFIX):]}` (image only, same prompts)"
+    return SYSTEM_TITLES[system]
+
+
+def system_order(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """The known systems in table order, then the Hugging Face ones by name."""
+    present = {s for e in evals.values() for s in e.get("systems", {})}
+    return [s for s in SYSTEM_TITLES if s in present] + sorted(s for s in present if s.startswith(HF_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,7 @@ def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
 
 def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], seed: int,
                      registry: dict[str, Any] | None, verdict: tuple[bool, list[str]], alias_moved: bool) -> str:
-    systems = [s for s in SYSTEM_TITLES if any(s in e.get("systems", {}) for e in evals.values())]
+    systems = system_order(evals)
     keys = [f"{t}.{m}" for t, m, _, _ in COLUMNS]
     lines = ["# FaceInsight — results", ""]
     state = pipeline_state()
@@ -149,7 +162,7 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
               "| System | " + " | ".join(title for _, _, title, _ in COLUMNS) + " |",
               "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
     for s in systems:
-        lines.append(f"| {SYSTEM_TITLES[s]} | " + " | ".join(_fmt(value(evals, s, k), k) for k in keys) + " |")
+        lines.append(f"| {system_title(s)} | " + " | ".join(_fmt(value(evals, s, k), k) for k in keys) + " |")
     lines += ["", "↓: lower is better. Unreadable answers count as wrong (their numbers are in reports/eval/).",
               "", "Not in this table yet: " + "; ".join(NOT_YET) + ".",
               "", "## What this says about the paper's claims", ""]
