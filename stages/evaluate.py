@@ -70,6 +70,8 @@ def main(
     model: Annotated[Path, typer.Option(help="The trained model (finetune).")] = Path("models/faceinsight"),
     specialist: Annotated[Path, typer.Option(help="The specialist CNN baseline (train_specialist).")] = Path(
         "models/specialist"),
+    tuned: Annotated[Path, typer.Option(help="The task's fine-tuned model; default models/finetune_task/<task>")
+                     ] = None,
     knowledge: Annotated[Path, typer.Option(help="Mined rules (mine_knowledge).")] = Path(
         "data/knowledge/knowledge.json"),
     registry: Annotated[Path, typer.Option(help="The registered version (finetune).")] = Path(
@@ -83,8 +85,9 @@ def main(
         if task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
         cfg, _ = stage_config(EvalConfig, "evaluate", params)
+        tuned_dir = tuned or Path("models/finetune_task") / task
         result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg,
-                               specialist if specialist.exists() else None)
+                               specialist if specialist.exists() else None, tuned_dir if tuned_dir.exists() else None)
         result["mlflow_run_id"] = log_to_mlflow(task, result, registry)
         with atomic_dir(plots or Path("plots/eval") / task) as folder:
             write_plots(result, folder)

@@ -21,7 +21,7 @@ def smoke_params(params: dict) -> dict:
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
     params["train_parser"].update(epochs=2, batch_size=16, min_val_miou=0.0)
     params["build_corpus"].update(faces_per_shard=25)
-    for stage, steps in (("align", 16), ("finetune", 4)):
+    for stage, steps in (("align", 16), ("finetune", 4), ("finetune_task", 4)):
         params[stage].update(max_steps=steps, batch_size=8, lr=0.003, warmup_steps=2, checkpoint_every=8)
     params["train_specialist"].update(max_steps=12, batch_size=8, warmup_steps=2, checkpoint_every=12)
     return params

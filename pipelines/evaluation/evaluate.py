@@ -206,7 +206,7 @@ def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: dict[str, Any],
-                  cfg: EvalConfig, specialist: Path | None = None) -> dict[str, Any]:
+                  cfg: EvalConfig, specialist: Path | None = None, tuned_dir: Path | None = None) -> dict[str, Any]:
     """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}."""
     from model.knowledge_modules import rules_tensor
 
@@ -227,14 +227,16 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         from pipelines.specialist_training import specialist_predictions
 
         add("specialist", specialist_predictions(specialist, faces, task))
-    if model_dir is not None:
+    # the training-free multi-task model, then the one fine-tuned on this task (finetune_task@<task>)
+    for name, folder in (("faceinsight", model_dir), ("faceinsight_tuned", tuned_dir)):
+        if folder is None:
+            continue
         from model.faceinsight import FaceInsight
 
-        model = FaceInsight.from_pretrained(model_dir)
-        pred, extra = model_predictions(model, faces, asked, cfg)
-        add("faceinsight", pred, examples=extra["examples"])
+        pred, extra = model_predictions(FaceInsight.from_pretrained(folder), faces, asked, cfg)
+        add(name, pred, examples=extra["examples"])
         if "head" in extra:
-            add("faceinsight_head", extra["head"])
+            add(f"{name}_head", extra["head"])
     for name, path in cfg.hf_models.items():
         pred, examples = hf_predictions(path, faces, asked, cfg)
         add(f"{HF_PREFIX}{name}", pred, examples=examples, path=str(path))

@@ -62,7 +62,7 @@ def shard_files(split_dir: str | Path) -> list[str]:
 
 
 def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int = 0,
-                   kinds: tuple[str, ...] = (), workers: int = 1):
+                   kinds: tuple[str, ...] = (), workers: int = 1, tasks: tuple[str, ...] = ()):
     """A Ray Dataset of encoded training examples from one split folder, in a fixed order."""
     import ray
 
@@ -73,7 +73,9 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     if filesystem is not None:
         files = [arrow_filesystem(f)[1] for f in files]
     ds = ray.data.read_parquet(files, filesystem=filesystem,
-                               columns=["kind", "conversations", "labels", "image", "seg_map"])
+                               columns=["task", "kind", "conversations", "labels", "image", "seg_map"])
+    if tasks:
+        ds = ds.filter(lambda r: r["task"] in tasks)
     if kinds:
         ds = ds.filter(lambda r: r["kind"] in kinds)
     if max_records:

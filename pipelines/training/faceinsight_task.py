@@ -23,6 +23,7 @@ class TrainConfig(LoopConfig):
     max_tokens: int = 320  # sequences are padded / truncated to this many tokens
     max_records: int = 0  # 0: the whole train split
     kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
+    tasks: tuple[str, ...] = ()  # record tasks (attributes, age_gender_race, expression); empty: all
 
     def __post_init__(self) -> None:
         from model.config import RECIPES
@@ -31,6 +32,9 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
+        unknown = set(self.tasks) - {"attributes", "age_gender_race", "expression"}
+        if unknown:
+            raise ValueError(f"train.tasks: unknown {sorted(unknown)}; use attributes, age_gender_race, expression")
         super().__post_init__()
 
 
@@ -147,7 +151,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     # with max_steps, encode only the records those steps can consume (one pass)
     limit = cfg.max_records or (cfg.max_steps * cfg.batch_size if cfg.max_steps else 0)
     split = where.hand(stage, "corpus train split", inputs.corpus / "train")
-    train = corpus_dataset(split, encoder, limit, cfg.kinds).materialize()
+    train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
     n_train = train.count()
     del probe
     result = fit(stage, TASK, cfg, {"train": train},

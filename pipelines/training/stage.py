@@ -13,10 +13,13 @@ from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_tr
 
 
 def train_stage(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Path, knowledge: Path,
-                init_from: Path | None, out: Path, metrics: Path, history: Path, storage: str) -> dict[str, Any]:
+                init_from: Path | None, out: Path, metrics: Path, history: Path, storage: str,
+                section: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`section` of params (default: the stage's name), with `overrides` on top, trains the model."""
     from model.config import model_config
 
-    cfg = build(TrainConfig, params.get(stage), stage)
+    section = section or stage
+    cfg = build(TrainConfig, {**(params.get(section) or {}), **(overrides or {})}, section)
     model_params = dict(params.get("model") or {})
     resolved = model_config(model_params).to_dict()  # validated here, before Ray starts
     inputs = TrainInputs(corpus=corpus, tokenizer_dir=tokenizer, knowledge=knowledge_file(knowledge),

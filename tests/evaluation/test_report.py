@@ -111,3 +111,22 @@ def test_report_moves_champion_only_when_earned(tmp_path):
                                               "expression.uar": 0.4})
         out = _report(tmp_path, uri, v4, r4, best)
         assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v4
+
+
+def test_the_fine_tuned_setting_gets_its_own_table_and_claim():
+    from pipelines.evaluation.report import results_markdown
+
+    results = evals()
+    assert "Fine-tuned setting" not in results_markdown(results, {}, 0, None, (True, []), False)
+    tuned = {"attributes": {"mean_balanced_accuracy": 0.7, "rule_violation_rate": 0.05},
+             "age_gender_race": {"age_mae": 7.5}, "expression": {"uar": 0.2}}
+    for task, summary in tuned.items():
+        results[task]["systems"]["faceinsight_tuned"] = {"summary": summary}
+    md = results_markdown(results, {}, 0, None, (True, []), False)
+    free, fine = md.split("## Fine-tuned setting")
+    assert "| FaceInsight fine-tuned on the task (generated answers) |" in fine.split("## What")[0]
+    assert "fine-tuned" not in free.split("## Training-free")[1]  # the first table keeps the training-free rows
+    row = next(line for line in fine.splitlines() if line.startswith("| FaceInsight fine-tuned"))
+    assert "| 0.700 |" in row and "| 7.50 |" in row
+    # attributes rose, expression UAR fell (0.3 -> 0.2): the sentence says the gain is not uniform
+    assert "from 0.600 to 0.700" in md and "expression.uar from 0.300 to 0.200" in md and "not the uniform gain" in md

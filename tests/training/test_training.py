@@ -26,6 +26,19 @@ def test_train_config_validates():
         TrainConfig(batch_size=10, num_workers=2, grad_accum=2)
     with pytest.raises(ValueError, match="recipe"):
         TrainConfig(recipe="everything")
+    with pytest.raises(ValueError, match=r"train.tasks: unknown \['faces'\]"):
+        TrainConfig(tasks=("attributes", "faces"))
+
+
+def test_a_task_filter_keeps_only_that_tasks_records(ray_local, corpus):
+    """finetune_task@<task> trains on its task's records only (the fixture corpus is all attributes)."""
+    from pipelines.training.corpus_data import corpus_dataset
+
+    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
+               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+    split = corpus["root"] / "train"
+    assert corpus_dataset(split, encoder, tasks=("attributes",)).count() == corpus["records"]
+    assert corpus_dataset(split, encoder, tasks=("expression",)).count() == 0
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
