@@ -22,4 +22,7 @@ def init_ray(dashboard: bool = False) -> None:
         ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+    # the same inputs give the same rows in the same order (and `limit` the same rows): without it the
+    # actor pool's finishing order decides, and two runs of a stage train on different samples
+    ctx.execution_options.preserve_order = True
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())

@@ -226,3 +226,27 @@ def test_run_name_changes_with_the_inputs_only(corpus, tmp_path):
     shutil.copytree(corpus["tokenizer"], tok)
     (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text().replace('"<pad>"', '"<PAD>"'))
     assert run_name("align", CFG, dataclasses.replace(inputs, tokenizer_dir=tok), 0) != name
+
+
+def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_path):
+    """Reproducible training needs the same rows in the same order (and `limit` the same rows) on every run,
+    whichever Ray actor finishes first: here 4 shards, read by parallel tasks, must come back in file order."""
+    import pyarrow.parquet as pq
+
+    from pipelines.training.corpus_data import CorpusEncoder, corpus_dataset
+
+    table = pq.read_table(corpus["root"] / "train" / "part-00000.parquet")
+    split = tmp_path / "train"
+    split.mkdir()
+    step = -(-table.num_rows // 4)
+    for k in range(4):
+        pq.write_table(table.slice(k * step, step), split / f"part-{k:05d}.parquet")
+    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
+               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+    expected = CorpusEncoder(**encoder)(table.select(["task", "kind", "conversations", "labels", "image",
+                                                      "seg_map"]))["input_ids"]
+    for _ in range(2):
+        rows = corpus_dataset(split, encoder).materialize().take_all()
+        assert np.array_equal(np.stack([r["input_ids"] for r in rows]), expected)
+    limited = corpus_dataset(split, encoder, max_records=10).take_all()
+    assert np.array_equal(np.stack([r["input_ids"] for r in limited]), expected[:10])
