@@ -18,7 +18,15 @@ from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_p
 from model.labels import PARSING_CLASSES
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import Augment, load_parsing_example
-from pipelines.training.loop import TRAINER_STATE, LoopConfig, fit, publish, run_name, worker_counts
+from pipelines.training.loop import (
+    TRAINER_STATE,
+    LoopConfig,
+    fit,
+    publish,
+    run_name,
+    training_storage,
+    worker_counts,
+)
 from pipelines.training.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -144,6 +152,7 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
     from pipelines.cluster import placement
 
+    storage_path = training_storage("train_parser", storage_path)  # fails here, not after the data work
     where = placement()
     by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
                 for s in ("train", "val", "test")}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
-from pipelines.training.loop import LoopConfig, fit, publish, run_name, worker_counts
+from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
 from pipelines.training.task import TrainTask
 
 TASK = "pipelines.specialist_training:SpecialistTask"
@@ -68,6 +68,7 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     from pipelines.ray_runtime import init_ray
 
     init_ray()  # the rows travel in the object store: no path reaches a worker but Ray Train's storage
+    storage_path = training_storage("train_specialist", storage_path)
     rows = face_rows(corpus, "train", cfg.model.image_size)
     train = ray.data.from_items(rows)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipelines.training.loop import LoopConfig, fit, publish, run_name, worker_counts
+from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
 from pipelines.training.task import TrainTask
 
 TASK = "pipelines.training.faceinsight_task:FaceInsightTask"
@@ -136,6 +136,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     from pipelines.cluster import placement
     from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 
+    storage_path = training_storage(stage, storage_path)  # fails here, not after the data work
     where = placement()
     where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
     # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
