@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_parser, save_parser
 from model.labels import PARSING_CLASSES
 from pipelines.datasets.common import Record
-from pipelines.parsing_data import Augment, load_parsing_example
+from pipelines.parsing_data import augment_batch, load_parsing_example
 from pipelines.training.loop import (
     TRAINER_STATE,
     LoopConfig,
@@ -140,11 +140,10 @@ def _dataset(records: list[Record], size: int, augment: bool, seed: int):
     import ray
 
     rows = [{"id": r.id, "image": r.image, "masks": list(r.masks)} for r in records]
-    ds = ray.data.from_items(rows).map(lambda row: load_parsing_example(row, size)).drop_columns(["id"])
+    ds = ray.data.from_items(rows).map(lambda row: load_parsing_example(row, size))
     if augment:
-        ds = ds.map_batches(Augment, fn_constructor_kwargs={"seed": seed}, batch_size=64,
-                            compute=ray.data.ActorPoolStrategy(size=1))
-    return ds.materialize()
+        ds = ds.map_batches(augment_batch, fn_kwargs={"seed": seed}, batch_size=64)
+    return ds.drop_columns(["id"]).materialize()
 
 
 def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_dir: Path,

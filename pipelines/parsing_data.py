@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from typing import Any
 
 import albumentations as A
@@ -54,17 +55,15 @@ def parser_augmentation() -> A.Compose:
     ])
 
 
-class Augment:
-    """A Ray Data callable: augments a numpy batch of images and labels (one pipeline per actor/task)."""
-
-    def __init__(self, seed: int = 0):
-        self.transform = parser_augmentation()
-        self.transform.set_random_seed(seed)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, labels = [], []
-        for image, label in zip(batch["image"], batch["label"], strict=True):
-            out = self.transform(image=image, mask=label)
-            images.append(out["image"])
-            labels.append(out["mask"])
-        return {**batch, "image": np.stack(images), "label": np.stack(labels)}
+def augment_batch(batch: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """A Ray Data task (no actor to lose on a busy cluster): augments a batch of images and labels. Each
+    batch seeds its own pipeline from its first face id, so the result depends on the data, not on which
+    worker runs it."""
+    transform = parser_augmentation()
+    transform.set_random_seed(zlib.crc32(f"{seed}:{batch['id'][0]}".encode()))
+    images, labels = [], []
+    for image, label in zip(batch["image"], batch["label"], strict=True):
+        out = transform(image=image, mask=label)
+        images.append(out["image"])
+        labels.append(out["mask"])
+    return {**batch, "image": np.stack(images), "label": np.stack(labels)}
