@@ -15,7 +15,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.storage import filesystem, is_remote, upload_dir
@@ -67,7 +67,6 @@ class Placement:
     view: ClusterView
     storage: str = ""  # a URL every node reaches; "" = none
     shared: tuple[str, ...] = ()
-    staged: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, view: ClusterView | None = None) -> Placement:
@@ -127,7 +126,6 @@ class Placement:
                 upload_dir(local, url)
             with fs.open(marker, "wb") as fh:
                 fh.write(b"ok")
-        self.staged[what] = url
         return url
 
     def scratch(self, stage: str) -> str | None:

@@ -151,8 +151,8 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
     from pipelines.cluster import placement
 
-    storage_path = training_storage("train_parser", storage_path)  # fails here, not after the data work
     where = placement()
+    storage_path = training_storage("train_parser", storage_path, where)  # fails here, not after the data work
     by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
                 for s in ("train", "val", "test")}
     if cfg.max_train_records:

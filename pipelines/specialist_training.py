@@ -65,10 +65,10 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
                      ) -> dict[str, Any]:
     import ray
 
-    from pipelines.ray_runtime import init_ray
+    from pipelines.cluster import placement
 
-    init_ray()  # the rows travel in the object store: no path reaches a worker but Ray Train's storage
-    storage_path = training_storage("train_specialist", storage_path)
+    # the rows travel in the object store: no path reaches a worker but Ray Train's storage
+    storage_path = training_storage("train_specialist", storage_path, placement())
     rows = face_rows(corpus, "train", cfg.model.image_size)
     train = ray.data.from_items(rows)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train"])

@@ -32,9 +32,11 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
-        unknown = set(self.tasks) - {"attributes", "age_gender_race", "expression"}
+        from pipelines.corpus.records import TASKS
+
+        unknown = set(self.tasks) - set(TASKS.values())
         if unknown:
-            raise ValueError(f"train.tasks: unknown {sorted(unknown)}; use attributes, age_gender_race, expression")
+            raise ValueError(f"train.tasks: unknown {sorted(unknown)}; use {', '.join(TASKS.values())}")
         super().__post_init__()
 
 
@@ -136,8 +138,8 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     from pipelines.cluster import placement
     from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 
-    storage_path = training_storage(stage, storage_path)  # fails here, not after the data work
     where = placement()
+    storage_path = training_storage(stage, storage_path, where)  # fails here, not after the data work
     where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
     # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
     init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None

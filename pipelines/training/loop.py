@@ -323,26 +323,25 @@ def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = ()) 
     return f"{stage}-{digest.hexdigest()[:12]}"
 
 
-def training_storage(stage: str, storage_path: str) -> str:
-    """Checked at a training stage's start, before any data work: rank 0 logs to MLflow and every worker
-    writes checkpoints, so both must be where the workers are. Returns the storage Ray Train uses."""
-    from pipelines.cluster import placement
+def training_storage(stage: str, storage_path: str, where) -> str:
+    """Checked at a training stage's start (`where`: its pipelines.cluster.Placement), before any data work:
+    rank 0 logs to MLflow and every worker writes checkpoints, so both must be where the workers are.
+    Returns the storage Ray Train uses; pass that to `fit`."""
     from pipelines.tracking import tracking_store_path, tracking_uri
 
-    where = placement()
     where.require(stage, {"MLflow store (MLFLOW_TRACKING_URI)": tracking_store_path(tracking_uri())})
     return where.train_storage(stage, storage_path)
 
 
 def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
         storage_path: str, name: str):
-    """One Ray Train run of `train_loop_per_worker` for `task`; its result (with a final checkpoint)."""
+    """One Ray Train run of `train_loop_per_worker` for `task`; its result (with a final checkpoint).
+    `storage_path` is what `training_storage` returned at the stage's start."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.tracking import tracking_uri
 
-    storage_path = training_storage(stage, storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "task": task, "train": asdict(cfg), "tracking_uri": tracking_uri(),
