@@ -26,15 +26,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## run the DVC pipeline on params.yaml (a no-op when nothing changed)
 	$(BIN)/dvc repro
 
-test: $(STAMP)  ## lint, then the test suite, as CI runs it (all but the 2-node cluster run: make test-cluster)
+test: $(STAMP)  ## lint, then the whole test suite, as CI runs it
 	$(BIN)/ruff check model pipelines stages tests benchmarks
-	$(BIN)/python -m pytest -m "not cluster"
+	$(BIN)/python -m pytest
 
-test-cluster: $(STAMP)  ## dvc repro on a 2-node Ray cluster with everything on S3 (~11 min; flaky in CI, see issue 7)
+test-cluster: $(STAMP)  ## only the dvc repro on a 2-node Ray cluster with everything on S3 (~12 min; also in make test)
 	$(BIN)/python -m pytest tests/test_dvc_cluster.py
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow and not cluster"
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check model pipelines stages tests benchmarks

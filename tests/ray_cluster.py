@@ -24,11 +24,10 @@ def ray_cmd(*args: str, env: dict) -> None:
 
 @contextmanager
 def two_node_cluster(env: dict[str, str], cpus: int = 2, second_ip: str | None = None) -> Iterator[str]:
-    """Yields the head's address (for RAY_ADDRESS). `env` is both nodes' environment (code path, S3 endpoint)."""
+    """Yields the head's address (for RAY_ADDRESS). `env` is both nodes' environment (from cluster_env())."""
     from ray._private.services import get_node_ip_address
 
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    env["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster: no token to hand to the second node
     port = free_port()
     ip = get_node_ip_address()
     head = f"{ip}:{port}"
@@ -63,5 +62,14 @@ def stop_cluster(ip: str, port: int) -> None:
         proc.kill()
 
 
-def without_ray_address() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def cluster_env() -> dict[str, str]:
+    """This process's environment for the cluster's nodes and the drivers that join it.
+
+    Token authentication off on both sides: a driver that sends no token (or expects one) where the nodes
+    do not cannot get its objects to them. The session's own `ray.init()` sets RAY_AUTH_MODE=token in
+    this process, so a copy of os.environ alone would start the drivers with tokens on and the nodes off:
+    train_parser then failed with OwnerDiedError on the far node (the flaky runs of issue 7).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster: no token to hand to the second node
+    return env

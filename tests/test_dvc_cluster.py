@@ -21,11 +21,11 @@ import yaml
 from pipelines.storage import upload_dir
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 from tests.conftest import REPO, SEED
-from tests.ray_cluster import two_node_cluster, without_ray_address
+from tests.ray_cluster import cluster_env, two_node_cluster
 from tests.smoke_repo import SMOKE, commit, git, run, smoke_repo
 from tests.training.mlflow_server import mlflow_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # not in `make test` yet: see issue 7's note
+pytestmark = pytest.mark.slow
 
 RAY_STAGES = {"train_parser": "parser.json", "align": "train_align.json", "finetune": "train_finetune.json",
               "train_specialist": "train_specialist.json"}
@@ -64,7 +64,7 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
     repo = smoke_repo(tmp_path / "repo", lambda p: on_s3(p, roots))
 
     # the nodes' own environment: the code, and S3's endpoint and keys (an instance profile in the cloud)
-    node_env = {**without_ray_address(), "PYTHONPATH": str(REPO)}
+    node_env = {**cluster_env(), "PYTHONPATH": str(REPO)}
     with two_node_cluster(node_env, second_ip="127.0.0.2") as head, \
             mlflow_server(tmp_path / "mlflow", artifacts="s3://mlflow-artifacts/mlflow",
                           env={"MLFLOW_S3_ENDPOINT_URL": s3_server}) as tracking:
