@@ -219,11 +219,12 @@ def model_config(params: dict[str, Any] | None) -> FaceInsightConfig:
     preset = params.pop("preset", "tiny")
     if preset not in PRESETS:
         raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    return FaceInsightConfig.from_dict(_merge(PRESETS[preset].to_dict(), params))
+    return FaceInsightConfig.from_dict(merge_overrides(PRESETS[preset].to_dict(), params))
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_overrides(out[key], value) if nested else value
     return out

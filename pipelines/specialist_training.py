@@ -70,6 +70,9 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     # the rows travel in the object store: no path reaches a worker but Ray Train's storage
     storage_path = training_storage("train_specialist", storage_path, placement())
     rows = face_rows(corpus, "train", cfg.model.image_size)
+    # a seeded mix of the three datasets: in load order every batch held one task's faces, and each epoch
+    # ended on expression faces only (the heads took turns instead of learning together)
+    rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
     train = ray.data.from_items(rows)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train"])
     result = fit("train_specialist", TASK, cfg, {"train": train}, {"seed": seed, "n_train": len(rows)}, storage_path,

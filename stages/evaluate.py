@@ -1,5 +1,9 @@
 """evaluate@<task>: every system on the task's test faces (parser-made maps): metrics, plots, MLflow.
 
+Systems: the majority class, the specialist CNN, FaceInsight (training-free and fine-tuned on the task),
+every variant in params.yaml `variants` (the general MLLM and the ablations, train_variant@<name>), and
+any Hugging Face model in `evaluate.hf_models`.
+
 Writes metrics/eval/<task>.json (the headline numbers per system, DVC metrics), reports/eval/<task>.json
 (everything: per attribute / class, rule violations, confusion matrices, example answers), and
 plots/eval/<task>/ (balanced accuracy per attribute, confusion matrices: PNG and CSV). The numbers also go
@@ -62,6 +66,20 @@ def log_to_mlflow(task: str, result: dict[str, Any], registry: Path) -> str | No
     return run_id
 
 
+def variant_models(params: dict[str, Any], folder: Path) -> dict[str, tuple[str, Path]]:
+    """name -> (label, model folder) of every variant params.yaml lists; each must have been trained."""
+    from pipelines.training.variants import variant_configs
+
+    out = {}
+    for name, variant in variant_configs(params).items():
+        model_dir = folder / name / "model"
+        if not model_dir.exists():
+            raise FileNotFoundError(f"{model_dir}: variant {name!r} is not trained; run `dvc repro "
+                                    f"train_variant@{name}` (or remove it from params.yaml `variants`)")
+        out[name] = (variant.label, model_dir)
+    return out
+
+
 @app.command(help=__doc__)
 def main(
     task: Annotated[str, typer.Option(help=f"One of {', '.join(TASKS)}.")],
@@ -72,6 +90,8 @@ def main(
         "models/specialist"),
     tuned: Annotated[Path, typer.Option(help="The task's fine-tuned model; default models/finetune_task/<task>")
                      ] = None,
+    variants: Annotated[Path, typer.Option(help="train_variant's models (<name>/model), one row each.")] = Path(
+        "models/variants"),
     knowledge: Annotated[Path, typer.Option(help="Mined rules (mine_knowledge).")] = Path(
         "data/knowledge/knowledge.json"),
     registry: Annotated[Path, typer.Option(help="The registered version (finetune).")] = Path(
@@ -84,10 +104,11 @@ def main(
     def body() -> None:
         if task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
-        cfg, _ = stage_config(EvalConfig, "evaluate", params)
+        cfg, all_params = stage_config(EvalConfig, "evaluate", params)
         tuned_dir = tuned or Path("models/finetune_task") / task
         result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg,
-                               specialist if specialist.exists() else None, tuned_dir if tuned_dir.exists() else None)
+                               specialist if specialist.exists() else None, tuned_dir if tuned_dir.exists() else None,
+                               variant_models(all_params, variants))
         result["mlflow_run_id"] = log_to_mlflow(task, result, registry)
         with atomic_dir(plots or Path("plots/eval") / task) as folder:
             write_plots(result, folder)

@@ -21,7 +21,8 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     tasks = ("attributes", "age_gender_race", "expression")
     for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus", "train_tokenizer", "align", "finetune",
-                  *(f"finetune_task@{t}" for t in tasks), *(f"evaluate@{t}" for t in tasks), "report"):
+                  *(f"finetune_task@{t}" for t in tasks), "train_variant@no_map", *(f"evaluate@{t}" for t in tasks),
+                  "report"):
         assert f"Running stage '{stage}'" in out, stage
     parser_metrics = json.loads((repo_copy / "metrics" / "parser.json").read_text())
     assert parser_metrics["epochs"] == 2 and 0 <= parser_metrics["val_miou"] <= 1
@@ -55,7 +56,8 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     # evaluation on the test faces, every system a row of the results table, the gate's verdict stated
     for task in tasks:
         headline = json.loads((repo_copy / "metrics" / "eval" / f"{task}.json").read_text())
-        assert headline["faces"] > 0 and {"majority", "faceinsight", "faceinsight_tuned"} <= set(headline)
+        assert headline["faces"] > 0 and {"majority", "faceinsight", "faceinsight_tuned", "variant_no_map"} <= set(
+            headline)
         tuned = json.loads((repo_copy / "metrics" / "train_finetune_task" / f"{task}.json").read_text())
         assert tuned["steps"] == 4 and tuned["train_records"] > 0
     assert (repo_copy / "plots" / "eval" / "attributes" / "balanced_accuracy.png").exists()
@@ -64,6 +66,9 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert "| FaceInsight (generated answers) |" in results and "| Majority class (train split) |" in results
     assert "## Fine-tuned setting" in results
     assert "| FaceInsight fine-tuned on the task (generated answers) |" in results
+    assert "| FaceInsight without the parsing map |" in results and "**The parsing map helps.**" in results
+    variant = json.loads((repo_copy / "metrics" / "train_variant" / "no_map.json").read_text())
+    assert variant["align"]["steps"] == 16 and variant["finetune"]["steps"] == 4
     verdict = json.loads((repo_copy / "metrics" / "report.json").read_text())
     assert verdict["champion"] or verdict["reasons"]  # promoted, or the report says why not
     assert ("is now `champion`" in results) == verdict["champion"]

@@ -186,8 +186,11 @@ def write_shard(faces: dict[str, Any], out_dir: str, templates: Templates, plan:
                 seed: int) -> dict[str, np.ndarray]:
     """One shard's records, sorted, as one Parquet file; returns one summary row for the driver."""
     n = len(faces["id"])
+    # a seeded hash order, not (dataset, id): a shard's faces come in a fixed order that mixes the datasets,
+    # so the first records of a split (a training `limit`, a shuffle buffer's window) hold every task
     ok = sorted((k for k in range(n) if not faces["error_reason"][k]),
-                key=lambda k: (str(faces["dataset"][k]), str(faces["id"][k])))
+                key=lambda k: (zlib.crc32(f"{seed}:{faces['dataset'][k]}/{faces['id'][k]}".encode()),
+                               str(faces["dataset"][k]), str(faces["id"][k])))
     rows = [rec for k in ok for rec in face_records(_face(faces, k), templates, plan, seed)]
     split, shard = str(faces["split"][0]), int(faces["shard"][0])
     rel = f"{split}/part-{shard:05d}.parquet"

@@ -23,6 +23,7 @@ from pipelines.storage import read_url
 
 IMAGE_TOKEN = "<image>"
 TASKS = {"celebamask_hq": "attributes", "utkface": "age_gender_race", "rafdb": "expression"}
+KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge")  # a record's `kind`
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def face_conversations(dataset: str, labels: FaceLabels, templates: Templates, p
         knowledge = templates.knowledge_statements(labels, rng, plan.knowledge_turns)
         return out + ([("knowledge", knowledge)] if knowledge else [])
     make = templates.demographics if dataset == "utkface" else templates.expression
-    return [(kind, make(kind, labels, rng)) for kind in ("yes_no", "multiple_choice", "open", "description")]
+    return [(kind, make(kind, labels, rng)) for kind in KINDS[:4]]
 
 
 def conversation(turns: list[Turn]) -> list[dict[str, str]]:

@@ -4,7 +4,8 @@ Faces come from the corpus' test split, whose maps the parser made (`build_corpu
 ground truth. The questions are the corpus templates' own (the first open / yes-no form of each), so a
 model is asked what it was taught to answer. Systems: the trained FaceInsight (its generated answers and,
 for attributes, its co-occurrence head), the majority-class baseline from the train split's labels, the
-specialist CNN, and any Hugging Face MLLM named in `evaluate.hf_models` (hf_adapter.py).
+specialist CNN, the variants (general MLLM, ablations: asked exactly as FaceInsight is), and any Hugging
+Face MLLM named in `evaluate.hf_models` (hf_adapter.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipelines.corpus.records import decode_image
 from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
 from pipelines.evaluation.metrics import UNREAD, age_metrics, attribute_metrics, classification_metrics, rule_violations
-from pipelines.evaluation.report import HF_PREFIX
+from pipelines.evaluation.report import HF_PREFIX, VARIANT_PREFIX
 from pipelines.training.corpus_data import shard_files
 
 log = logging.getLogger(__name__)
@@ -206,8 +207,10 @@ def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: dict[str, Any],
-                  cfg: EvalConfig, specialist: Path | None = None, tuned_dir: Path | None = None) -> dict[str, Any]:
-    """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}."""
+                  cfg: EvalConfig, specialist: Path | None = None, tuned_dir: Path | None = None,
+                  variants: dict[str, tuple[str, Path]] | None = None) -> dict[str, Any]:
+    """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}.
+    `variants`: name -> (row label, model folder) of the baselines and ablations (train_variant@<name>)."""
     from model.knowledge_modules import rules_tensor
 
     templates = Templates.load(knowledge=knowledge)
@@ -227,16 +230,19 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         from pipelines.specialist_training import specialist_predictions
 
         add("specialist", specialist_predictions(specialist, faces, task))
-    # the training-free multi-task model, then the one fine-tuned on this task (finetune_task@<task>)
-    for name, folder in (("faceinsight", model_dir), ("faceinsight_tuned", tuned_dir)):
+    # the training-free multi-task model, the one fine-tuned on this task (finetune_task@<task>), the variants
+    models = [("faceinsight", model_dir, {}), ("faceinsight_tuned", tuned_dir, {})]
+    models += [(f"{VARIANT_PREFIX}{name}", folder, {"label": label})
+               for name, (label, folder) in (variants or {}).items()]
+    for name, folder, about in models:
         if folder is None:
             continue
         from model.faceinsight import FaceInsight
 
         pred, extra = model_predictions(FaceInsight.from_pretrained(folder), faces, asked, cfg)
-        add(name, pred, examples=extra["examples"])
+        add(name, pred, examples=extra["examples"], **about)
         if "head" in extra:
-            add(f"{name}_head", extra["head"])
+            add(f"{name}_head", extra["head"], **about)
     for name, path in cfg.hf_models.items():
         pred, examples = hf_predictions(path, faces, asked, cfg)
         add(f"{HF_PREFIX}{name}", pred, examples=examples, path=str(path))

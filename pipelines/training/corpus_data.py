@@ -65,6 +65,7 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
                    kinds: tuple[str, ...] = (), workers: int = 1, tasks: tuple[str, ...] = ()):
     """A Ray Dataset of encoded training examples from one split folder, in a fixed order."""
     import ray
+    from ray.data.expressions import col
 
     from pipelines.storage import arrow_filesystem
 
@@ -72,12 +73,14 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     filesystem, _ = arrow_filesystem(files[0])
     if filesystem is not None:
         files = [arrow_filesystem(f)[1] for f in files]
-    ds = ray.data.read_parquet(files, filesystem=filesystem,
-                               columns=["task", "kind", "conversations", "labels", "image", "seg_map"])
+    ds = ray.data.read_parquet(files, filesystem=filesystem).select_columns(
+        ["task", "kind", "conversations", "labels", "image", "seg_map"])  # pushed into the scan, as the filters
+    # expressions, not Python lambdas: Ray Data pushes them into the Parquet scan, so the rows of other
+    # tasks are dropped as they are read instead of being turned into Python dicts first
     if tasks:
-        ds = ds.filter(lambda r: r["task"] in tasks)
+        ds = ds.filter(expr=col("task").is_in(list(tasks)))
     if kinds:
-        ds = ds.filter(lambda r: r["kind"] in kinds)
+        ds = ds.filter(expr=col("kind").is_in(list(kinds)))
     if max_records:
         ds = ds.limit(max_records)
     return ds.map_batches(CorpusEncoder, fn_constructor_kwargs=encoder, batch_format="pyarrow", batch_size=64,

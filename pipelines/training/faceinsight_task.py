@@ -32,11 +32,12 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
-        from pipelines.corpus.records import TASKS
+        from pipelines.corpus.records import KINDS, TASKS
 
-        unknown = set(self.tasks) - set(TASKS.values())
-        if unknown:
-            raise ValueError(f"train.tasks: unknown {sorted(unknown)}; use {', '.join(TASKS.values())}")
+        for key, allowed in (("tasks", TASKS.values()), ("kinds", KINDS)):
+            unknown = set(getattr(self, key)) - set(allowed)
+            if unknown:
+                raise ValueError(f"train.{key}: unknown {sorted(unknown)}; use {', '.join(allowed)}")
         super().__post_init__()
 
 

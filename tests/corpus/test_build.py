@@ -76,6 +76,12 @@ def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs,
     for split, recs in rows.items():
         assert all(split_of[(r["dataset"], r["face_id"])] == split for r in recs)
     images = {s: {r["image"] for r in recs} for s, recs in rows.items()}
+
+    # a shard's faces are mixed across datasets, not grouped (a training `limit` takes its first records)
+    for shard in sorted((first / "train").glob("*.parquet")):
+        datasets = pq.read_table(shard, columns=["dataset"]).column("dataset").to_pylist()
+        runs = [d for k, d in enumerate(datasets) if k == 0 or d != datasets[k - 1]]  # one per unbroken stretch
+        assert len(runs) > 3 * len(set(datasets)), (shard.name, runs)
     assert not (images["train"] & images["val"] or images["train"] & images["test"] or images["val"] & images["test"])
 
     # maps: ground truth only on CelebAMask-HQ train; the parser everywhere else

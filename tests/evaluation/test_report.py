@@ -130,3 +130,29 @@ def test_the_fine_tuned_setting_gets_its_own_table_and_claim():
     assert "| 0.700 |" in row and "| 7.50 |" in row
     # attributes rose, expression UAR fell (0.3 -> 0.2): the sentence says the gain is not uniform
     assert "from 0.600 to 0.700" in md and "expression.uar from 0.300 to 0.200" in md and "not the uniform gain" in md
+
+
+def test_variants_get_rows_by_label_and_a_sentence_per_claim():
+    from pipelines.evaluation.report import results_markdown
+
+    results = evals()  # FaceInsight: attributes 0.6 balanced accuracy, 10% rule violations, UAR 0.3
+    ablations = {"no_map": ("FaceInsight without the parsing map", 0.55, 0.1, 0.2),
+                 "no_constraints": ("FaceInsight without the constraint loss", 0.6, 0.25, 0.3),
+                 "general": ("General MLLM (captions only)", 0.7, 0.1, 0.3)}
+    for name, (label, bal, viol, uar) in ablations.items():
+        results["attributes"]["systems"][f"variant_{name}"] = {
+            "label": label, "summary": {"mean_balanced_accuracy": bal, "rule_violation_rate": viol}}
+        results["expression"]["systems"][f"variant_{name}"] = {"label": label, "summary": {"uar": uar}}
+    md = results_markdown(results, {}, 0, None, (True, []), False)
+    table = md.split("## What")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    titles = [r.split(" | ")[0][2:] for r in rows[2:]]
+    assert titles == ["Majority class (train split)", "FaceInsight (generated answers)",
+                      *(label for label, *_ in ablations.values())]  # in params order, after FaceInsight
+    no_map = next(line for line in md.splitlines() if line.startswith("- **The parsing map helps.**"))
+    assert "0.600 vs 0.550" in no_map and "ahead on every one" in no_map
+    general = next(line for line in md.splitlines() if line.startswith("- **A general MLLM trails"))
+    assert "behind on attributes.mean_balanced_accuracy" in general and "contradicts the paper" in general
+    consistent = next(line for line in md.splitlines() if line.startswith("- **Knowledge keeps"))
+    assert "Without the constraint loss the rate is 25.0%" in consistent and "as the paper says" in consistent
+    assert "co-occurrence module helps" not in md  # that variant was not run: no sentence about it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -38,6 +39,8 @@ def corpus(tmp_path_factory) -> dict:
 
     tok = train_tokenizer((t["value"] for r in rows for t in r["conversations"]), vocab_size=500)
     tok.save_pretrained(str(root / "tokenizer"))
-    return {"root": root, "knowledge": knowledge, "tokenizer": root / "tokenizer", "records": len(rows)}
+    (root / "knowledge.json").write_text(json.dumps(knowledge))
+    return {"root": root, "knowledge": knowledge, "knowledge_file": root / "knowledge.json",
+            "tokenizer": root / "tokenizer", "records": len(rows)}
 
 

@@ -28,6 +28,19 @@ def test_train_config_validates():
         TrainConfig(recipe="everything")
     with pytest.raises(ValueError, match=r"train.tasks: unknown \['faces'\]"):
         TrainConfig(tasks=("attributes", "faces"))
+    with pytest.raises(ValueError, match=r"train.kinds: unknown \['captions'\]"):
+        TrainConfig(kinds=("captions",))
+    with pytest.raises(ValueError, match="bf16 must be true, false or auto"):
+        TrainConfig(bf16="yes")
+
+
+def test_bf16_auto_follows_the_hardware():
+    from pipelines.training.loop import bf16_enabled, native_bf16
+
+    assert bf16_enabled(TrainConfig(bf16=True)) and not bf16_enabled(TrainConfig(bf16=False))
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert bf16_enabled(TrainConfig(bf16="auto")) == native == native_bf16(False)
+    assert not native_bf16(True) or torch.cuda.is_available()  # no GPU here: auto never turns it on for one
 
 
 def test_a_task_filter_keeps_only_that_tasks_records(ray_local, corpus):

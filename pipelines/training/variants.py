@@ -1,0 +1,46 @@
+"""Baselines and ablations that FaceInsight is compared with: the same two training passes (align, then
+finetune) with one thing changed. params.yaml: `variants`, one entry per `train_variant@<name>` stage
+(dvc.yaml iterates over the section, so a new entry is a new stage and a new row of the results table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.config import build
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One variant: its row label, overrides of params.yaml `model`, and the record kinds it trains on."""
+
+    label: str
+    model: dict[str, Any] = field(default_factory=dict)  # merged into `model`, e.g. {use_seg_map: false}
+    kinds: tuple[str, ...] = ()  # both passes train on these record kinds only; empty: all
+
+    def __post_init__(self) -> None:
+        if not self.label.strip():
+            raise ValueError("variants.<name>.label: give the results table's row name")
+
+
+def variant_configs(params: dict[str, Any]) -> dict[str, VariantConfig]:
+    """params.yaml `variants`, validated: each model override makes a valid model."""
+    from model.config import merge_overrides, model_config
+
+    out = {}
+    for name, section in (params.get("variants") or {}).items():
+        cfg = build(VariantConfig, section, f"variants.{name}")
+        try:
+            model_config(merge_overrides(dict(params.get("model") or {}), cfg.model))
+        except ValueError as exc:
+            raise ValueError(f"params.yaml variants.{name}.model: {exc}") from None
+        out[name] = cfg  # its kinds are checked where the passes are built (TrainConfig)
+    return out
+
+
+def variant_config(params: dict[str, Any], name: str) -> VariantConfig:
+    variants = variant_configs(params)
+    if name not in variants:
+        raise ValueError(f"variant {name!r} is not in params.yaml `variants` ({', '.join(variants) or 'empty'})")
+    return variants[name]

@@ -1,0 +1,56 @@
+"""DVC stage `train_variant@<name>`: a baseline or an ablation, trained as FaceInsight is (align, then
+finetune, the same sections of params.yaml) with the one change params.yaml `variants.<name>` names;
+the default variants:
+
+    general          the general MLLM: the same architecture on the same images, generic captions only
+                     (record kind `description`), no parsing map, no co-occurrence head, no constraint loss
+    no_map           FaceInsight without the parsing map
+    no_cooccurrence  without the co-occurrence module (and so without the constraint loss it feeds)
+    no_constraints   without the constraint loss
+
+    python -m stages.train_variant --variant no_map [--params params.yaml]
+
+Writes models/variants/<name>/{align,model}; evaluate@<task> asks models/variants/<name>/model the same
+questions as FaceInsight and the report puts it in a row of its own. Ray Train as in align/finetune.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.config import load_params
+from pipelines.training.stage import print_summary, storage_path, train_variant
+from stages.common import run_stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__)
+def main(
+    variant: Annotated[str, typer.Option(help="A name in params.yaml `variants`.")],
+    params: Annotated[Path, typer.Option(help="The params file (`variants`, `model`, `align`, `finetune`).")] = Path(
+        "params.yaml"),
+    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
+    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
+    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    out: Annotated[Path, typer.Option(help="Default models/variants/<name> (DVC out).")] = None,
+    metrics: Annotated[Path, typer.Option(help="Default metrics/train_variant/<name>.json.")] = None,
+    history: Annotated[Path, typer.Option(help="Default plots/train/variant_<name>.json.")] = None,
+    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+) -> None:
+    def body() -> None:
+        result = train_variant(variant, load_params(params), corpus, tokenizer, knowledge,
+                               out or Path("models/variants") / variant,
+                               metrics or Path("metrics/train_variant") / f"{variant}.json",
+                               history or Path("plots/train") / f"variant_{variant}.json", storage_path(storage))
+        print_summary({"variant": variant, "align_final_loss": result["align"]["final_loss"],
+                       "finetune_final_loss": result["finetune"]["final_loss"]})
+
+    run_stage(f"train_variant@{variant}", body)
+
+
+if __name__ == "__main__":
+    app()
