@@ -43,10 +43,9 @@ def system_title(system: str, evals: dict[str, dict[str, Any]] | None = None) ->
 
 
 def system_order(evals: dict[str, dict[str, Any]]) -> list[str]:
-    """The known systems in table order, the variants in params order, then the Hugging Face ones by name."""
+    """The known systems in table order, the variants by name, then the Hugging Face ones by name."""
     present = {s for e in evals.values() for s in e.get("systems", {})}
-    variants = list(dict.fromkeys(s for e in evals.values() for s in e.get("systems", {})
-                                  if s.startswith(VARIANT_PREFIX)))
+    variants = sorted(s for s in present if s.startswith(VARIANT_PREFIX))  # by name, each head after its model
     known = [s for s in SYSTEM_TITLES if s in present]
     at = known.index("faceinsight_head") + 1 if "faceinsight_head" in known else len(known)
     return known[:at] + variants + known[at:] + sorted(s for s in present if s.startswith(HF_PREFIX))
@@ -186,8 +185,29 @@ def against(evals: dict[str, dict[str, Any]], other: str) -> str | None:
                "FaceInsight is ahead on " + ", ".join(ahead) + ", within ±0.01 on the rest." if ahead else
                "Within ±0.01 everywhere: no difference at this budget, so the claim is neither supported nor "
                "contradicted here.")
+    unread = max((u for k, _, _ in pairs if (u := unread_share(evals, other, k)) is not None), default=0.0)
+    caveat = (f" Up to {unread:.0%} of its answers could not be read (it did not learn to answer in the asked "
+              "form), so the gap measures following the instruction as much as perceiving the face."
+              if unread >= 0.5 else "")
     return (f"FaceInsight against {system_title(other, evals)}: "
-            + "; ".join(f"{k} {a:.3f} vs {b:.3f}" for k, a, b in pairs) + f". {verdict}")
+            + "; ".join(f"{k} {a:.3f} vs {b:.3f}" for k, a, b in pairs) + f". {verdict}{caveat}")
+
+
+# the question whose answers a gated number is read from (attributes: all 40)
+UNREAD_TARGET = {"attributes.mean_balanced_accuracy": None, "age_gender_race.gender_accuracy": "gender",
+                 "expression.uar": "expression"}
+
+
+def unread_share(evals: dict[str, dict[str, Any]], system: str, key: str) -> float | None:
+    """The share of a system's answers behind metric `key` that could not be read, where evaluate kept it."""
+    task = key.split(".", 1)[0]
+    metrics = evals.get(task, {}).get("systems", {}).get(system, {}).get("metrics")
+    if not metrics or key not in UNREAD_TARGET:
+        return None
+    target = UNREAD_TARGET[key]
+    part = metrics if target is None else metrics.get(target, {})
+    asked = part.get("faces", 0) * (40 if target is None else 1)
+    return part["unread"] / asked if asked and "unread" in part else None
 
 
 def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], seed: int,

@@ -13,9 +13,9 @@ LR, optimiser moments and MLflow run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
-import functools
 import json
 import logging
 import shutil
@@ -82,8 +82,8 @@ def native_bf16(use_gpu: bool) -> bool:
     AMX. Elsewhere autocast emulates it, and training ran ~15x slower than fp32 (an AVX2-only EPYC)."""
     if use_gpu:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def bf16_enabled(cfg: LoopConfig) -> bool:

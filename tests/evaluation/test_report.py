@@ -148,11 +148,16 @@ def test_variants_get_rows_by_label_and_a_sentence_per_claim():
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     titles = [r.split(" | ")[0][2:] for r in rows[2:]]
     assert titles == ["Majority class (train split)", "FaceInsight (generated answers)",
-                      *(label for label, *_ in ablations.values())]  # in params order, after FaceInsight
+                      *(ablations[n][0] for n in sorted(ablations))]  # by name, after FaceInsight
     no_map = next(line for line in md.splitlines() if line.startswith("- **The parsing map helps.**"))
     assert "0.600 vs 0.550" in no_map and "ahead on every one" in no_map
     general = next(line for line in md.splitlines() if line.startswith("- **A general MLLM trails"))
     assert "behind on attributes.mean_balanced_accuracy" in general and "contradicts the paper" in general
+    assert "could not be read" not in general  # no unread counts given
+    results["expression"]["systems"]["variant_general"]["metrics"] = {"expression": {"faces": 10, "unread": 8}}
+    general = next(line for line in results_markdown(results, {}, 0, None, (True, []), False).splitlines()
+                   if line.startswith("- **A general MLLM trails"))
+    assert "Up to 80% of its answers could not be read" in general
     consistent = next(line for line in md.splitlines() if line.startswith("- **Knowledge keeps"))
     assert "Without the constraint loss the rate is 25.0%" in consistent and "as the paper says" in consistent
     assert "co-occurrence module helps" not in md  # that variant was not run: no sentence about it
