@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.chat import CHAT_TEMPLATES, ChatTemplate
+from model.chat import CHAT_TEMPLATES, IGNORE, ChatTemplate
 from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import CooccurrenceGraph, constraint_loss, masked_bce, rules_tensor
@@ -164,12 +164,15 @@ class FaceInsight(nn.Module):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 attribute_labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 ) -> FaceInsightOutput:
+        """Without labels, logits for every position; with labels, only the (N, vocab) logits of the N positions
+        that predict a label, in row-major order, and the next-token loss over them."""
         visual = self.visual_tokens(pixel_values, seg_maps)
-        out = self.llm(inputs_embeds=self.embed(input_ids, visual), attention_mask=attention_mask, labels=labels,
-                       position_ids=position_ids)
+        embeds = self.embed(input_ids, visual)
         losses: dict[str, torch.Tensor] = {}
-        if labels is not None:
-            losses["lm"] = out.loss
+        if labels is None:
+            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
+        else:
+            logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels)
         attr_logits = None
         if self.cooccurrence is not None:
             attr_logits = self.attribute_logits(visual)
@@ -179,7 +182,21 @@ class FaceInsight(nn.Module):
                 losses["constraint"] = constraint_loss(torch.sigmoid(attr_logits), self.rules)
         weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "constraint": self.cfg.alignment.lambda_constraint}
         loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
-        return FaceInsightOutput(loss, out.logits, losses, attr_logits)
+        return FaceInsightOutput(loss, logits, losses, attr_logits)
+
+    def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                           position_ids: torch.Tensor | None, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The causal LM's next-token loss (HF's: shifted, mean over labelled tokens), with the LM head applied only
+        at the positions that predict a label: answers are a fraction of a sequence that is mostly image tokens
+        and questions, and the head (tied to a vocabulary-sized embedding) was a third of a tiny model's step."""
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids).last_hidden_state
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])
+        if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
+            return logits, hidden.sum() * 0.0
+        return logits, nn.functional.cross_entropy(logits.float(), targets[supervised])
 
     # -- inference ----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -209,9 +226,10 @@ class FaceInsight(nn.Module):
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             if use_cache and past is not None:
                 out = self.llm(inputs_embeds=embeds[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                               past_key_values=past, use_cache=True)
-            else:
-                out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
+                               past_key_values=past, use_cache=True, logits_to_keep=1)
+            else:  # the prompt: the next token's logits only, not a vocabulary row per prompt position
+                out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache,
+                               logits_to_keep=1)
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             if temperature > 0:

@@ -5,6 +5,7 @@ Workers receive ready tensors (get_dataset_shard); nothing is decoded or tokenis
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,18 @@ class CorpusEncoder:
                 "attribute_labels": attributes}
 
 
+@functools.lru_cache(maxsize=4)
+def _encoder(frozen_kwargs: tuple[tuple[str, Any], ...]) -> CorpusEncoder:
+    return CorpusEncoder(**dict(frozen_kwargs))
+
+
+def encode_batch(batch: pa.Table, **encoder: Any) -> dict[str, np.ndarray]:
+    """CorpusEncoder as a Ray Data task: Ray's already-running worker processes take it, where an actor pool
+    started a fresh process per actor first (~10 s of a 2-core machine per training stage); the tokenizer is
+    loaded once per worker process and kept."""
+    return _encoder(tuple(sorted(encoder.items())))(batch)
+
+
 def shard_files(split_dir: str | Path) -> list[str]:
     """The shard files of one split folder (a local path or a URL), sorted."""
     from pipelines.storage import Store
@@ -62,8 +75,9 @@ def shard_files(split_dir: str | Path) -> list[str]:
 
 
 def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int = 0,
-                   kinds: tuple[str, ...] = (), workers: int = 1, tasks: tuple[str, ...] = ()):
-    """A Ray Dataset of encoded training examples from one split folder, in a fixed order."""
+                   kinds: tuple[str, ...] = (), workers: int = 0, tasks: tuple[str, ...] = ()):
+    """A Ray Dataset of encoded training examples from one split folder, in a fixed order; `workers`: the most
+    encoding tasks at once (0: as many as the cluster has CPUs)."""
     import ray
     from ray.data.expressions import col
 
@@ -83,8 +97,8 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
         ds = ds.filter(expr=col("kind").is_in(list(kinds)))
     if max_records:
         ds = ds.limit(max_records)
-    return ds.map_batches(CorpusEncoder, fn_constructor_kwargs=encoder, batch_format="pyarrow", batch_size=64,
-                          compute=ray.data.ActorPoolStrategy(size=workers))
+    return ds.map_batches(encode_batch, fn_kwargs=encoder, batch_format="pyarrow", batch_size=64,
+                          concurrency=workers or None)
 
 
 def encoder_kwargs(model_cfg, tokenizer_dir: str, image_tokens: int, seg_tokens: int, max_tokens: int) -> dict:

@@ -48,7 +48,10 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert torch.equal(embeds[positions], visual.reshape(-1, visual.shape[-1]))  # the visual tokens, in order
     assert torch.equal(embeds[~positions], model.llm.get_input_embeddings()(b["input_ids"][~positions]))
     out = model(**b)
-    assert out.logits.shape == (*b["input_ids"].shape, len(model.tokenizer)) and out.logits.dtype == torch.float32
+    supervised = int((b["labels"][:, 1:] != IGNORE).sum())  # logits only where a label is predicted
+    assert out.logits.shape == (supervised, len(model.tokenizer)) and out.logits.dtype == torch.float32
+    unlabelled = {k: v for k, v in b.items() if k != "labels"}
+    assert model(**unlabelled).logits.shape == (*b["input_ids"].shape, len(model.tokenizer))
     assert set(out.losses) == {"lm", "bce", "constraint"} and out.attribute_logits.shape == (3, 40)
     weights = SMALL.alignment
     total = out.losses["lm"] + weights.lambda_bce * out.losses["bce"] + weights.lambda_constraint * \
@@ -173,6 +176,30 @@ def test_tiny_overfits_32_examples_and_answers_them(tokenizer, knowledge):
     images = (b["pixel_values"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     said = model.answer(images, b["seg_maps"], ["Is this person smiling?"] * n, max_new_tokens=4)
     assert said == answers
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_lm_loss_on_supervised_positions_equals_the_full_logits_loss(model, conversations, lora):
+    """The head applied only where a label is predicted gives HF's loss and gradients (plain and LoRA-wrapped)."""
+    if lora:
+        model.apply_recipe(RECIPES["finetune"])
+        torch.nn.init.normal_(next(p for n, p in model.llm.named_parameters() if "lora_B" in n), std=0.1)
+    model.eval()  # LoRA dropout off: both paths see the same weights
+    b = batch(model, conversations[:3])
+    embeds = model.embed(b["input_ids"], model.visual_tokens(b["pixel_values"], b["seg_maps"]))
+    full = model.llm(inputs_embeds=embeds, attention_mask=b["attention_mask"], labels=b["labels"])
+    logits, loss = model.supervised_lm_loss(embeds, b["attention_mask"], None, b["labels"])
+    assert torch.allclose(loss, full.loss, rtol=1e-5, atol=1e-6)
+    targets = b["labels"][:, 1:]
+    assert torch.allclose(logits, full.logits[:, :-1][targets != IGNORE], atol=1e-5)
+    weights = [p for p in model.llm.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+    reference = torch.autograd.grad(full.loss, weights, allow_unused=True)
+    assert all((g is None and r is None) or torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, reference,
+                                                                                            strict=True))
+    nothing = torch.full_like(b["labels"], IGNORE)  # no answer token: a zero loss, still differentiable
+    _, zero = model.supervised_lm_loss(embeds, b["attention_mask"], None, nothing)
+    assert zero.item() == 0.0 and zero.requires_grad
 
 
 def test_shared_projector_and_bf16_autocast(tokenizer, knowledge, conversations):
