@@ -185,7 +185,8 @@ class FaceInsight(nn.Module):
         return FaceInsightOutput(loss, logits, losses, attr_logits)
 
     def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
-                           position_ids: torch.Tensor | None, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                           position_ids: torch.Tensor | None, labels: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """The causal LM's next-token loss (HF's: shifted, mean over labelled tokens), with the LM head applied only
         at the positions that predict a label: answers are a fraction of a sequence that is mostly image tokens
         and questions, and the head (tied to a vocabulary-sized embedding) was a third of a tiny model's step."""
