@@ -20,35 +20,55 @@ class ChatTemplate:
     def _text(self, tokenizer, text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _human(self, tokenizer, text: str, image_tokens: int, seg_tokens: int) -> list[int]:
-        """The human turn; `<image>` becomes image_tokens image ids followed by seg_tokens map ids."""
-        ids = self._text(tokenizer, self.user)
-        pieces = text.split(IMAGE_PLACEHOLDER)
-        for k, piece in enumerate(pieces):
-            if k:
-                ids += [IMAGE_TOKEN_ID] * image_tokens + [SEG_TOKEN_ID] * seg_tokens
-            ids += self._text(tokenizer, piece)
-        return ids + self._text(tokenizer, self.end + self.separator)
+    def _pieces(self, conversation: list[dict[str, str]]) -> list[str]:
+        """Every text the assembly tokenises for this conversation."""
+        texts = [self.user, self.end + self.separator, self.assistant, self.separator]
+        for turn in conversation:
+            if turn["from"] == "human":
+                texts += turn["value"].split(IMAGE_PLACEHOLDER)
+            else:
+                texts.append(turn["value"] + self.end)
+        return texts
 
-    def encode(self, tokenizer, conversation: list[dict[str, str]], image_tokens: int,
-               seg_tokens: int = 0) -> tuple[list[int], list[int]]:
-        """Training form: ids and labels of the whole conversation; labels cover answers and their end."""
-        ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    def _assemble(self, conversation: list[dict[str, str]], image_tokens: int, seg_tokens: int, bos: int | None,
+                  ids_of) -> tuple[list[int], list[int]]:
+        """ids and labels from the tokens of each piece (`ids_of`); `<image>` in a human turn becomes image_tokens
+        image ids followed by seg_tokens map ids; labels cover answers and their end."""
+        ids = [bos] if bos is not None else []
         labels = [IGNORE] * len(ids)
         for turn in conversation:
             if turn["from"] == "human":
-                part = self._human(tokenizer, turn["value"], image_tokens, seg_tokens)
+                part = list(ids_of(self.user))
+                for k, piece in enumerate(turn["value"].split(IMAGE_PLACEHOLDER)):
+                    if k:
+                        part += [IMAGE_TOKEN_ID] * image_tokens + [SEG_TOKEN_ID] * seg_tokens
+                    part += ids_of(piece)
+                part += ids_of(self.end + self.separator)
                 ids += part
                 labels += [IGNORE] * len(part)
             elif turn["from"] == "gpt":
-                opening = self._text(tokenizer, self.assistant)
-                answer = self._text(tokenizer, turn["value"] + self.end)
-                closing = self._text(tokenizer, self.separator)
+                opening, answer, closing = ids_of(self.assistant), ids_of(turn["value"] + self.end), \
+                    ids_of(self.separator)
                 ids += opening + answer + closing
                 labels += [IGNORE] * len(opening) + answer + [IGNORE] * len(closing)
             else:
                 raise ValueError(f"conversation turn from {turn['from']!r}: expected 'human' or 'gpt'")
         return ids, labels
+
+    def encode(self, tokenizer, conversation: list[dict[str, str]], image_tokens: int,
+               seg_tokens: int = 0) -> tuple[list[int], list[int]]:
+        """Training form: ids and labels of the whole conversation; labels cover answers and their end."""
+        return self.encode_many(tokenizer, [conversation], image_tokens, seg_tokens)[0]
+
+    def encode_many(self, tokenizer, conversations: list[list[dict[str, str]]], image_tokens: int,
+                    seg_tokens: int = 0) -> list[tuple[list[int], list[int]]]:
+        """`encode` for many conversations with one batched tokenizer call for all their distinct texts: the
+        tokenizer's per-call overhead, not the tokenising, was three quarters of encoding a record."""
+        texts = sorted({t for c in conversations for t in self._pieces(c)} - {""})
+        table = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True)) if texts else {}
+        table[""] = []
+        return [self._assemble(c, image_tokens, seg_tokens, tokenizer.bos_token_id, table.__getitem__)
+                for c in conversations]
 
     def prompt(self, tokenizer, question: str, image_tokens: int, seg_tokens: int = 0,
                history: list[dict[str, str]] | None = None) -> list[int]:

@@ -38,9 +38,9 @@ class CorpusEncoder:
         labels = np.full((n, length), IGNORE, np.int32)
         mask = np.zeros((n, length), np.int8)
         truncated = np.zeros(n, np.int64)
-        for k, row in enumerate(rows):
-            tokens, targets = self.chat.encode(self.tokenizer, row["conversations"], self.image_tokens,
-                                               self.seg_tokens)
+        encoded = self.chat.encode_many(self.tokenizer, [row["conversations"] for row in rows], self.image_tokens,
+                                        self.seg_tokens)
+        for k, (tokens, targets) in enumerate(encoded):
             truncated[k] = max(0, len(tokens) - length)
             tokens, targets = tokens[:length], targets[:length]
             ids[k, :len(tokens)], labels[k, :len(targets)], mask[k, :len(tokens)] = tokens, targets, 1

@@ -53,6 +53,21 @@ def test_encode_labels_only_answers(tokenizer, conversations):
     assert [tokenizer.decode(s) for s in spans] == answers
 
 
+def test_encode_many_renders_each_conversation(tokenizer, conversations):
+    """One batched tokenizer call for many conversations gives each its own text, as encoding it alone does."""
+    chat = CHAT_TEMPLATES["tiny"]
+    convs = conversations[:6]
+    many = chat.encode_many(tokenizer, convs, image_tokens=4, seg_tokens=2)
+    assert many == [chat.encode(tokenizer, c, image_tokens=4, seg_tokens=2) for c in convs]
+    for conv, (ids, _) in zip(convs, many, strict=True):
+        rendered = "<s>" + "".join(
+            f"{chat.user}{t['value'].replace('<image>', '')}{chat.end}{chat.separator}" if t["from"] == "human"
+            else f"{chat.assistant}{t['value']}{chat.end}{chat.separator}" for t in conv)
+        assert tokenizer.decode([i for i in ids if i >= 0]) == rendered
+        assert ids.count(IMAGE_TOKEN_ID) == 4 * sum("<image>" in t["value"] for t in conv)
+    assert chat.encode_many(tokenizer, [], image_tokens=4) == []
+
+
 def test_prompt_round_trips_to_the_rendered_text(tokenizer):
     chat = CHAT_TEMPLATES["tiny"]
     ids = chat.prompt(tokenizer, "Is this person smiling?", image_tokens=4)
