@@ -1,0 +1,94 @@
+"""What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
+
+    python benchmarks/pass_cost.py encode [--records 1280]
+    python benchmarks/pass_cost.py stage [--steps 1 21] [--stage align]
+
+`encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
+train split, in this process: records/s, and the share of the chat template's tokenising.
+`stage`: the DVC stage's command (`python -m stages.<stage>`) run in a fresh process with the params'
+section at each `--steps` (checkpoint at the end only, its own MLflow store and Ray storage in a temporary
+folder): wall seconds each, then the per-step cost (the slope) and the fixed cost (process and Ray start,
+data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown) that a pass
+pays however short it is. Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def encode(records: int) -> None:
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from model.config import model_config
+    from model.faceinsight import FaceInsight
+    from model.tokenizer import load_tokenizer
+    from pipelines.config import load_params
+    from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
+
+    params = load_params()
+    probe = FaceInsight(model_config(params.get("model")), load_tokenizer("models/tokenizer"))
+    table = pq.read_table(sorted(glob.glob("data/corpus/train/part-*.parquet"))[0]).slice(0, records)
+    encoder = CorpusEncoder(**encoder_kwargs(probe.cfg, "models/tokenizer", probe.image_tokens, probe.seg_tokens, 320))
+    encoder(table.slice(0, 64))  # warm-up
+    start = time.perf_counter()
+    for k in range(0, len(table), 64):
+        encoder(table.slice(k, 64))
+    took = time.perf_counter() - start
+    convs = table.column("conversations").to_pylist()
+    start = time.perf_counter()
+    for conv in convs:
+        probe.chat.encode(probe.tokenizer, conv, probe.image_tokens, probe.seg_tokens)
+    one_by_one = time.perf_counter() - start
+    print(f"CorpusEncoder: {len(table)} records in {took:.2f} s = {len(table) / took:,.0f} records/s "
+          f"({took / len(table) * 1000:.2f} ms/record)")
+    print(f"chat template, one conversation per call: {one_by_one / len(convs) * 1000:.2f} ms/record")
+
+
+def stage(name: str, steps: list[int]) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in steps:
+            section = params[name] = {**params[name], "max_steps": n, "checkpoint_every": n}
+            section.pop("epochs", None)
+            path = Path(tmp) / f"params-{n}.yaml"
+            path.write_text(yaml.safe_dump(params))
+            env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(path), "--out", f"{tmp}/out-{n}",
+                            "--metrics", f"{tmp}/m-{n}.json", "--history", f"{tmp}/h-{n}.json",
+                            "--storage", f"{tmp}/ray"], env=env, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+            print(f"stages.{name} at {n} steps: {times[-1]:.1f} s wall")
+    per_step = (times[-1] - times[0]) / (steps[-1] - steps[0])
+    print(f"per step {per_step:.2f} s; fixed cost of a pass {times[0] - per_step * steps[0]:.1f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    enc = sub.add_parser("encode")
+    enc.add_argument("--records", type=int, default=1280)
+    st = sub.add_parser("stage")
+    st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
+    st.add_argument("--stage", default="align", choices=["align"])
+    args = ap.parse_args()
+    if args.what == "encode":
+        encode(args.records)
+    else:
+        stage(args.stage, args.steps)
+
+
+if __name__ == "__main__":
+    main()
