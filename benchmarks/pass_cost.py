@@ -15,6 +15,7 @@ pays however short it is. Needs `dvc repro train_tokenizer` (corpus, tokenizer, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def encode(records: int) -> None:
     from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
 
     params = load_params()
-    probe = FaceInsight(model_config(params.get("model")), load_tokenizer("models/tokenizer"))
+    knowledge = json.loads(Path("data/knowledge/knowledge.json").read_text())
+    probe = FaceInsight(model_config(params.get("model")), load_tokenizer("models/tokenizer"), knowledge)
     table = pq.read_table(sorted(glob.glob("data/corpus/train/part-*.parquet"))[0]).slice(0, records)
     encoder = CorpusEncoder(**encoder_kwargs(probe.cfg, "models/tokenizer", probe.image_tokens, probe.seg_tokens, 320))
     encoder(table.slice(0, 64))  # warm-up
