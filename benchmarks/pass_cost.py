@@ -1,11 +1,11 @@
 """What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
 
     python benchmarks/pass_cost.py encode [--records 1280]
-    python benchmarks/pass_cost.py stage [--steps 1 21] [--stage align]
+    python benchmarks/pass_cost.py stage [--steps 1 21]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
 train split, in this process: records/s, and the share of the chat template's tokenising.
-`stage`: the DVC stage's command (`python -m stages.<stage>`) run in a fresh process with the params'
+`stage`: the `align` stage's command (`python -m stages.align`) run in a fresh process with its params
 section at each `--steps` (checkpoint at the end only, its own MLflow store and Ray storage in a temporary
 folder): wall seconds each, then the per-step cost (the slope) and the fixed cost (process and Ray start,
 data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown) that a pass
@@ -41,7 +41,8 @@ def encode(records: int) -> None:
     knowledge = json.loads(Path("data/knowledge/knowledge.json").read_text())
     probe = FaceInsight(model_config(params.get("model")), load_tokenizer("models/tokenizer"), knowledge)
     table = pq.read_table(sorted(glob.glob("data/corpus/train/part-*.parquet"))[0]).slice(0, records)
-    encoder = CorpusEncoder(**encoder_kwargs(probe.cfg, "models/tokenizer", probe.image_tokens, probe.seg_tokens, 320))
+    encoder = CorpusEncoder(**encoder_kwargs(probe.cfg, "models/tokenizer", probe.image_tokens, probe.seg_tokens,
+                                             params["align"]["max_tokens"]))
     encoder(table.slice(0, 64))  # warm-up
     start = time.perf_counter()
     for k in range(0, len(table), 64):
@@ -57,13 +58,12 @@ def encode(records: int) -> None:
     print(f"chat template, one conversation per call: {one_by_one / len(convs) * 1000:.2f} ms/record")
 
 
-def stage(name: str, steps: list[int]) -> None:
+def stage(steps: list[int], name: str = "align") -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in steps:
-            section = params[name] = {**params[name], "max_steps": n, "checkpoint_every": n}
-            section.pop("epochs", None)
+            params[name] = {**params[name], "max_steps": n, "checkpoint_every": n}
             path = Path(tmp) / f"params-{n}.yaml"
             path.write_text(yaml.safe_dump(params))
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -84,12 +84,11 @@ def main() -> None:
     enc.add_argument("--records", type=int, default=1280)
     st = sub.add_parser("stage")
     st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
-    st.add_argument("--stage", default="align", choices=["align"])
     args = ap.parse_args()
     if args.what == "encode":
         encode(args.records)
     else:
-        stage(args.stage, args.steps)
+        stage(args.steps)
 
 
 if __name__ == "__main__":

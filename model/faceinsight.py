@@ -188,8 +188,8 @@ class FaceInsight(nn.Module):
                            position_ids: torch.Tensor | None, labels: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """The causal LM's next-token loss (HF's: shifted, mean over labelled tokens), with the LM head applied only
-        at the positions that predict a label: answers are a fraction of a sequence that is mostly image tokens
-        and questions, and the head (tied to a vocabulary-sized embedding) was a third of a tiny model's step."""
+        at the positions that predict a label: answers are ~43 of a tiny sequence's ~230 tokens, the rest image
+        tokens and questions, and the head (tied to a vocabulary-sized embedding) ran over all of them."""
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                         position_ids=position_ids).last_hidden_state
         targets = labels[:, 1:]
