@@ -17,7 +17,13 @@ from torch import nn
 from model.chat import CHAT_TEMPLATES, IGNORE, ChatTemplate
 from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
-from model.knowledge_modules import CooccurrenceGraph, constraint_loss, masked_bce, rules_tensor
+from model.knowledge_modules import (
+    CooccurrenceGraph,
+    attribute_pos_weight,
+    constraint_loss,
+    masked_bce,
+    rules_tensor,
+)
 from model.labels import CELEBA_ATTRIBUTES
 from model.tokenizer import IMAGE_TOKEN_ID, SEG_TOKEN_ID
 
@@ -73,6 +79,9 @@ class FaceInsight(nn.Module):
             self.register_buffer("attribute_ids", torch.tensor([i + [0] * (longest - len(i)) for i in ids]))
             self.register_buffer("attribute_mask", torch.tensor([[1] * len(i) + [0] * (longest - len(i))
                                                                  for i in ids], dtype=torch.float32))
+            # rare attributes (Bald 2%) would otherwise never cross 0.5; a checkpoint carries its own weights
+            self.register_buffer("attribute_pos_weight",
+                                 attribute_pos_weight(knowledge.get("counts"), knowledge.get("n_train")))
         rules = knowledge["rules"] if (knowledge and cfg.alignment.use_constraints) else []
         self.register_buffer("rules", rules_tensor(rules))
         self.preprocess = ImagePreprocessor(cfg.vision)
@@ -177,7 +186,7 @@ class FaceInsight(nn.Module):
         if self.cooccurrence is not None:
             attr_logits = self.attribute_logits(visual)
             if attribute_labels is not None:
-                losses["bce"] = masked_bce(attr_logits, attribute_labels)
+                losses["bce"] = masked_bce(attr_logits, attribute_labels, self.attribute_pos_weight)
             if self.rules.numel() and labels is not None:
                 losses["constraint"] = constraint_loss(torch.sigmoid(attr_logits), self.rules)
         weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "constraint": self.cfg.alignment.lambda_constraint}

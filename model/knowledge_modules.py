@@ -62,9 +62,21 @@ def constraint_loss(probs: torch.Tensor, rules: torch.Tensor) -> torch.Tensor:
     return penalty.mean()
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-label BCE over faces that have attribute labels (rows of -1 are faces without them)."""
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-label BCE over faces that have attribute labels (rows of -1 are faces without them); `pos_weight`
+    (per attribute, negatives / positives) makes a rare attribute's positives count as much as its negatives."""
     known = labels >= 0
     if not known.any():
         return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], labels[known].to(logits.dtype))
+    per = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).to(logits.dtype), reduction="none",
+                                             pos_weight=None if pos_weight is None else pos_weight.to(logits.dtype))
+    return (per * known).sum() / known.sum()
+
+
+def attribute_pos_weight(counts: list[int] | None, n_train: int | None, max_weight: float = 20.0) -> torch.Tensor:
+    """negatives / positives per attribute from knowledge.json's label counts (1 where unknown), clipped."""
+    if counts is None or not n_train:
+        return torch.ones(len(CELEBA_ATTRIBUTES))
+    pos = torch.tensor(counts, dtype=torch.float32)
+    weight = torch.where(pos > 0, (n_train - pos) / pos.clamp(min=1), torch.ones_like(pos))
+    return weight.clamp(1 / max_weight, max_weight)

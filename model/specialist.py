@@ -46,6 +46,8 @@ class SpecialistCNN(nn.Module):
             c_in = c_out
         self.body = nn.Sequential(*layers)
         self.heads = nn.ModuleDict({name: nn.Linear(c_in, n) for name, n in HEADS.items()})
+        # per-attribute decision threshold on the logit, chosen on val (fit_thresholds); saved with the weights
+        self.register_buffer("attribute_threshold", torch.zeros(HEADS["attributes"]))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> logits per head (age: years / UTK_MAX_AGE)."""
@@ -53,20 +55,41 @@ class SpecialistCNN(nn.Module):
         return {name: head(x) for name, head in self.heads.items()}
 
     @staticmethod
-    def losses(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The sum of each head's loss over the faces that have that label (-1: unknown)."""
+    def balance_weights(labels: dict[str, torch.Tensor], max_weight: float = 20.0) -> dict[str, torch.Tensor]:
+        """Loss weights from the train labels, so rare classes count as much as common ones: per attribute
+        pos_weight = negatives / positives, per class of gender, race and expression n / (classes x count)."""
+        attrs = labels["attributes"]
+        attrs = attrs[attrs[:, 0] >= 0].float()
+        pos = attrs.sum(0)
+        weights = {"attributes": torch.where(pos > 0, (len(attrs) - pos) / pos.clamp(min=1), torch.ones_like(pos))
+                   .clamp(1 / max_weight, max_weight)}
+        for name in ("gender", "race", "expression"):
+            y = labels[name][labels[name] >= 0]
+            counts = torch.bincount(y, minlength=HEADS[name]).float()
+            weights[name] = torch.where(counts > 0, len(y) / (HEADS[name] * counts.clamp(min=1)),
+                                        torch.ones_like(counts)).clamp(1 / max_weight, max_weight)
+        return weights
+
+    @staticmethod
+    def losses(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+               weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sum of each head's loss over the faces that have that label (-1: unknown); `weights`
+        (balance_weights) re-weights rare positives and classes."""
+        weights = weights or {}
         terms: dict[str, torch.Tensor] = {}
         attrs = labels["attributes"]
         if (attrs >= 0).any():
-            known = attrs >= 0
-            terms["attributes"] = F.binary_cross_entropy_with_logits(out["attributes"][known], attrs[known].float())
+            rows = attrs[:, 0] >= 0
+            pw = weights.get("attributes")
+            terms["attributes"] = F.binary_cross_entropy_with_logits(out["attributes"][rows], attrs[rows].float(),
+                                                                     pos_weight=pw)
         age = labels["age"]
         if (age >= 0).any():
             terms["age"] = F.l1_loss(out["age"][age >= 0, 0], age[age >= 0].float() / UTK_MAX_AGE)
         for name in ("gender", "race", "expression"):
             y = labels[name]
             if (y >= 0).any():
-                terms[name] = F.cross_entropy(out[name][y >= 0], y[y >= 0])
+                terms[name] = F.cross_entropy(out[name][y >= 0], y[y >= 0], weight=weights.get(name))
         total = sum(terms.values()) if terms else out["age"].sum() * 0.0
         return total, {f"loss_{k}": v.item() for k, v in terms.items()}
 
@@ -76,9 +99,32 @@ class SpecialistCNN(nn.Module):
         self.eval()
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         out = self(x)
-        return {"attributes": (out["attributes"] > 0).int().numpy(),
+        return {"attributes": (out["attributes"] > self.attribute_threshold).int().numpy(),
                 "age": (out["age"][:, 0] * UTK_MAX_AGE).round().clamp(0, UTK_MAX_AGE).int().numpy(),
                 **{n: out[n].argmax(1).numpy() for n in ("gender", "race", "expression")}}
+
+
+    @torch.inference_mode()
+    def fit_thresholds(self, images: np.ndarray, attributes: np.ndarray, min_count: int = 5) -> np.ndarray:
+        """Per attribute, the logit threshold that maximises balanced accuracy on these (val) faces; 0 where
+        val has fewer than `min_count` positives or negatives (too few to choose from). Returns them."""
+        self.eval()
+        known = attributes[:, 0] >= 0
+        logits = np.concatenate([self(torch.from_numpy(np.ascontiguousarray(images[known][k:k + 256]))
+                                      .permute(0, 3, 1, 2).float() / 255.0)["attributes"].numpy()
+                                 for k in range(0, int(known.sum()), 256)])
+        truth = attributes[known]
+        out = np.zeros(truth.shape[1], np.float32)
+        for j in range(truth.shape[1]):
+            pos, neg = logits[truth[:, j] == 1, j], logits[truth[:, j] == 0, j]
+            if len(pos) < min_count or len(neg) < min_count:
+                continue
+            cands = np.unique(np.concatenate([[0.0], logits[:, j]]))
+            bal = [0.5 * ((pos > c).mean() + (neg <= c).mean()) for c in cands]
+            best = np.flatnonzero(np.isclose(bal, max(bal)))
+            out[j] = float(np.median(cands[best]))  # the middle of the best plateau, not its edge
+        self.attribute_threshold.copy_(torch.from_numpy(out))
+        return out
 
 
 def save_specialist(model: SpecialistCNN, path: str | Path, state_dict: dict | None = None) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
@@ -24,6 +25,48 @@ class SpecialistTrainConfig(LoopConfig):
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
+    balance: bool = True  # pos_weight / class weights from the train labels, thresholds chosen on val
+    augment: bool = True  # mirror and shift the train images (every label here is mirror-invariant)
+
+
+def mirror_and_shift(images: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Mirror half the faces and shift each by up to `shift` px (edge pixels repeated): (B, 3, H, W)."""
+    flip = torch.rand(len(images), generator=gen) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, len(images)), generator=gen)
+    size = images.shape[-1]
+    return torch.stack([padded[k, :, dy[k]:dy[k] + size, dx[k]:dx[k] + size] for k in range(len(images))])
+
+
+def label_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The label columns of face_rows as tensors (balance_weights' input)."""
+    return {"attributes": torch.from_numpy(np.stack([r["attributes"] for r in rows]).astype(np.int64)),
+            **{k: torch.tensor([r[k] for r in rows], dtype=torch.long) for k in LABELS[1:]}}
+
+
+def val_scores(model: SpecialistCNN, images: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation numbers the run page plots against steps: attribute balanced accuracy, gender accuracy,
+    expression UAR, age MAE (each over the faces that have the label)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    pred = model.predict(images)
+    out: dict[str, float] = {}
+    attrs = labels["attributes"]
+    rows = attrs[:, 0] >= 0
+    if rows.any():
+        per = [balanced_accuracy_score(attrs[rows, j], pred["attributes"][rows, j])
+               for j in range(attrs.shape[1]) if len(np.unique(attrs[rows, j])) == 2]
+        out["val_attribute_balanced_accuracy"] = float(np.mean(per))
+    for name, key in (("gender", "val_gender_accuracy"), ("expression", "val_expression_uar")):
+        m = labels[name] >= 0
+        if m.any():
+            fn = balanced_accuracy_score if name == "expression" else (lambda t, p: float((t == p).mean()))
+            out[key] = float(fn(labels[name][m], pred[name][m]))
+    m = labels["age"] >= 0
+    if m.any():
+        out["val_age_mae"] = float(np.abs(pred["age"][m] - labels["age"][m]).mean())
+    return out
 
 
 class SpecialistTask(TrainTask):
@@ -31,13 +74,27 @@ class SpecialistTask(TrainTask):
     artifact_path = "specialist"
 
     def build(self) -> SpecialistCNN:
+        weights = self.config.get("balance_weights")
+        self.weights = {k: torch.tensor(v) for k, v in weights.items()} if weights else None
+        self.gen = torch.Generator().manual_seed(self.config["seed"] + 17)
         return SpecialistCNN(self.cfg.model)
 
     def loss(self, model, core, batch):
         images = batch["image"].permute(0, 3, 1, 2).float() / 255.0
+        if self.cfg.augment:
+            images = mirror_and_shift(images, self.gen)
         out = model(images)  # through the DDP wrapper where there is one: it syncs the gradients
-        loss, terms = core.losses(out, {k: batch[k].long() for k in LABELS})
+        loss, terms = core.losses(out, {k: batch[k].long() for k in LABELS}, self.weights)
         return loss, terms, len(images)
+
+    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+        val = self.config.get("val")
+        if not val:
+            return {}
+        core.eval()
+        scores = val_scores(core, np.asarray(val["image"]), {k: np.asarray(val[k]) for k in LABELS})
+        core.train()
+        return scores
 
     def save(self, core, path: Path, weights) -> None:
         save_specialist(core, path, state_dict=weights)
@@ -74,13 +131,26 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     # ended on expression faces only (the heads took turns instead of learning together)
     rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
     train = ray.data.from_items(rows)
-    name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train"])
-    result = fit("train_specialist", TASK, cfg, {"train": train}, {"seed": seed, "n_train": len(rows)}, storage_path,
-                 name)
-    state = publish(result, out_dir, load_specialist)
+    val_rows = face_rows(corpus, "val", cfg.model.image_size)
+    # the val faces are small (64 px): they travel in the loop config and every checkpoint scores them
+    val = {"image": np.stack([r["image"] for r in val_rows])} | {k: np.array([r[k] for r in val_rows]) for k in LABELS}
+    weights = ({k: v.tolist() for k, v in SpecialistCNN.balance_weights(label_tensors(rows)).items()}
+               if cfg.balance else None)
+    name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train", corpus / "val"])
+    result = fit("train_specialist", TASK, cfg, {"train": train},
+                 {"seed": seed, "n_train": len(rows), "balance_weights": weights, "val": val}, storage_path, name)
+
+    def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights
+        model = load_specialist(path)
+        if cfg.balance:
+            model.fit_thresholds(val["image"], val["attributes"])
+            save_specialist(model, path)
+        return load_specialist(path)
+
+    state = publish(result, out_dir, thresholds)
     history = state["history"]
     return {"steps": state["step"], "train_faces": len(rows), "mlflow_run_id": state["mlflow_run_id"],
-            **worker_counts(state),
+            **worker_counts(state), "val": state.get("evaluation", {}),
             "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]]))}
 
 

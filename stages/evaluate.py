@@ -55,6 +55,10 @@ def log_to_mlflow(task: str, result: dict[str, Any], registry: Path) -> str | No
     now = int(time.time() * 1000)
     metrics = [Metric(f"eval.{task}.{system}.{key}", float(value), now, 0)
                for system, s in result["systems"].items() for key, value in s["summary"].items() if value is not None]
+    # the 95% bootstrap interval beside each number it was computed for
+    metrics += [Metric(f"eval.{task}.{system}.{key}.ci95_{end}", float(ci[end]), now, 0)
+                for system, s in result["systems"].items() for key, ci in s.get("intervals", {}).items()
+                for end in ("low", "high") if ci[end] == ci[end]]
     client = MlflowClient(tracking_uri())
     try:
         client.get_run(run_id)

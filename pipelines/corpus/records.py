@@ -30,9 +30,10 @@ KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge")  # a r
 class RecordPlan:
     """How many records of each kind a face gets (params.yaml: build_corpus)."""
 
-    questions_per_record: int = 8  # QA turns packed into one conversation (yes/no: all 40 attributes, in chunks)
+    questions_per_record: int = 8  # QA turns packed into one conversation (yes/no: the attributes asked, in chunks)
     multiple_choice_turns: int = 8
     knowledge_turns: int = 4
+    balance_yes_no: bool = True  # ask each attribute's commoner answer only as often as its rarer one occurs
 
     def __post_init__(self) -> None:
         if min(self.questions_per_record, self.multiple_choice_turns, self.knowledge_turns) < 1:
@@ -128,7 +129,7 @@ def face_conversations(dataset: str, labels: FaceLabels, templates: Templates, p
     """(kind, turns) per record of one face."""
     chunk = plan.questions_per_record
     if dataset == "celebamask_hq":
-        yes_no = templates.attribute_yes_no(labels, rng)
+        yes_no = templates.attribute_yes_no(labels, rng, plan.balance_yes_no)
         out = [("yes_no", yes_no[k:k + chunk]) for k in range(0, len(yes_no), chunk)]
         out.append(("multiple_choice", templates.attribute_multiple_choice(labels, rng, plan.multiple_choice_turns)))
         out.append(("open", templates.attribute_open(labels, rng)))

@@ -66,7 +66,14 @@ class Templates:
         self._validate()
         # the uncertain dependencies (graph edges short of certainty), listed once: (a, b, p(b|a))
         self.dependencies: dict[str, list[tuple[str, float]]] = {}
+        # per attribute and answer, the share of faces asked: the rarer answer always, the commoner one as often
+        # as the rarer occurs, so "No" is not the cheapest answer (76% of unbalanced answers were "No")
+        self.ask_share: dict[tuple[str, bool], float] = {}
         if knowledge is not None:
+            for name, count in zip(knowledge["attributes"], knowledge["counts"], strict=True):
+                pos, neg = count, knowledge["n_train"] - count
+                self.ask_share[name, True] = min(1.0, neg / pos) if pos else 1.0
+                self.ask_share[name, False] = min(1.0, pos / neg) if neg else 1.0
             names, cond, edge = knowledge["attributes"], knowledge["conditional"], knowledge["graph"]["binary"]
             for i, a in enumerate(names):
                 self.dependencies[a] = [(b, cond[i][j]) for j, b in enumerate(names)
@@ -115,12 +122,18 @@ class Templates:
         return ids
 
     # -- attributes (CelebAMask-HQ-format faces) -------------------------------------------------------
-    def attribute_yes_no(self, labels: FaceLabels, rng: random.Random) -> list[Turn]:
-        """One yes/no turn per attribute, in a shuffled order."""
+    def attribute_yes_no(self, labels: FaceLabels, rng: random.Random, balance: bool = False) -> list[Turn]:
+        """One yes/no turn per attribute, in a shuffled order; with `balance` (needs knowledge), an attribute is
+        asked with its answer's `ask_share`, so each attribute is answered "Yes" and "No" about equally often."""
+        if balance and not self.ask_share:
+            raise ValueError("balanced yes/no questions need knowledge.json (its label counts)")
         turns = []
         for name in rng.sample(CELEBA_ATTRIBUTES, len(CELEBA_ATTRIBUTES)):
+            holds = labels.has(name)
+            if balance and rng.random() >= self.ask_share[name, holds]:
+                continue
             k = rng.randrange(len(self.data["yes_no"]))
-            t, a, holds = self.data["yes_no"][k], self.attr[name], labels.has(name)
+            t, a = self.data["yes_no"][k], self.attr[name]
             answer = (t["a_yes"] if holds else t["a_no"]).format(**a)
             turns.append(Turn(t["q"].format(**a), answer, "yes_no", f"yes_no/{k}", name, "yes" if holds else "no"))
         return turns

@@ -222,7 +222,10 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
 
     def add(name: str, pred: dict[str, np.ndarray], **extra: Any) -> None:
         metrics = score(task, pred, true, templates, rules)
-        systems[name] = {"summary": summary(task, metrics), "metrics": metrics, **extra}
+        # per-face labels, in the faces' order: the report's paired bootstrap resamples faces across systems
+        systems[name] = {"summary": summary(task, metrics), "metrics": metrics,
+                         "predictions": {k: np.asarray(v).astype(int).tolist() for k, v in pred.items()},
+                         "intervals": intervals(task, pred, true), **extra}
         log.info("%s / %s: %s", task, name, systems[name]["summary"])
 
     add("majority", majority_predictions(task, load_faces(corpus, "train", task), len(faces)))
@@ -248,4 +251,13 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         add(f"{HF_PREFIX}{name}", pred, examples=examples, path=str(path))
     map_sources = sorted({f["map_source"] for f in faces})
     return {"task": task, "split": cfg.split, "faces": len(faces), "map_sources": map_sources,
-            "questions": [q.text for q in asked], "systems": systems}
+            "questions": [q.text for q in asked], "systems": systems,
+            "truth": {k: np.asarray(v).astype(int).tolist() for k, v in true.items()}}
+
+
+def intervals(task: str, pred: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """95% bootstrap intervals of the task's headline numbers that uncertainty.METRICS knows."""
+    from pipelines.evaluation.uncertainty import METRICS, metric_interval
+
+    return {key.split(".", 1)[1]: metric_interval(key, pred, true).as_dict()
+            for key in METRICS if key.startswith(f"{task}.")}

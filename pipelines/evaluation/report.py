@@ -6,6 +6,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.evaluation import uncertainty
+
 # (task, metric, column title, higher is better)
 COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("attributes", "mean_accuracy", "Attr. acc", True),
@@ -71,6 +73,40 @@ def value(evals: dict[str, dict[str, Any]], system: str, key: str) -> float | No
     return evals.get(task, {}).get("systems", {}).get(system, {}).get("summary", {}).get(metric)
 
 
+def interval(evals: dict[str, dict[str, Any]], system: str, key: str) -> dict[str, float] | None:
+    """The 95% bootstrap interval evaluate stored beside a number, if any."""
+    task, metric = key.split(".", 1)
+    return evals.get(task, {}).get("systems", {}).get(system, {}).get("intervals", {}).get(metric)
+
+
+def compare(evals: dict[str, dict[str, Any]], a: str, b: str, key: str):
+    """(paired 95% interval of a - b over the same test faces, verdict on "a is better than b"), or None
+    where either system's per-face predictions are missing."""
+    task = key.split(".", 1)[0]
+    e = evals.get(task, {})
+    systems = e.get("systems", {})
+    missing = any("predictions" not in systems.get(s, {}) for s in (a, b))
+    if key not in uncertainty.METRICS or "truth" not in e or missing:
+        return None
+    arrays = uncertainty.as_arrays
+    diff = uncertainty.difference_interval(key, arrays(systems[a]["predictions"]), arrays(systems[b]["predictions"]),
+                                           arrays(e["truth"]))
+    return diff, uncertainty.verdict(diff, key not in LOWER_IS_BETTER)
+
+
+def judged(evals: dict[str, dict[str, Any]], a: str, b: str, key: str) -> str:
+    """'0.812 vs 0.640, difference +0.172 [+0.140, +0.205]: supported' for the claim that a beats b on key."""
+    va, vb = value(evals, a, key), value(evals, b, key)
+    found = compare(evals, a, b, key)
+    if va is None or vb is None:
+        return f"{key}: not measured"
+    if found is None:
+        return f"{key} {va:.3f} vs {vb:.3f} (no per-face predictions: not judged)"
+    diff, word = found
+    return (f"{key} {va:.3f} vs {vb:.3f}, difference {diff.value:+.3f} [95% CI {diff.low:+.3f}, {diff.high:+.3f}]: "
+            f"**{word}**")
+
+
 def better(key: str, a: float, b: float) -> bool:
     """a is at least as good as b on metric `key`."""
     return a <= b if key in LOWER_IS_BETTER else a >= b
@@ -100,10 +136,14 @@ def gate(evals: dict[str, dict[str, Any]], cfg: ReportConfig, champion: dict[str
     return not reasons, reasons
 
 
-def _fmt(v: float | None, key: str) -> str:
+def _fmt(v: float | None, key: str, ci: dict[str, float] | None = None) -> str:
     if v is None:
         return "—"
-    return f"{v:.2f}" if key.endswith("mae") else f"{v:.3f}"
+    digits = 2 if key.endswith("mae") else 3
+    text = f"{v:.{digits}f}"
+    if ci and ci["high"] == ci["high"]:  # not NaN
+        text += f" ±{(ci['high'] - ci['low']) / 2:.{digits}f}"
+    return text
 
 
 def pipeline_state() -> dict[str, str]:
@@ -117,20 +157,20 @@ def pipeline_state() -> dict[str, str]:
 
 
 def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
-    """One honest sentence per claim of the paper this table can speak to."""
+    """One sentence per claim of the paper this table can speak to, each judged by the paired 95% bootstrap
+    interval of the difference over test faces: supported, contradicted, or not resolved at this sample size."""
     out = []
     fi, base = "faceinsight", "majority"
-    bal, bal0 = value(evals, fi, "attributes.mean_balanced_accuracy"), value(evals, base,
-                                                                            "attributes.mean_balanced_accuracy")
-    if bal is not None and bal0 is not None:
-        verdict = "beats" if bal > bal0 + 0.01 else "does not beat"
-        out.append(f"**FaceInsight perceives facial attributes better than guessing.** Here it {verdict} the majority "
-                   f"class on balanced accuracy ({bal:.3f} vs {bal0:.3f}); plain accuracy favours the majority class "
-                   "because most attributes are rare, so balanced accuracy is the number to read.")
-    head = value(evals, "faceinsight_head", "attributes.mean_balanced_accuracy")
+    bal_key = "attributes.mean_balanced_accuracy"
+    bal = value(evals, fi, bal_key)
+    if bal is not None and value(evals, base, bal_key) is not None:
+        out.append("**FaceInsight perceives facial attributes better than guessing** (balanced accuracy against the "
+                   f"majority class; plain accuracy favours the majority class because most attributes are rare): "
+                   f"{judged(evals, fi, base, bal_key)}.")
+    head = value(evals, "faceinsight_head", bal_key)
     if head is not None and bal is not None:
-        out.append(f"The attribute head (co-occurrence GCN) reaches {head:.3f} balanced accuracy against {bal:.3f} for "
-                   "the generated answers of the same model.")
+        out.append(f"The attribute head (co-occurrence GCN) against the generated answers of the same model: "
+                   f"{judged(evals, 'faceinsight_head', fi, bal_key)}.")
     viol = value(evals, fi, "attributes.rule_violation_rate")
     if viol is not None:
         ablated = value(evals, f"{VARIANT_PREFIX}no_constraints", "attributes.rule_violation_rate")
@@ -142,27 +182,18 @@ def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
                   "the model without the constraint loss is more consistent here, against the paper."))
         out.append(f"**Knowledge keeps answers consistent.** {viol:.1%} of test faces get a set of 40 generated "
                    f"answers that breaks a mined rule. {why}")
-    for task, key, name in (("age_gender_race", "gender_accuracy", "gender"), ("expression", "uar", "expression UAR")):
-        a, b = value(evals, fi, f"{task}.{key}"), value(evals, base, f"{task}.{key}")
-        if a is not None and b is not None:
-            out.append(f"{name}: FaceInsight {a:.3f}, majority class {b:.3f} — "
-                       f"{'above' if a > b + 0.01 else 'no better than'} the baseline.")
-    moved = [(key, value(evals, fi, key), value(evals, "faceinsight_tuned", key)) for key in GATED]
-    moved = [(k, a, b) for k, a, b in moved if a is not None and b is not None]
-    if moved:
-        out.append("**Fine-tuning on the task helps.** Task-specific fine-tuning moves " + "; ".join(
-            f"{k} from {a:.3f} to {b:.3f}" for k, a, b in moved) + (
-            " — the direction the paper reports." if all(b > a + 0.01 for _, a, b in moved) else
-            " — not the uniform gain the paper reports." if any(b < a - 0.01 for _, a, b in moved) else
-            " — within ±0.01 on some tasks, so no clear gain here."))
-    spec = value(evals, "specialist", "attributes.mean_balanced_accuracy")
-    if spec is not None and bal is not None:
-        gap = bal - spec
-        out.append(f"**An MLLM against a specialist.** The specialist CNN, trained on the same faces for the same "
-                   f"number of steps, reaches {spec:.3f} attribute balanced accuracy against FaceInsight's {bal:.3f} "
-                   f"({'FaceInsight ahead' if gap > 0.01 else 'the specialist ahead' if gap < -0.01 else 'a tie'}). "
-                   "The paper reports FaceInsight above specialist methods; at this model size and budget "
-                   f"{'this agrees' if gap > 0.01 else 'this does not reproduce'}.")
+    for key in ("age_gender_race.gender_accuracy", "age_gender_race.age_mae", "expression.uar"):
+        if value(evals, fi, key) is not None and value(evals, base, key) is not None:
+            out.append(f"FaceInsight against the majority class: {judged(evals, fi, base, key)}.")
+    if any(value(evals, "faceinsight_tuned", k) is not None for k in GATED):
+        out.append("**Fine-tuning on the task helps** (the fine-tuned model against the training-free one): "
+                   + "; ".join(judged(evals, "faceinsight_tuned", fi, k) for k in GATED
+                               if value(evals, "faceinsight_tuned", k) is not None) + ".")
+    if value(evals, "specialist", bal_key) is not None and bal is not None:
+        out.append("**FaceInsight beats a specialist** (the specialist CNN, trained on the same faces for the same "
+                   "number of optimiser steps): "
+                   + "; ".join(judged(evals, fi, "specialist", k) for k in GATED
+                               if value(evals, "specialist", k) is not None) + ".")
     for variant, claim in (("no_map", "**The parsing map helps.**"),
                            ("no_cooccurrence", "**The co-occurrence module helps.**"),
                            ("general", "**A general MLLM trails FaceInsight.**")):
@@ -174,23 +205,15 @@ def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
 
 def against(evals: dict[str, dict[str, Any]], other: str) -> str | None:
     """FaceInsight against one variant on the gated numbers: the figures and which way they point."""
-    pairs = [(k, value(evals, "faceinsight", k), value(evals, other, k)) for k in GATED]
-    pairs = [(k, a, b) for k, a, b in pairs if a is not None and b is not None]
-    if not pairs:
+    keys = [k for k in GATED if value(evals, "faceinsight", k) is not None and value(evals, other, k) is not None]
+    if not keys:
         return None
-    ahead = [k for k, a, b in pairs if a > b + 0.01]
-    behind = [k for k, a, b in pairs if a < b - 0.01]
-    verdict = ("FaceInsight is ahead on every one: the paper's direction." if len(ahead) == len(pairs) else
-               "FaceInsight is behind on " + ", ".join(behind) + ": this contradicts the paper here." if behind else
-               "FaceInsight is ahead on " + ", ".join(ahead) + ", within ±0.01 on the rest." if ahead else
-               "Within ±0.01 everywhere: no difference at this budget, so the claim is neither supported nor "
-               "contradicted here.")
-    unread = max((u for k, _, _ in pairs if (u := unread_share(evals, other, k)) is not None), default=0.0)
+    unread = max((u for k in keys if (u := unread_share(evals, other, k)) is not None), default=0.0)
     caveat = (f" Up to {unread:.0%} of its answers could not be read (it did not learn to answer in the asked "
               "form), so the gap measures following the instruction as much as perceiving the face."
               if unread >= 0.5 else "")
     return (f"FaceInsight against {system_title(other, evals)}: "
-            + "; ".join(f"{k} {a:.3f} vs {b:.3f}" for k, a, b in pairs) + f". {verdict}{caveat}")
+            + "; ".join(judged(evals, "faceinsight", other, k) for k in keys) + f".{caveat}")
 
 
 # the question whose answers a gated number is read from (attributes: all 40)
@@ -230,7 +253,8 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
               "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
 
     def rows(names: list[str]) -> list[str]:
-        return [f"| {system_title(s, evals)} | " + " | ".join(_fmt(value(evals, s, k), k) for k in keys) + " |"
+        return [f"| {system_title(s, evals)} | " + " | ".join(_fmt(value(evals, s, k), k, interval(evals, s, k))
+                                                          for k in keys) + " |"
                 for s in names]
 
     lines += ["", "## Training-free setting (the multi-task model as `finetune` leaves it)", "", *header,
@@ -239,7 +263,10 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
         lines += ["", "## Fine-tuned setting (`finetune_task@<task>`: a further LoRA pass on the task's own train "
                   "split; each task's columns come from its own fine-tuned model)", "", *header,
                   *rows([s for s in ("majority", "specialist") if s in systems] + tuned)]
-    lines += ["", "↓: lower is better. Unreadable answers count as wrong (their numbers are in reports/eval/). "
+    lines += ["", "↓: lower is better. ±: half-width of the 95% bootstrap interval over the test faces "
+              f"({uncertainty.RESAMPLES} seeded resamples); claims below compare systems by the paired interval of "
+              "their difference (the same resampled faces for both). Unreadable answers count as wrong (their numbers "
+              "are in reports/eval/). "
               "The variants (params.yaml `variants`) are trained as FaceInsight is, same passes, steps and data, "
               "with the one change their name says.",
               "", "## What this says about the paper's claims", ""]

@@ -79,57 +79,61 @@ class FaceLayout:
     necklace: bool
     necktie: bool
     shoulders_y: float
+    male: bool = False
 
 
 def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
     at = f.attributes
     kid = f.age < 13
     j = lambda s: float(rng.normal(0.0, s))  # noqa: E731 - small per-face jitter
-    a = 0.205 + 0.012 * f.male + 0.022 * at["Chubby"] - 0.014 * at["Oval_Face"] \
-        + 0.006 * float(np.clip(f.weight, -2, 2)) + j(0.006)
-    b = 0.285 + 0.025 * at["Oval_Face"] - 0.006 * at["Chubby"] + j(0.006)
-    if kid:
-        a, b = a * 0.96, b * 0.9
+    # Cues are sized for the 64-px corpus (1 px = 0.016 canvas units): each is 2+ px where it shows.
+    a = 0.205 + 0.014 * f.male + 0.03 * at["Chubby"] - 0.02 * at["Oval_Face"] \
+        + 0.006 * float(np.clip(f.weight, -2, 2)) + j(0.005)
+    b = 0.285 + 0.035 * at["Oval_Face"] - 0.008 * at["Chubby"] + j(0.005)
+    growth = min(f.age, 16) / 16.0  # children's faces are smaller and rounder, growing to adult size
+    a, b = a * (0.9 + 0.1 * growth), b * (0.8 + 0.2 * growth)
     cx, cy = 0.5, 0.47
     expr = f.expression
-    eye_open = {EXPR["Surprise"]: 1.4, EXPR["Fear"]: 1.3, EXPR["Happiness"]: 0.72,
-                EXPR["Disgust"]: 0.7, EXPR["Anger"]: 0.82, EXPR["Sadness"]: 0.9}.get(expr, 1.0)
-    eye_w = (0.27 if kid else 0.235) * a + j(0.002)
-    eye_h = 0.46 * eye_w * eye_open * (0.5 if at["Narrow_Eyes"] else 1.0)
-    eye_y = cy - (0.0 if kid else 0.05) + j(0.004)
-    brow_lift = {EXPR["Surprise"]: 0.022, EXPR["Fear"]: 0.012, EXPR["Anger"]: -0.008,
-                 EXPR["Disgust"]: -0.006}.get(expr, 0.0)
-    brow_inner = {EXPR["Anger"]: 0.016, EXPR["Disgust"]: 0.008, EXPR["Sadness"]: -0.014,
-                  EXPR["Fear"]: -0.01}.get(expr, 0.0)
-    corner = {EXPR["Happiness"]: -0.026, EXPR["Sadness"]: 0.014, EXPR["Anger"]: 0.008,
-              EXPR["Disgust"]: 0.012, EXPR["Fear"]: 0.006}.get(expr, 0.0)
-    mouth_scale = {EXPR["Happiness"]: 1.18, EXPR["Surprise"]: 0.8, EXPR["Fear"]: 1.1}.get(expr, 1.0)
-    lip_scale = (1.65 if at["Big_Lips"] else 1.0) * (0.7 if expr == EXPR["Anger"] else 1.0) \
-        * (1.15 if not f.male else 1.0)
+    # Each expression is a distinct combination of eye opening, brow lift / inner-brow tilt and mouth shape.
+    eye_open = {EXPR["Surprise"]: 1.55, EXPR["Fear"]: 1.4, EXPR["Happiness"]: 0.6,
+                EXPR["Disgust"]: 0.55, EXPR["Anger"]: 0.72, EXPR["Sadness"]: 0.85}.get(expr, 1.0)
+    eye_w = (0.3 - 0.04 * growth) * a + j(0.002)
+    eye_h = 0.5 * eye_w * eye_open * (0.45 if at["Narrow_Eyes"] else 1.0)
+    eye_y = cy - 0.05 * growth + j(0.003)
+    brow_lift = {EXPR["Surprise"]: 0.045, EXPR["Fear"]: 0.022, EXPR["Anger"]: -0.014,
+                 EXPR["Disgust"]: -0.012}.get(expr, 0.0)
+    brow_inner = {EXPR["Anger"]: 0.036, EXPR["Disgust"]: 0.016, EXPR["Sadness"]: -0.032,
+                  EXPR["Fear"]: -0.026}.get(expr, 0.0)
+    corner = {EXPR["Happiness"]: -0.05, EXPR["Sadness"]: 0.034, EXPR["Anger"]: 0.012,
+              EXPR["Disgust"]: 0.024, EXPR["Fear"]: 0.012}.get(expr, 0.0)
+    mouth_scale = {EXPR["Happiness"]: 1.25, EXPR["Surprise"]: 0.72, EXPR["Fear"]: 1.2,
+                   EXPR["Anger"]: 0.85}.get(expr, 1.0)
+    lip_scale = (1.8 if at["Big_Lips"] else 1.0) * (0.6 if expr == EXPR["Anger"] else 1.0) \
+        * (1.2 if not f.male else 1.0)
     gap = 0.0
     if at["Mouth_Slightly_Open"]:
-        gap = 0.016 + float(rng.uniform(0, 0.012)) + (0.018 if expr == EXPR["Surprise"] else 0.0)
+        gap = 0.034 + float(rng.uniform(0, 0.016)) + (0.035 if expr == EXPR["Surprise"] else 0.0)
     long_hair = (not at["Bald"]) and bool(rng.random() < (0.08 if f.male else 0.82) + 0.1 * kid)
     hairline = "bangs" if at["Bangs"] else "receding" if at["Receding_Hairline"] else "normal"
     return FaceLayout(
         cx=cx, cy=cy, a=a, b=b,
-        jaw_exponent=(2.7 if f.male and not kid else 2.1) - 0.4 * at["Chubby"],
-        eye_y=eye_y, eye_dx=0.42 * a, eye_w=eye_w, eye_h=eye_h, gaze=j(0.15),
-        brow_y=eye_y - 0.058 - brow_lift + j(0.003),
-        brow_half_thickness=(0.012 if at["Bushy_Eyebrows"] else 0.006) + 0.002 * f.male,
-        brow_arch=0.018 if at["Arched_Eyebrows"] else 0.005,
+        jaw_exponent=(2.0 + (1.4 if f.male else 0.0) * (0.4 + 0.6 * growth)) - 0.5 * at["Chubby"],
+        eye_y=eye_y, eye_dx=0.44 * a, eye_w=eye_w, eye_h=eye_h, gaze=j(0.15),
+        brow_y=eye_y - 0.062 - brow_lift + j(0.003),
+        brow_half_thickness=(0.019 if at["Bushy_Eyebrows"] else 0.01) + 0.005 * f.male,
+        brow_arch=0.03 if at["Arched_Eyebrows"] else 0.003,
         brow_inner_dy=brow_inner,
-        nose_tip_y=cy + (0.085 if kid else 0.105) + 0.012 * at["Big_Nose"] + j(0.003),
-        nose_w=(0.032 if kid else 0.04) * (1.4 if at["Big_Nose"] else 1.0) * (0.8 if at["Pointy_Nose"] else 1.0),
+        nose_tip_y=cy + 0.085 + 0.02 * growth + 0.018 * at["Big_Nose"] + j(0.003),
+        nose_w=(0.032 + 0.008 * growth) * (1.6 if at["Big_Nose"] else 1.0) * (0.75 if at["Pointy_Nose"] else 1.0),
         nose_pointy=at["Pointy_Nose"],
-        mouth_y=cy + (0.16 if kid else 0.178) + j(0.003),
-        mouth_w=0.31 * a * mouth_scale, mouth_corner_dy=corner,
-        lip_upper=0.0105 * lip_scale, lip_lower=0.0145 * lip_scale, mouth_gap=gap,
+        mouth_y=cy + 0.16 + 0.018 * growth + j(0.003),
+        mouth_w=0.42 * a * mouth_scale, mouth_corner_dy=corner,
+        lip_upper=0.014 * lip_scale, lip_lower=0.019 * lip_scale, mouth_gap=gap,
         ear_dy=0.045 + j(0.004),
         long_hair=long_hair, hairline=hairline, wavy=at["Wavy_Hair"], double_chin=at["Double_Chin"],
         glasses=at["Eyeglasses"], hat=at["Wearing_Hat"], bald=at["Bald"], sideburns=at["Sideburns"],
         earrings=at["Wearing_Earrings"], necklace=at["Wearing_Necklace"], necktie=at["Wearing_Necktie"],
-        shoulders_y=cy + b + 0.095 + j(0.005),
+        shoulders_y=cy + b + 0.095 + j(0.005), male=f.male,
     )
 
 
@@ -148,7 +152,7 @@ def hairline_y(L: FaceLayout, x: np.ndarray) -> np.ndarray:
     if L.hairline == "bangs":
         return L.brow_y - 0.018 + 0.05 * d ** 2
     if L.hairline == "receding":
-        return L.cy - 0.66 * L.b - 0.1 * d ** 2
+        return L.cy - 0.74 * L.b - 0.16 * d ** 2
     return L.cy - 0.6 * L.b + 0.06 * d ** 2
 
 
@@ -186,7 +190,7 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
         "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth", "_forehead", "_sideburns")}
     shapes["skin"].append(face_outline(L))
     if L.double_chin:
-        shapes["skin"].append(ellipse(cx, cy + 0.97 * b, 0.42 * a, 0.05))
+        shapes["skin"].append(ellipse(cx, cy + 0.98 * b, 0.5 * a, 0.065))
     # Eyes: almond shapes.
     for part, (ex, ey) in zip(("l_eye", "r_eye"), eye_centres(L), strict=True):
         xs = np.linspace(ex - L.eye_w, ex + L.eye_w, 17)
@@ -203,7 +207,7 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     # Nose: bridge to wings to tip.
     top = L.eye_y + 0.005
     nw, ty = L.nose_w, L.nose_tip_y
-    tip = ty + (0.02 if L.nose_pointy else 0.01)
+    tip = ty + (0.035 if L.nose_pointy else 0.01)
     shapes["nose"].append(np.array([
         (cx - 0.011, top), (cx + 0.011, top), (cx + 0.35 * nw, ty - 0.03), (cx + nw, ty - 0.004),
         (cx + 0.75 * nw, ty + 0.01), (cx + (0.15 if L.nose_pointy else 0.35) * nw, tip), (cx, tip + 0.002),
@@ -219,23 +223,24 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     for part, (ex, ey), side in zip(("l_ear", "r_ear"), ear_centres(L), (-1, 1), strict=True):
         shapes[part].append(ellipse(ex + side * 0.008, ey, 0.03, 0.056))
         if L.earrings:
-            shapes["ear_r"].append(ellipse(ex + side * 0.008, ey + 0.068, 0.011, 0.016, n=16))
+            shapes["ear_r"].append(ellipse(ex + side * 0.008, ey + 0.072, 0.02, 0.028, n=16))
     # Glasses: two lenses (frame + glass), a bridge, the arms to the ears.
     if L.glasses:
         for ex, ey in eye_centres(L):
-            shapes["eye_g"].append(ellipse(ex, ey + 0.004, 1.55 * L.eye_w, 0.045, n=32))
+            shapes["eye_g"].append(ellipse(ex, ey + 0.004, 1.45 * L.eye_w + 0.01, 0.05, n=32))
         lx = eye_centres(L)[0][0] + 1.5 * L.eye_w
         rx = eye_centres(L)[1][0] - 1.5 * L.eye_w
         shapes["eye_g"].append(band(np.array([(lx, L.eye_y - 0.006), (cx, L.eye_y - 0.012),
-                                              (rx, L.eye_y - 0.006)]), 0.005))
+                                              (rx, L.eye_y - 0.006)]), 0.009))
         for side in (-1, 1):
             x0 = cx + side * (L.eye_dx + 1.5 * L.eye_w)
             shapes["eye_g"].append(band(np.array([(x0, L.eye_y - 0.01), (cx + side * 0.99 * a, L.eye_y - 0.006)]),
-                                        0.005))
+                                        0.009))
     # Neck and clothes.
     sy = L.shoulders_y
-    shapes["neck"].append(np.array([(cx - 0.52 * a, cy + 0.5 * b), (cx + 0.52 * a, cy + 0.5 * b),
-                                    (cx + 0.55 * a, 1.02), (cx - 0.55 * a, 1.02)]))
+    neck = 0.66 if L.male else 0.46  # a man's neck is broader (a cue of sex beside the jaw and brows)
+    shapes["neck"].append(np.array([(cx - neck * a, cy + 0.5 * b), (cx + neck * a, cy + 0.5 * b),
+                                    (cx + (neck + 0.03) * a, 1.02), (cx - (neck + 0.03) * a, 1.02)]))
     v_depth = 0.02 if L.necktie else 0.075
     shapes["cloth"].append(np.array([
         (cx - 0.47, 1.02), (cx - 0.42, sy + 0.05), (cx - 0.3, sy), (cx - 0.5 * a, sy - 0.012), (cx, sy + v_depth),
@@ -243,15 +248,15 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     if L.necklace:
         xs = np.linspace(cx - 0.48 * a, cx + 0.48 * a, 21)
         ys = cy + b + 0.012 + (sy + 0.035 - (cy + b + 0.012)) * (1 - ((xs - cx) / (0.48 * a)) ** 2)
-        shapes["neck_l"].append(band(np.stack([xs, ys], 1), 0.0065))
-        shapes["neck_l"].append(ellipse(cx, sy + 0.048, 0.011, 0.014, n=16))
+        shapes["neck_l"].append(band(np.stack([xs, ys], 1), 0.012))
+        shapes["neck_l"].append(ellipse(cx, sy + 0.05, 0.022, 0.026, n=16))
     # Hair: an outer shape; the face is cut away below the hairline (see render.visible_masks).
     if not L.bald:
         if L.long_hair:
             cap = ellipse(cx, cy - 0.01, a + 0.035, b + 0.028, n=33, t0=math.pi, t1=2 * math.pi)
             bottom = min(0.97, sy + 0.06)
             ys = np.linspace(cap[-1, 1], bottom, 16)
-            wave = 0.012 * np.sin((ys - cy) * 60) if L.wavy else np.zeros_like(ys)
+            wave = 0.03 * np.sin((ys - cy) * 45) if L.wavy else np.zeros_like(ys)
             right = np.stack([cx + a + 0.035 + 0.25 * (ys - ys[0]) * 0.3 + wave, ys], 1)
             left = np.stack([cx - a - 0.035 - 0.25 * (ys - ys[0]) * 0.3 - wave, ys], 1)[::-1]
             shapes["hair"].append(np.concatenate([cap, right, left]))

@@ -34,6 +34,12 @@ CELEBA_MARGINALS: dict[str, float] = {
 }
 
 
+# Attributes the renderer has no picture of: Attractive is a score of other factors (ATTRACTIVE_SCORE),
+# seen only through them. Every other attribute is drawn (geometry.py, render.py).
+LATENT_ATTRIBUTES: tuple[str, ...] = ("Attractive",)
+DRAWN_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a not in LATENT_ATTRIBUTES)
+
+
 @dataclass(frozen=True)
 class AttributeSpec:
     name: str

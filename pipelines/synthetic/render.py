@@ -35,7 +35,7 @@ HAIR_COLOURS = {
     "Black_Hair": (28, 22, 22), "Blond_Hair": (222, 190, 118), "Brown_Hair": (105, 66, 38),
     "Gray_Hair": (168, 168, 170),
 }
-OTHER_HAIR = ((150, 62, 32), (78, 48, 32), (175, 135, 80))  # auburn, dark chestnut, dark blond: no label
+OTHER_HAIR = ((150, 62, 32), (196, 96, 44))  # auburn, ginger: no label (hues no labelled colour has)
 IRIS_COLOURS = ((88, 56, 32), (40, 30, 22), (70, 110, 160), (84, 120, 84))
 LIPSTICK = ((190, 28, 52), (214, 88, 120), (140, 28, 70))
 EYESHADOW = ((120, 70, 140), (110, 75, 60), (70, 100, 160))
@@ -51,7 +51,7 @@ class Difficulty:
     pose_scale: float = 0.05  # std of relative scale
     lighting: float = 0.35  # max brightness change across the image
     noise: float = 5.0  # std of sensor noise, 0-255 units
-    blur: float = 0.004  # max blur radius, in image widths (Blurry faces get 0.012 more)
+    blur: float = 0.004  # max blur radius, in image widths (Blurry faces get 0.022 more)
     occlusion: float = 0.15  # probability of an occluder entering from a lower corner
     clutter: int = 6  # max background shapes
     jpeg_quality: int = 90
@@ -181,55 +181,57 @@ class _Painter:
         eyes = eye_centres(L)
         if at["High_Cheekbones"]:
             for side in (-1, 1):
-                self.dab(layer, 0.35, L.cx + side * 0.55 * L.a, L.eye_y + 0.06, 0.05, 0.025,
-                       np.minimum(self.skin_rgb * 1.2, 255))
-                self.dab(layer, 0.3, L.cx + side * 0.68 * L.a, L.eye_y + 0.12, 0.035, 0.03,
-                       self.skin_rgb * 0.72)
+                self.dab(layer, 0.55, L.cx + side * 0.55 * L.a, L.eye_y + 0.06, 0.05, 0.028,
+                       np.minimum(self.skin_rgb * 1.3, 255))
+                self.dab(layer, 0.55, L.cx + side * 0.7 * L.a, L.eye_y + 0.125, 0.035, 0.035,
+                       self.skin_rgb * 0.6)
         if at["Rosy_Cheeks"]:
             for side in (-1, 1):
-                self.dab(layer, 0.5, L.cx + side * 0.52 * L.a, L.mouth_y - 0.055, 0.045, 0.035,
-                       (222, 90, 100))
+                self.dab(layer, 0.65, L.cx + side * 0.52 * L.a, L.mouth_y - 0.055, 0.05, 0.04,
+                       (222, 80, 95))
         if at["Heavy_Makeup"]:
             shadow = EYESHADOW[int(self.rng.integers(len(EYESHADOW)))]
             for ex, ey in eyes:
-                self.dab(layer, 0.75, ex, ey - L.eye_h - 0.008, 1.1 * L.eye_w, 0.014, shadow)
+                self.dab(layer, 0.85, ex, ey - L.eye_h - 0.01, 1.2 * L.eye_w, 0.02, shadow)
                 self.dab(layer, 0.25, ex, ey + 0.07, 0.05, 0.03, (230, 120, 130))
         if at["Bags_Under_Eyes"]:
             for ex, ey in eyes:
-                self.dab(layer, 0.45, ex, ey + 0.75 * L.eye_h + 0.012, 0.9 * L.eye_w, 0.01,
-                       self.skin_rgb * 0.6)
+                self.dab(layer, 0.7, ex, ey + 0.75 * L.eye_h + 0.016, 0.95 * L.eye_w, 0.016,
+                       self.skin_rgb * 0.5)
         lines = self._wrinkles()
-        if lines:
-            _blend(layer, 0.55 * self.strokes(lines, 0.005), self.skin_rgb * 0.62)
+        if lines:  # darker with age, so age reads as a continuous cue
+            depth = 0.45 + 0.4 * float(np.clip((self.f.age - 25) / 50, 0, 1))
+            _blend(layer, depth * self.strokes(lines, 0.011), self.skin_rgb * 0.5)
         if at["5_o_Clock_Shadow"]:
             jaw = (v > L.nose_tip_y + 0.01) & ((v > L.mouth_y - 0.035) | (np.abs(u - L.cx) > 0.55 * L.a))
             dots = self.rng.random((self.size, self.size)) < 0.55
-            _blend(layer, 0.5 * (jaw & dots), (70, 70, 80))
+            _blend(layer, 0.65 * (jaw & dots), (60, 60, 70))
         beard = []
         lips = lip_curves(L)
         if at["Mustache"]:
             pts = np.stack([lips["x"], lips["upper_top"] - 0.012], 1)
-            beard.append(np.concatenate([pts[:, :] + (0, -0.009), (pts + (0, 0.009))[::-1]]))
+            beard.append(np.concatenate([pts[:, :] + (0, -0.014), (pts + (0, 0.012))[::-1]]))
         if at["Goatee"]:
             chin = np.asarray(lips["lower_bottom"]).max()
             t = np.linspace(0, 2 * math.pi, 24, endpoint=False)
-            beard.append(np.stack([L.cx + 0.05 * np.cos(t), chin + 0.035 + 0.036 * np.sin(t)], 1))
+            beard.append(np.stack([L.cx + 0.06 * np.cos(t), chin + 0.04 + 0.045 * np.sin(t)], 1))
         if beard:
             m = raster(beard, self.size, self.pose)
             _blend(layer, 0.9 * m * (0.85 + 0.1 * self.noise[..., 0]), self.beard_rgb)
         if L.double_chin:
             t = np.linspace(0.2 * math.pi, 0.8 * math.pi, 12)
             fold = np.stack([L.cx + 0.4 * L.a * np.cos(t), L.cy + 0.93 * L.b + 0.02 * np.sin(t)], 1)
-            _blend(layer, 0.6 * self.strokes([fold], 0.006), self.skin_rgb * 0.6)
+            _blend(layer, 0.75 * self.strokes([fold], 0.012), self.skin_rgb * 0.5)
         return np.clip(layer, 0, 255)
 
     def _wrinkles(self) -> list[np.ndarray]:
         f, L = self.f, self.L
         lines: list[np.ndarray] = []
-        n_forehead = int(np.clip((f.age - 30) // 10, 0, 4))
-        xs = np.linspace(L.cx - 0.5 * L.a, L.cx + 0.5 * L.a, 9)
+        # forehead lines: none under 25, then one more a decade (the 40-year Young boundary: 2 -> 3)
+        n_forehead = int(np.clip((f.age - 15) // 10, 0, 5))
+        xs = np.linspace(L.cx - 0.55 * L.a, L.cx + 0.55 * L.a, 9)
         for k in range(n_forehead):
-            y = L.brow_y - 0.03 - 0.016 * k
+            y = L.brow_y - 0.035 - 0.022 * k
             lines.append(np.stack([xs, y + 0.004 * np.sin(xs * 40 + k)], 1))
         if f.age >= 40 or f.expression == EXPR["Happiness"]:
             for side in (-1, 1):
@@ -238,26 +240,27 @@ class _Painter:
         if f.age >= 45:
             for (ex, ey), side in zip(eye_centres(L), (-1, 1), strict=True):
                 x0 = ex + side * (L.eye_w + 0.008)
-                for dy in (-0.01, 0.0, 0.01):
-                    lines.append(np.array([(x0, ey), (x0 + side * 0.025, ey + 2 * dy)]))
-        if f.expression == EXPR["Disgust"]:
+                for dy in (-0.012, 0.0, 0.012):
+                    lines.append(np.array([(x0, ey), (x0 + side * 0.035, ey + 2 * dy)]))
+        if f.expression == EXPR["Disgust"]:  # a wrinkled nose bridge
             for k in range(3):
-                y = L.eye_y + 0.01 + 0.008 * k
-                lines.append(np.array([(L.cx - 0.02, y), (L.cx + 0.02, y)]))
+                y = L.eye_y + 0.012 + 0.016 * k
+                lines.append(np.array([(L.cx - 0.03, y), (L.cx + 0.03, y)]))
         return lines
 
     def hair(self) -> np.ndarray:
         at, u, v = self.f.attributes, self.u, self.v
         layer = self.flat(self.hair_rgb, 3.0)
+        # periods of 0.04+ (2.5+ px at 64): finer strands vanish when the corpus resizes the image
         if at["Straight_Hair"]:
-            tex = np.sin(2 * math.pi * u / 0.011 + 2 * np.sin(7 * v))
+            tex = np.sign(np.sin(2 * math.pi * u / 0.04))
         elif at["Wavy_Hair"]:
-            tex = np.sin(2 * math.pi * (u + 0.012 * np.sin(v * 55)) / 0.013)
+            tex = np.sign(np.sin(2 * math.pi * (u + 0.025 * np.sin(2 * math.pi * v / 0.07)) / 0.045))
         else:  # short crop or curls: a dotted texture with no direction
-            tex = np.sin(u * 420) * np.sin(v * 430)
-        layer *= (1 + 0.16 * tex)[..., None]
+            tex = np.sin(2 * math.pi * u / 0.05) * np.sin(2 * math.pi * v / 0.05)
+        layer *= (1 + 0.28 * tex)[..., None]
         if at["Gray_Hair"]:
-            _blend(layer, 0.6 * (tex > 0.6), (235, 235, 235))
+            _blend(layer, 0.5 * (tex > 0.5), (235, 235, 235))
         return np.clip(layer, 0, 255)
 
     def eyes(self) -> np.ndarray:
@@ -273,8 +276,9 @@ class _Painter:
             part[d < r] = iris
             part[d < 0.45 * r] = (12, 10, 10)
             part[np.hypot(u - ix - 0.3 * r, v - ey + 0.3 * r) < 0.15 * r] = (250, 250, 250)
-            if at["Heavy_Makeup"]:  # eyeliner along the upper lid
-                _blend(layer, (v < ey - 0.55 * L.eye_h) * (np.abs(u - ex) < L.eye_w), (15, 10, 10), w)
+            if at["Heavy_Makeup"] or not self.f.male:  # lashes / eyeliner: the upper lid reads dark
+                lid = ey - (0.3 if at["Heavy_Makeup"] else 0.45) * L.eye_h
+                _blend(layer, (v < lid) * (np.abs(u - ex) < L.eye_w), (15, 10, 10), w)
         return layer
 
     def glasses(self, skin_layer: np.ndarray) -> np.ndarray:
@@ -282,7 +286,7 @@ class _Painter:
         frame = self.flat((30, 28, 35) if self.rng.random() < 0.7 else (150, 110, 60), 2.0)
         lens = np.zeros((self.size, self.size), dtype=bool)
         for ex, ey in eye_centres(L):
-            d = ((self.u - ex) / (1.55 * L.eye_w - 0.008)) ** 2 + ((self.v - ey - 0.004) / 0.037) ** 2
+            d = ((self.u - ex) / (1.45 * L.eye_w - 0.006)) ** 2 + ((self.v - ey - 0.004) / 0.034) ** 2
             lens |= d < 1
         tinted = skin_layer * np.array((0.8, 0.9, 1.05)) + 18
         glare = np.abs((self.u - self.v) - (L.cx - L.eye_y) + 0.06) < 0.006
@@ -294,7 +298,7 @@ class _Painter:
         if at["Wearing_Lipstick"]:
             colour = np.array(LIPSTICK[int(self.rng.integers(len(LIPSTICK)))], float)
         else:
-            colour = self.skin_rgb * np.array((0.85, 0.58, 0.58))
+            colour = self.skin_rgb * (np.array((0.92, 0.55, 0.6)) if not self.f.male else np.array((0.8, 0.6, 0.58)))
         layer = self.flat(colour, 3.0)
         w = self.window(self.L.cx, self.L.mouth_y, 1.2 * self.L.mouth_w, 0.06)
         shade = np.exp(-((self.v[w] - self.L.mouth_y) / 0.006) ** 2)
@@ -306,7 +310,7 @@ class _Painter:
 
     def mouth(self) -> np.ndarray:
         layer = self.flat((60, 16, 22), 3.0)
-        if self.f.expression in (EXPR["Happiness"], EXPR["Fear"]) or self.L.mouth_gap > 0.03:
+        if self.f.expression in (EXPR["Happiness"], EXPR["Fear"]):  # teeth; a surprised mouth is a dark O
             layer[self.v < self.L.mouth_y + self.L.mouth_corner_dy * 0.3] = (238, 236, 225)
         return layer
 
@@ -318,11 +322,11 @@ class _Painter:
             layer *= (1 + 0.18 * np.sign(np.sin(self.v * rng.uniform(80, 160))))[..., None]
         if L.necktie:
             sy, cx = L.shoulders_y, L.cx
-            collar = [np.array([(cx - 0.06, sy - 0.01), (cx, sy + 0.02), (cx - 0.01, sy + 0.045)]),
-                      np.array([(cx + 0.06, sy - 0.01), (cx, sy + 0.02), (cx + 0.01, sy + 0.045)])]
+            collar = [np.array([(cx - 0.08, sy - 0.012), (cx, sy + 0.025), (cx - 0.015, sy + 0.06)]),
+                      np.array([(cx + 0.08, sy - 0.012), (cx, sy + 0.025), (cx + 0.015, sy + 0.06)])]
             _blend(layer, raster(collar, self.size, self.pose), (240, 240, 240))
-            tie = [np.array([(cx - 0.016, sy + 0.018), (cx + 0.016, sy + 0.018), (cx + 0.011, sy + 0.045),
-                             (cx + 0.032, 1.02), (cx - 0.032, 1.02), (cx - 0.011, sy + 0.045)])]
+            tie = [np.array([(cx - 0.026, sy + 0.02), (cx + 0.026, sy + 0.02), (cx + 0.018, sy + 0.05),
+                             (cx + 0.05, 1.02), (cx - 0.05, 1.02), (cx - 0.018, sy + 0.05)])]
             _blend(layer, raster(tie, self.size, self.pose), 255 - base)
         return np.clip(layer, 0, 255)
 
@@ -408,7 +412,7 @@ def render_face(f: FaceFactors, rng: np.random.Generator, image_size: int, mask_
         _blend(img, raster(occluder, image_size), tone)
     _camera(img, f, difficulty, rng)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    radius = float(rng.uniform(0, difficulty.blur)) + (0.012 if f.attributes["Blurry"] else 0.0)
+    radius = float(rng.uniform(0, difficulty.blur)) + (0.022 if f.attributes["Blurry"] else 0.0)
     if radius * image_size >= 0.3:
         out = out.filter(ImageFilter.GaussianBlur(radius * image_size))
     saved = visible_masks(shapes, mask_size, pose, occluder) if mask_size else {}

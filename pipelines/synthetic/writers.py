@@ -108,9 +108,13 @@ def _raf_job(args: tuple[Path, int, SyntheticConfig, int, FaceFactors, str]) -> 
     out = render_face(face, face_rng(seed, "rafdb", i), cfg.rafdb_size, None, cfg.difficulty)
     q = cfg.difficulty.jpeg_quality
     _write(root / "basic" / "Image" / "original" / f"{stem}.jpg", _jpeg(out.image, q))
-    box = tuple(round(c * cfg.rafdb_size) for c in RAFDB_ALIGN_BOX)
-    aligned = out.image.crop(box).resize((RAFDB_ALIGNED_SIZE, RAFDB_ALIGNED_SIZE), Image.BILINEAR)
-    _write(root / "basic" / "Image" / "aligned" / f"{stem}_aligned.jpg", _jpeg(aligned, q))
+    _write(root / "basic" / "Image" / "aligned" / f"{stem}_aligned.jpg", _jpeg(rafdb_aligned(out.image), q))
+
+
+def rafdb_aligned(image: Image.Image) -> Image.Image:
+    """The aligned set's view of an original: the face crop, at 100 x 100."""
+    box = tuple(round(c * image.width) for c in RAFDB_ALIGN_BOX)
+    return image.crop(box).resize((RAFDB_ALIGNED_SIZE, RAFDB_ALIGNED_SIZE), Image.BILINEAR)
 
 
 def _run_jobs(fn: Callable, jobs: list, workers: int, desc: str) -> None:

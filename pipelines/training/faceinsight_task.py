@@ -24,6 +24,7 @@ class TrainConfig(LoopConfig):
     max_records: int = 0  # 0: the whole train split
     kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
     tasks: tuple[str, ...] = ()  # record tasks (attributes, age_gender_race, expression); empty: all
+    val_faces: int = 64  # val faces per task scored at every checkpoint (learning curve in MLflow); 0: none
 
     def __post_init__(self) -> None:
         from model.config import RECIPES
@@ -91,6 +92,18 @@ class FaceInsightTask(TrainTask):
                 terms["attribute_accuracy"] = float(right[known].float().mean())
         return out.loss, terms, int(batch["attention_mask"].sum())
 
+    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+        from pipelines.training.validation import val_scores
+
+        sample = self.config.get("val")
+        if not sample:
+            return {}
+        core.eval()
+        with torch.no_grad():
+            scores = val_scores(core, sample, self.config["val_questions"])
+        core.train()
+        return scores
+
     def save(self, core, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
         core.save_pretrained(path, self.recipe, state_dict=weights)
 
@@ -121,6 +134,15 @@ def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed
                             "knowledge": inputs.knowledge}, folders)
 
 
+def val_questions() -> dict[str, str]:
+    """The questions validation asks: the templates' own, as evaluation asks them."""
+    from pipelines.corpus.templates import Templates
+
+    data = Templates.load().data
+    return {name: a["question"] for name, a in data["attributes"].items()} | {
+        "gender": data["demographics"]["open"]["gender"][0]["q"]}
+
+
 def pretrained_path(model: dict[str, Any]) -> str | None:
     """The user's pretrained weights folder named in params (model.llm / model.vision), if any."""
     for part in ("llm", "vision"):
@@ -138,6 +160,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     from model.tokenizer import load_tokenizer
     from pipelines.cluster import placement
     from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
+    from pipelines.training.validation import val_sample
 
     where = placement()
     storage_path = training_storage(stage, storage_path, where)  # fails here, not after the data work
@@ -157,10 +180,12 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     split = where.hand(stage, "corpus train split", inputs.corpus / "train")
     train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
     n_train = train.count()
+    val = val_sample(inputs.corpus, cfg.val_faces, probe.cfg.vision.image_size, probe.cfg.seg.image_size,
+                     seed) if cfg.val_faces else {}
     del probe
     result = fit(stage, TASK, cfg, {"train": train},
                  {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
-                  "init_from": init_from, "n_train": n_train},
+                  "init_from": init_from, "n_train": n_train, "val": val, "val_questions": val_questions()},
                  storage_path, faceinsight_run_name(stage, cfg, inputs, seed))
     state = publish(result, out_dir, FaceInsight.from_pretrained)
     history = state["history"]

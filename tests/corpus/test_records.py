@@ -58,7 +58,8 @@ def test_face_records_are_llava_conversations_and_cover_every_attribute():
     table = rng.random((200, 40)) < 0.4
     templates = Templates.load(knowledge=mine_knowledge(table, KnowledgeConfig(min_support=5, min_expected=1)))
     attrs = [1 if v else -1 for v in table[0]]
-    records = face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=5)
+    plan = RecordPlan(balance_yes_no=False)  # every attribute asked once
+    records = face_records(_face("celebamask_hq", attributes=attrs), templates, plan, seed=5)
     kinds = [r["kind"] for r in records]
     assert kinds[:5] == ["yes_no"] * 5 and kinds[5:9] == ["multiple_choice", "open", "description", "knowledge"]
     asked = [t["target"] for r in records if r["kind"] == "yes_no" for t in r["turns"]]
@@ -71,8 +72,32 @@ def test_face_records_are_llava_conversations_and_cover_every_attribute():
         assert r["task"] == "attributes" and r["image"] == b"img" and r["labels"]["attributes"][0] == int(table[0, 0])
     assert len({r["id"] for r in records}) == len(records)
     # seeded per face: the same face gives the same records; another seed gives others
-    assert face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=5) == records
-    assert face_records(_face("celebamask_hq", attributes=attrs), templates, RecordPlan(), seed=6) != records
+    assert face_records(_face("celebamask_hq", attributes=attrs), templates, plan, seed=5) == records
+    assert face_records(_face("celebamask_hq", attributes=attrs), templates, plan, seed=6) != records
+
+
+def test_balanced_yes_no_asks_each_attribute_yes_and_no_about_equally():
+    # a rare attribute (5% positive) and a common one (90%): unbalanced, "No" and "Yes" would dominate
+    rng = np.random.default_rng(4)
+    table = rng.random((2000, 40)) < 0.3
+    table[:, 4] = rng.random(2000) < 0.05  # Bald
+    table[:, 24] = rng.random(2000) < 0.9  # No_Beard
+    templates = Templates.load(knowledge=mine_knowledge(table, KnowledgeConfig(min_support=5, min_expected=1)))
+    answers: dict[str, list[str]] = {"Bald": [], "No_Beard": []}
+    for k in range(600):
+        attrs = [1 if v else -1 for v in table[k]]
+        for r in face_records(_face("celebamask_hq", attributes=attrs, id=str(k)), templates, RecordPlan(), seed=1):
+            for t in r["turns"]:
+                if r["kind"] == "yes_no" and t["target"] in answers:
+                    answers[t["target"]].append(t["value"])
+    for name, said in answers.items():
+        share = said.count("yes") / len(said)
+        assert 0.35 < share < 0.65, (name, share, len(said))
+    # unbalanced, the same faces answer Bald "no" ~95% of the time
+    plain = [t["value"] for k in range(600) for r in face_records(
+        _face("celebamask_hq", attributes=[1 if v else -1 for v in table[k]], id=str(k)), templates,
+        RecordPlan(balance_yes_no=False), seed=1) if r["kind"] == "yes_no" for t in r["turns"] if t["target"] == "Bald"]
+    assert plain.count("no") / len(plain) > 0.9
 
 
 def test_utkface_and_rafdb_faces_get_their_tasks():

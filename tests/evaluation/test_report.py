@@ -113,6 +113,32 @@ def test_report_moves_champion_only_when_earned(tmp_path):
         assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v4
 
 
+def _faces(results: dict, task: str, n: int = 300, seed: int = 0) -> None:
+    """Per-face truth for a task (the attributes: 40 columns; expression: 7 classes)."""
+    import numpy as np
+
+    from model.labels import CELEBA_ATTRIBUTES
+
+    rng = np.random.default_rng(seed)
+    targets = CELEBA_ATTRIBUTES if task == "attributes" else ["expression"]
+    classes = 2 if task == "attributes" else 7
+    results[task]["truth"] = {t: rng.integers(0, classes, n).tolist() for t in targets}
+
+
+def _answers(results: dict, task: str, system: str, right: float, seed: int) -> None:
+    """Per-face predictions of a system that is right on a `right` share of each target's faces."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes = 2 if task == "attributes" else 7
+    pred = {}
+    for target, truth in results[task]["truth"].items():
+        truth = np.asarray(truth)
+        wrong = (truth + rng.integers(1, classes, len(truth))) % classes
+        pred[target] = np.where(rng.random(len(truth)) < right, truth, wrong).tolist()
+    results[task]["systems"][system]["predictions"] = pred
+
+
 def test_the_fine_tuned_setting_gets_its_own_table_and_claim():
     from pipelines.evaluation.report import results_markdown
 
@@ -128,20 +154,33 @@ def test_the_fine_tuned_setting_gets_its_own_table_and_claim():
     assert "fine-tuned" not in free.split("## Training-free")[1]  # the first table keeps the training-free rows
     row = next(line for line in fine.splitlines() if line.startswith("| FaceInsight fine-tuned"))
     assert "| 0.700 |" in row and "| 7.50 |" in row
-    # attributes rose, expression UAR fell (0.3 -> 0.2): the sentence says the gain is not uniform
-    assert "from 0.600 to 0.700" in md and "expression.uar from 0.300 to 0.200" in md and "not the uniform gain" in md
+    # no per-face predictions: the numbers are given, the claim is not judged
+    assert "0.700 vs 0.600 (no per-face predictions: not judged)" in md
+    # with them: attributes rose clearly (supported), expression fell clearly (contradicted)
+    for task, ours, theirs in (("attributes", 0.6, 0.75), ("expression", 0.6, 0.3)):
+        _faces(results, task)
+        _answers(results, task, "faceinsight", ours, 1)
+        _answers(results, task, "faceinsight_tuned", theirs, 2)
+    claim = next(line for line in results_markdown(results, {}, 0, None, (True, []), False).splitlines()
+                 if line.startswith("- **Fine-tuning on the task helps**"))
+    assert "attributes.mean_balanced_accuracy 0.700 vs 0.600, difference +0.1" in claim
+    parts = claim.split("; ")
+    assert "**supported**" in parts[0] and "expression.uar" in parts[-1] and "**contradicted**" in parts[-1]
 
 
 def test_variants_get_rows_by_label_and_a_sentence_per_claim():
     from pipelines.evaluation.report import results_markdown
 
     results = evals()  # FaceInsight: attributes 0.6 balanced accuracy, 10% rule violations, UAR 0.3
-    ablations = {"no_map": ("FaceInsight without the parsing map", 0.55, 0.1, 0.2),
-                 "no_constraints": ("FaceInsight without the constraint loss", 0.6, 0.25, 0.3),
-                 "general": ("General MLLM (captions only)", 0.7, 0.1, 0.3)}
-    for name, (label, bal, viol, uar) in ablations.items():
+    ablations = {"no_map": ("FaceInsight without the parsing map", 0.55, 0.1, 0.2, 0.5),
+                 "no_constraints": ("FaceInsight without the constraint loss", 0.6, 0.25, 0.3, 0.6),
+                 "general": ("General MLLM (captions only)", 0.7, 0.1, 0.3, 0.8)}
+    _faces(results, "attributes")
+    _answers(results, "attributes", "faceinsight", 0.6, 1)
+    for k, (name, (label, bal, viol, uar, right)) in enumerate(ablations.items()):
         results["attributes"]["systems"][f"variant_{name}"] = {
             "label": label, "summary": {"mean_balanced_accuracy": bal, "rule_violation_rate": viol}}
+        _answers(results, "attributes", f"variant_{name}", right, 10 + k)
         results["expression"]["systems"][f"variant_{name}"] = {"label": label, "summary": {"uar": uar}}
     md = results_markdown(results, {}, 0, None, (True, []), False)
     table = md.split("## What")[0]
@@ -150,14 +189,25 @@ def test_variants_get_rows_by_label_and_a_sentence_per_claim():
     assert titles == ["Majority class (train split)", "FaceInsight (generated answers)",
                       *(ablations[n][0] for n in sorted(ablations))]  # by name, after FaceInsight
     no_map = next(line for line in md.splitlines() if line.startswith("- **The parsing map helps.**"))
-    assert "0.600 vs 0.550" in no_map and "ahead on every one" in no_map
+    assert "0.600 vs 0.550" in no_map and "**supported**" in no_map.split(";")[0]
     general = next(line for line in md.splitlines() if line.startswith("- **A general MLLM trails"))
-    assert "behind on attributes.mean_balanced_accuracy" in general and "contradicts the paper" in general
+    assert "attributes.mean_balanced_accuracy 0.600 vs 0.700" in general and "**contradicted**" in general
     assert "could not be read" not in general  # no unread counts given
+    same = next(line for line in md.splitlines() if line.startswith("- **Knowledge keeps"))
+    assert "Without the constraint loss the rate is 25.0%" in same and "as the paper says" in same
     results["expression"]["systems"]["variant_general"]["metrics"] = {"expression": {"faces": 10, "unread": 8}}
     general = next(line for line in results_markdown(results, {}, 0, None, (True, []), False).splitlines()
                    if line.startswith("- **A general MLLM trails"))
     assert "Up to 80% of its answers could not be read" in general
-    consistent = next(line for line in md.splitlines() if line.startswith("- **Knowledge keeps"))
-    assert "Without the constraint loss the rate is 25.0%" in consistent and "as the paper says" in consistent
     assert "co-occurrence module helps" not in md  # that variant was not run: no sentence about it
+
+
+def test_table_cells_carry_their_interval():
+    from pipelines.evaluation.report import results_markdown
+
+    results = evals()
+    results["attributes"]["systems"]["faceinsight"]["intervals"] = {
+        "mean_balanced_accuracy": {"value": 0.6, "low": 0.57, "high": 0.63}}
+    row = next(line for line in results_markdown(results, {}, 0, None, (True, []), False).splitlines()
+               if line.startswith("| FaceInsight (generated answers)"))
+    assert "| 0.600 ±0.030 |" in row

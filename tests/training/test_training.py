@@ -15,7 +15,7 @@ import torch
 from model.config import RECIPES
 from pipelines.corpus.records import encode_png
 from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
-from pipelines.training.loop import load_optimizer, save_optimizer
+from pipelines.training.loop import bf16_enabled, load_optimizer, save_optimizer
 from tests.model.conftest import SMALL
 
 MODEL = SMALL.to_dict()
@@ -169,8 +169,10 @@ def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tm
     assert result["optimizer_restored"]
     ray_dir = next((tmp_path / zero / "ray").glob("align-*"))
     last = sorted(p for p in ray_dir.glob("checkpoint_*") if p.is_dir())[-1] / "deepspeed" / "state"
-    assert sorted(p.name.split("_mp_rank")[0] for p in last.glob("*optim_states.pt")) == ["zero_pp_rank_0",
-                                                                                       "zero_pp_rank_1"]
+    # one optimiser partition per rank; DeepSpeed prefixes the names with bf16_ where bf16 is on (AMX/AVX512-BF16)
+    prefix = "bf16_" if bf16_enabled(cfg) else ""
+    partitions = sorted(p.name.split("_mp_rank")[0] for p in last.glob("*optim_states.pt"))
+    assert partitions == [f"{prefix}zero_pp_rank_0", f"{prefix}zero_pp_rank_1"], partitions
     assert not (tmp_path / zero / "model" / "deepspeed").exists()  # the DVC out is the model alone
     # step 6 ran twice (before the failure and after resuming); the same weights, batch and Adam moments
     # give the same loss: a fresh optimiser would have taken a different step 5

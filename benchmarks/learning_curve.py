@@ -1,0 +1,108 @@
+"""The tiny FaceInsight's learning curve on the default corpus: val numbers against optimiser steps.
+
+    python benchmarks/learning_curve.py --steps 1500 --every 250      # the align recipe, params.yaml's lr
+
+A plain torch loop (no Ray), with the align stage's recipe, lr, warm-up, batch and max_tokens from
+params.yaml and bf16 as the stage would use it here: the batches are the corpus' train records in the
+order the stage reads them, encoded by the stage's own CorpusEncoder. Every `--every` steps it prints what
+the in-loop validation logs to MLflow (pipelines/training/validation.py): the co-occurrence head's attribute
+balanced accuracy, the generated yes/no answers' balanced accuracy and unread share, and gender accuracy,
+on a fixed sample of val faces. Used to choose align.max_steps and finetune.max_steps (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from model.config import RECIPES, FaceInsightConfig
+from model.faceinsight import FaceInsight
+from model.tokenizer import load_tokenizer
+from pipelines.config import build, load_params
+from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs, shard_files
+from pipelines.training.faceinsight_task import TrainConfig, val_questions
+from pipelines.training.loop import bf16_enabled
+from pipelines.training.schedule import lr_at
+from pipelines.training.validation import val_sample, val_scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    ap.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
+    ap.add_argument("--knowledge", type=Path, default=Path("data/knowledge/knowledge.json"))
+    ap.add_argument("--stage", default="align", help="the params section whose recipe, lr and batch are used")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--lr", type=float, default=0.0, help="override the section's lr")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = load_params(args.params)
+    section = {k: v for k, v in params[args.stage].items() if k in TrainConfig.__dataclass_fields__}
+    cfg = build(TrainConfig, section, args.stage)
+    lr = args.lr or cfg.lr
+    knowledge = json.loads(args.knowledge.read_text())
+    torch.manual_seed(params["seed"])
+    model = FaceInsight(FaceInsightConfig.from_dict(params.get("model", {})), load_tokenizer(args.tokenizer), knowledge)
+    model.apply_recipe(RECIPES[cfg.recipe])
+    encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
+                                             cfg.max_tokens))
+    needed = args.steps * cfg.batch_size
+    tables, have = [], 0
+    for path in shard_files(args.corpus / "train"):
+        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map"])
+        tables.append(table)
+        have += len(table)
+        if have >= needed:
+            break
+    records = [encoder(t.slice(k, 256)) for t in tables for k in range(0, len(t), 256)]
+    data = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+    n = len(data["input_ids"])
+    sample = val_sample(args.corpus, cfg.val_faces or 64, model.cfg.vision.image_size, model.cfg.seg.image_size,
+                        params["seed"])
+    questions = val_questions()
+    params_ = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params_, lr=lr, weight_decay=cfg.weight_decay)
+    order = np.random.default_rng(params["seed"]).permutation(n)
+    bf16 = bf16_enabled(cfg)
+    print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}")
+    print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7}")
+    start, losses = time.perf_counter(), []
+    model.train()
+    for step in range(1, args.steps + 1):
+        idx = order[((step - 1) * cfg.batch_size + np.arange(cfg.batch_size)) % n]
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, args.steps, cfg.warmup_steps, lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
+                        seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,
+                        attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),
+                        attribute_labels=batch["attribute_labels"].long())
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params_, cfg.grad_clip)
+        opt.step()
+        losses.append(out.loss.item())
+        if step % args.every == 0 or step == args.steps:
+            per_step = (time.perf_counter() - start) / step
+            model.eval()
+            with torch.no_grad():
+                s = val_scores(model, sample, questions)
+            model.train()
+            head = s.get("val_head_balanced_accuracy", 0)
+            print(f"{step:6d} {np.mean(losses[-50:]):7.3f} {per_step:7.3f} {head:9.3f} "
+                  f"{s.get('val_yes_no_balanced_accuracy', 0):9.3f} {s.get('val_unread_share', 0):7.3f} "
+                  f"{s.get('val_gender_accuracy', 0):7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
