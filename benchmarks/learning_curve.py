@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from model.config import RECIPES, FaceInsightConfig
+from model.config import RECIPES, model_config
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
@@ -51,7 +51,7 @@ def main() -> None:
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
     torch.manual_seed(params["seed"])
-    model = FaceInsight(FaceInsightConfig.from_dict(params.get("model", {})), load_tokenizer(args.tokenizer), knowledge)
+    model = FaceInsight(model_config(params.get("model")), load_tokenizer(args.tokenizer), knowledge)
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))

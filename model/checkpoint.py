@@ -26,7 +26,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "faceinsight.json"
 PREFIXES = {"vision.": "vision", "image_projector.": "projector", "seg_projector.": "projector",
-            "seg_encoder.": "seg_encoder", "llm.": "llm", "cooccurrence.": "knowledge"}
+            "seg_encoder.": "seg_encoder", "llm.": "llm", "cooccurrence.": "knowledge",
+            "knowledge_projector.": "knowledge"}
 
 
 def component_of(key: str) -> str:

@@ -115,6 +115,9 @@ class AlignmentConfig:
     lambda_bce: float = 1.0
     lambda_constraint: float = 0.5
     num_attributes: int = len(CELEBA_ATTRIBUTES)
+    # the head's 40 attribute probabilities, projected, join the visual tokens as one more: the LLM reads the
+    # aligned knowledge directly (with use_cooccurrence only; the no-co-occurrence ablation has none)
+    knowledge_token: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")

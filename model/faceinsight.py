@@ -49,6 +49,16 @@ def build_llm(cfg: FaceInsightConfig, vocab_size: int) -> nn.Module:
         max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True))
 
 
+def repeated_ngram_ends(seq: list[int], n: int) -> list[int]:
+    """Tokens that would end an n-gram `seq` already holds (its last n - 1 tokens as the n-gram's start)."""
+    if n < 1 or len(seq) < n - 1:
+        return []
+    if n == 1:
+        return sorted(set(seq))
+    start = tuple(seq[len(seq) - n + 1:])
+    return sorted({seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == start})
+
+
 class FaceInsight(nn.Module):
     def __init__(self, cfg: FaceInsightConfig, tokenizer, knowledge: dict[str, Any] | None = None,
                  chat: ChatTemplate | None = None):
@@ -61,6 +71,10 @@ class FaceInsight(nn.Module):
         self.vision = build_vision(cfg.vision)
         self.image_projector = build_projector(cfg.projector, self.vision.out_dim, width)
         self.image_tokens = self.vision.num_tokens
+        self.knowledge_projector = None
+        if cfg.alignment.use_cooccurrence and cfg.alignment.knowledge_token:
+            self.knowledge_projector = nn.Linear(cfg.alignment.num_attributes, width)
+            self.image_tokens += 1  # written after the image's own tokens, before the map's
         self.seg_encoder, self.seg_projector, self.seg_tokens = None, None, 0
         if cfg.use_seg_map:
             self.seg_encoder = SegMapEncoder(cfg.seg)
@@ -103,7 +117,7 @@ class FaceInsight(nn.Module):
         projectors = [m for m in (self.image_projector, self.seg_projector) if m is not None]
         return {"vision": [self.vision], "seg_encoder": [m for m in (self.seg_encoder,) if m is not None],
                 "projector": list({id(m): m for m in projectors}.values()), "llm": [self.llm],
-                "knowledge": [m for m in (self.cooccurrence,) if m is not None]}
+                "knowledge": [m for m in (self.cooccurrence, self.knowledge_projector) if m is not None]}
 
     def apply_recipe(self, recipe: Recipe) -> dict[str, int]:
         """Freeze or train each component as the recipe says (adding LoRA to the LLM if asked)."""
@@ -136,15 +150,29 @@ class FaceInsight(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------
     def visual_tokens(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None) -> torch.Tensor:
-        """Projected image tokens, then map tokens: (B, image_tokens + seg_tokens, width)."""
+        """Projected image tokens (and the knowledge token), then map tokens: (B, image_tokens + seg_tokens, width)."""
+        return self.encode_visual(pixel_values, seg_maps)[0]
+
+    def encode_visual(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The visual tokens and the attribute head's logits (None without the co-occurrence module)."""
         # float images into a tower whose weights may be bf16 (DeepSpeed casts them; autocast is then off)
         pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
-        tokens = [self.image_projector(self.vision(pixel_values))]
+        image = self.image_projector(self.vision(pixel_values))
+        seg = None
         if self.seg_encoder is not None:
             if seg_maps is None:
                 raise ValueError("this model uses the parsing map (use_seg_map): pass seg_maps")
-            tokens.append(self.seg_projector(self.seg_encoder(seg_maps)))
-        return torch.cat(tokens, dim=1)
+            seg = self.seg_projector(self.seg_encoder(seg_maps))
+        perceived = torch.cat([image] + ([seg] if seg is not None else []), dim=1)
+        logits = self.attribute_logits(perceived) if self.cooccurrence is not None else None
+        tokens = [image]
+        if self.knowledge_projector is not None:
+            probs = torch.sigmoid(logits).to(self.knowledge_projector.weight.dtype)
+            tokens.append(self.knowledge_projector(probs)[:, None].to(image.dtype))
+        if seg is not None:
+            tokens.append(seg)
+        return torch.cat(tokens, dim=1), logits
 
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with the visual tokens written over the sentinel positions (one masked assignment)."""
@@ -175,16 +203,14 @@ class FaceInsight(nn.Module):
                 ) -> FaceInsightOutput:
         """Without labels, logits for every position; with labels, only the (N, vocab) logits of the N positions
         that predict a label, in row-major order, and the next-token loss over them."""
-        visual = self.visual_tokens(pixel_values, seg_maps)
+        visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
         embeds = self.embed(input_ids, visual)
         losses: dict[str, torch.Tensor] = {}
         if labels is None:
             logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
         else:
             logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels)
-        attr_logits = None
-        if self.cooccurrence is not None:
-            attr_logits = self.attribute_logits(visual)
+        if attr_logits is not None:
             if attribute_labels is not None:
                 losses["bce"] = masked_bce(attr_logits, attribute_labels, self.attribute_pos_weight)
             if self.rules.numel() and labels is not None:
@@ -215,13 +241,15 @@ class FaceInsight(nn.Module):
         """The fast path evaluation uses beside generated text: (B, 40) probabilities, no decoding."""
         if self.cooccurrence is None:
             raise ValueError("this model has no attribute head (use_cooccurrence is off)")
-        return torch.sigmoid(self.attribute_logits(self.visual_tokens(pixel_values, seg_maps)))
+        return torch.sigmoid(self.encode_visual(pixel_values, seg_maps)[1])
 
     @torch.inference_mode()
     def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> list[list[int]]:
-        """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache."""
+                 generator: torch.Generator | None = None, no_repeat_ngram: int = 3) -> list[list[int]]:
+        """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache.
+        No answer repeats a phrase of `no_repeat_ngram` tokens (0: off): a small model's description otherwise
+        loops ("has a big nose, has a big nose, ...")."""
         pad = self.tokenizer.pad_token_id or 0
         stop = self.chat.stop_ids(self.tokenizer)
         longest = max(map(len, input_ids))
@@ -242,6 +270,11 @@ class FaceInsight(nn.Module):
                                logits_to_keep=1)
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
+            if no_repeat_ngram:
+                for k, seq in enumerate(outputs):
+                    banned = repeated_ngram_ends(seq, no_repeat_ngram)
+                    if banned:
+                        logits[k, banned] = float("-inf")
             if temperature > 0:
                 token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
             else:

@@ -41,6 +41,7 @@ from pipelines.corpus.records import (
     load_face,
     region_stats,
     resize_map,
+    scene_facts,
 )
 from pipelines.corpus.templates import Templates
 from pipelines.datasets.common import SPLITS, Record
@@ -168,6 +169,7 @@ def encode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["image_png"] = [encode_png(a) for a in batch["image_array"]]
     out["map_png"] = [encode_png(m) for m in batch["map"]]
     out["regions"] = [region_stats(m) for m in batch["map"]]
+    out["scene"] = [json.dumps(scene_facts(a, m)) for a, m in zip(batch["image_array"], batch["map"], strict=True)]
     return out
 
 
@@ -177,6 +179,7 @@ def _face(faces: dict[str, Any], k: int) -> dict[str, Any]:
     return {"id": str(faces["id"][k]), "dataset": str(faces["dataset"][k]), "split": str(faces["split"][k]),
             "image_png": faces["image_png"][k], "map_png": faces["map_png"][k],
             "map_source": str(faces["map_source"][k]), "regions": faces["regions"][k],
+            "scene": json.loads(str(faces["scene"][k])),
             "attributes": [1 if c == "1" else -1 for c in attrs] if attrs else None,
             **{key: (None if int(faces[key][k]) < 0 else int(faces[key][k]))
                for key in ("age", "gender", "race", "expression")}}

@@ -18,7 +18,7 @@ import yaml
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")
-KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge")
+KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ class Templates:
         ids |= {f"expression/{kind}/{k}" for kind in ("yes_no", "multiple_choice", "open")
                 for k in range(len(d["expression"][kind]))}
         ids |= {f"expression/description/{k}" for k in range(len(d["expression"]["description"]["q"]))}
+        ids |= {f"generic/open/{t}/{k}" for t, v in d["generic"]["open"].items() for k in range(len(v))}
+        ids |= {f"generic/yes_no/{k}" for k in range(len(d["generic"]["yes_no"]))}
         return ids
 
     # -- attributes (CelebAMask-HQ-format faces) -------------------------------------------------------
@@ -298,6 +300,24 @@ class Templates:
             return [Turn(spec["description"]["q"][k], spec["description"]["a"].format(**facts), "description",
                          f"expression/description/{k}", "expression", name)]
         raise ValueError(f"unknown template kind {kind!r}")
+
+
+def generic_turns(templates: Templates, scene: dict[str, str], rng: random.Random) -> list[Turn]:
+    """Questions about the photo (background colour, brightness, where the face is), one true and one false
+    yes/no about the background: instruction following without facial knowledge."""
+    spec = templates.data["generic"]
+    turns = []
+    for topic, forms in spec["open"].items():
+        k = rng.randrange(len(forms))
+        turns.append(Turn(forms[k]["q"], forms[k]["a"].format(**scene), "generic", f"generic/open/{topic}/{k}",
+                          f"scene:{topic}", scene[topic]))
+    other = rng.choice([c for c in spec["colours"] if c != scene["background"]])
+    for asked in rng.sample([scene["background"], other], 2):
+        k = rng.randrange(len(spec["yes_no"]))
+        t, holds = spec["yes_no"][k], asked == scene["background"]
+        turns.append(Turn(t["q"].format(asked=asked), t["a_yes"] if holds else t["a_no"], "generic",
+                          f"generic/yes_no/{k}", f"scene:background={asked}", "yes" if holds else "no"))
+    return rng.sample(turns, len(turns))
 
 
 def join_clauses(clauses: list[str]) -> str:

@@ -9,16 +9,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from model.face_parser import FaceParser, FaceParserConfig, save_parser
 from pipelines.corpus.build import CorpusConfig, CorpusQuarantineExceeded, build_corpus
 from pipelines.corpus.records import RecordPlan
+from pipelines.corpus.templates import TEMPLATES_FILE
 from pipelines.ingest import IngestConfig, quarantine_table, read_datasets
 from pipelines.knowledge import KnowledgeConfig, mine_knowledge
 
 pytestmark = pytest.mark.slow
-CFG = CorpusConfig(records=RecordPlan(questions_per_record=10, knowledge_turns=3), faces_per_shard=80)
+CFG = CorpusConfig(records=RecordPlan(questions_per_record=10, knowledge_turns=3, balance_yes_no=False),
+                   faces_per_shard=80)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,12 @@ def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs,
         assert np.asarray(seg).max() < 19
     kinds = Counter(r["kind"] for r in rows["train"] if r["face_id"] == sample["face_id"]
                     and r["dataset"] == "celebamask_hq")
-    assert kinds["yes_no"] == 4 and kinds["open"] == kinds["description"] == 1
+    assert kinds["yes_no"] == 4 and kinds["open"] == kinds["description"] == kinds["generic"] == 1
+    generic = next(r for r in rows["train"] if r["face_id"] == sample["face_id"] and r["kind"] == "generic")
+    said = {t["target"]: t["value"] for t in generic["turns"]}
+    colours = yaml.safe_load(TEMPLATES_FILE.read_text())["generic"]["colours"]
+    assert said["scene:brightness"] in ("bright", "dark") and said["scene:background"] in colours
+    assert said[f"scene:background={said['scene:background']}"] == "yes"  # the true colour asked gets yes
     assert metrics["records"]["train"]["attributes"]["yes_no"] == 4 * sum(
         1 for r in inputs["records"] if r.dataset == "celebamask_hq" and r.split == "train")
 

@@ -41,7 +41,11 @@ def model(tokenizer, knowledge) -> FaceInsight:
 def test_shapes_fusion_and_loss_terms(model, conversations):
     b = batch(model, conversations[:3])
     visual = model.visual_tokens(b["pixel_values"], b["seg_maps"])
-    assert model.image_tokens == (32 // 8) ** 2 and model.seg_tokens == (32 // 16) ** 2
+    # the image's patches, then the knowledge token (the head's 40 probabilities, projected), then the map's
+    assert model.image_tokens == (32 // 8) ** 2 + 1 and model.seg_tokens == (32 // 16) ** 2
+    probs = model.attribute_probabilities(b["pixel_values"], b["seg_maps"])
+    with torch.no_grad():
+        assert torch.allclose(visual[:, (32 // 8) ** 2], model.knowledge_projector(probs.clone()), atol=1e-5)
     assert visual.shape == (3, model.image_tokens + model.seg_tokens, model.llm.config.hidden_size)
     embeds = model.embed(b["input_ids"], visual)
     positions = (b["input_ids"] == IMAGE_TOKEN_ID) | (b["input_ids"] == SEG_TOKEN_ID)

@@ -52,7 +52,7 @@ def config(kind: str, backbones: dict[str, str]) -> FaceInsightConfig:
 def test_pretrained_backbones_by_path(kind, backbones, knowledge, tmp_path):
     cfg = config(kind, backbones)
     model = FaceInsight(cfg, load_tokenizer(backbones["llama"]), knowledge)
-    assert model.image_tokens == 16  # (32 / 8)^2 patch tokens; CLIP's class token dropped
+    assert model.image_tokens == 16 + 1  # (32 / 8)^2 patch tokens (CLIP's class token dropped) + the knowledge token
     counts = model.apply_recipe(RECIPES["finetune"])
     assert counts["vision"] == 0 and 0 < counts["llm"] < model.parameter_counts()["llm"] // 2
 
