@@ -49,14 +49,14 @@ def build_llm(cfg: FaceInsightConfig, vocab_size: int) -> nn.Module:
         max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True))
 
 
-def repeated_ngram_ends(seq: list[int], n: int) -> list[int]:
-    """Tokens that would end an n-gram `seq` already holds (its last n - 1 tokens as the n-gram's start)."""
-    if n < 1 or len(seq) < n - 1:
-        return []
-    if n == 1:
-        return sorted(set(seq))
-    start = tuple(seq[len(seq) - n + 1:])
-    return sorted({seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == start})
+def loop_tokens(seq: list[int], longest: int) -> list[int]:
+    """Tokens that would end a phrase (2..`longest` tokens) said twice in a row: "has a big nose, has a big
+    nose,". A phrase said again later (a description's closing list of names) is allowed."""
+    banned = set()
+    for k in range(2, min(longest, (len(seq) + 1) // 2) + 1):
+        if seq[len(seq) - k + 1:] == seq[len(seq) - 2 * k + 1:len(seq) - k]:
+            banned.add(seq[-k])
+    return sorted(banned)
 
 
 class FaceInsight(nn.Module):
@@ -246,10 +246,10 @@ class FaceInsight(nn.Module):
     @torch.inference_mode()
     def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None, no_repeat_ngram: int = 3) -> list[list[int]]:
+                 generator: torch.Generator | None = None, max_loop: int = 12) -> list[list[int]]:
         """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache.
-        No answer repeats a phrase of `no_repeat_ngram` tokens (0: off): a small model's description otherwise
-        loops ("has a big nose, has a big nose, ...")."""
+        No answer says a phrase of up to `max_loop` tokens twice in a row (0: off): a small model's description
+        otherwise loops ("has a big nose, has a big nose, ...")."""
         pad = self.tokenizer.pad_token_id or 0
         stop = self.chat.stop_ids(self.tokenizer)
         longest = max(map(len, input_ids))
@@ -270,9 +270,9 @@ class FaceInsight(nn.Module):
                                logits_to_keep=1)
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
-            if no_repeat_ngram:
+            if max_loop:
                 for k, seq in enumerate(outputs):
-                    banned = repeated_ngram_ends(seq, no_repeat_ngram)
+                    banned = loop_tokens(seq, max_loop)
                     if banned:
                         logits[k, banned] = float("-inf")
             if temperature > 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,14 @@ ParserOption = Annotated[Path, typer.Option(help="The face parser (train_parser'
 @app.callback()
 def main() -> None:
     """FaceInsight from the command line."""
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """The libraries' advice to their developers (MLflow type hints, transformers deprecations) is not the user's."""
+    for module in ("mlflow", "transformers", "peft"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
 def _fail(message: str) -> None:

@@ -133,7 +133,8 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     train = ray.data.from_items(rows)
     val_rows = face_rows(corpus, "val", cfg.model.image_size)
     # the val faces are small (64 px): they travel in the loop config and every checkpoint scores them
-    val = {"image": np.stack([r["image"] for r in val_rows])} | {k: np.array([r[k] for r in val_rows]) for k in LABELS}
+    val = ({"image": np.stack([r["image"] for r in val_rows])} | {k: np.array([r[k] for r in val_rows]) for k in LABELS}
+           if val_rows else None)
     weights = ({k: v.tolist() for k, v in SpecialistCNN.balance_weights(label_tensors(rows)).items()}
                if cfg.balance else None)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train", corpus / "val"])
@@ -142,7 +143,7 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
 
     def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights
         model = load_specialist(path)
-        if cfg.balance:
+        if cfg.balance and val is not None:
             model.fit_thresholds(val["image"], val["attributes"])
             save_specialist(model, path)
         return load_specialist(path)

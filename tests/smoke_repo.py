@@ -12,8 +12,9 @@ import yaml
 
 from tests.conftest import REPO
 
+# the default's 5% val / test shares would leave 40 faces with one or none to evaluate on
 SMOKE = {"celebamask_hq": 40, "utkface": 20, "rafdb": 20, "image_size": 128, "mask_size": 64,
-         "utkface_size": 64, "rafdb_size": 96}
+         "utkface_size": 64, "rafdb_size": 96, "celeba_split": [0.8, 0.1, 0.1], "rafdb_test_share": 0.2}
 
 
 def smoke_params(params: dict) -> dict:

@@ -198,6 +198,7 @@ def summary(task: str, metrics: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a task's metrics (the results table's cells)."""
     if task == "attributes":
         return {"mean_accuracy": metrics["mean_accuracy"], "mean_balanced_accuracy": metrics["mean_balanced_accuracy"],
+                "mean_balanced_accuracy_drawn": metrics["mean_balanced_accuracy_drawn"],
                 "macro_f1": metrics["macro_f1"], "rule_violation_rate": metrics["rules"]["violation_rate"]}
     if task == "age_gender_race":
         return {"age_mae": metrics["age"]["mae"], "age_group_accuracy": metrics["age"]["age_group_accuracy"],

@@ -12,6 +12,7 @@ from pipelines.evaluation import uncertainty
 COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("attributes", "mean_accuracy", "Attr. acc", True),
     ("attributes", "mean_balanced_accuracy", "Attr. bal. acc", True),
+    ("attributes", "mean_balanced_accuracy_drawn", "Attr. bal. acc (drawn)", True),
     ("attributes", "macro_f1", "Attr. macro-F1", True),
     ("attributes", "rule_violation_rate", "Rule viol. ↓", False),
     ("age_gender_race", "age_mae", "Age MAE ↓", False),

@@ -41,3 +41,62 @@ def test_overfits_a_few_faces_and_round_trips(tmp_path):
     save_specialist(model, tmp_path / "s")
     again = load_specialist(tmp_path / "s").predict(images)
     assert all(np.array_equal(again[k], pred[k]) for k in pred)
+
+
+def _rare_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces whose attribute 4 (Bald) is a bright square, positive on 5% of them; every other attribute -1-free 0."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 120, (n, 32, 32, 3)).astype(np.uint8)
+    attrs = np.zeros((n, 40), np.int64)
+    attrs[:, 4] = rng.random(n) < 0.05
+    images[attrs[:, 4] == 1, 8:24, 8:24] = 250
+    return torch.from_numpy(images), torch.from_numpy(attrs)
+
+
+def _train(images: torch.Tensor, attrs: torch.Tensor, weights) -> SpecialistCNN:
+    torch.manual_seed(0)
+    model = SpecialistCNN(SpecialistConfig(image_size=32, width=8))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    for step in range(60):
+        idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss, _ = model.losses(model(x[idx]), labels(32, attributes=attrs[idx]), weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_a_rare_attribute_is_learned_with_pos_weight_where_plain_bce_says_no():
+    images, attrs = _rare_set(400, 0)
+    weights = SpecialistCNN.balance_weights(labels(400, attributes=attrs))
+    ratio = float((attrs[:, 4] == 0).sum() / attrs[:, 4].sum())  # negatives per positive, clipped at 20
+    assert abs(float(weights["attributes"][4]) - min(ratio, 20.0)) < 1e-4 and float(weights["attributes"][0]) == 1.0
+    test_images, test_attrs = _rare_set(400, 1)
+
+    def balanced(model: SpecialistCNN) -> float:
+        pred = model.predict(test_images.numpy())["attributes"][:, 4]
+        truth = test_attrs[:, 4].numpy()
+        return 0.5 * ((pred[truth == 1] == 1).mean() + (pred[truth == 0] == 0).mean())
+
+    plain = _train(images, attrs, None)
+    assert plain.predict(test_images.numpy())["attributes"][:, 4].sum() == 0  # all "no": balanced accuracy 0.5
+    assert balanced(plain) == 0.5
+    assert balanced(_train(images, attrs, weights)) > 0.9
+
+
+def test_val_thresholds_are_saved_with_the_weights(tmp_path):
+    images, attrs = _rare_set(400, 2)
+    model = _train(images, attrs, None)  # unweighted: its 0 threshold misses the rare positives
+
+    def balanced() -> float:
+        pred = model.predict(images.numpy())["attributes"][:, 4]
+        truth = attrs[:, 4].numpy()
+        return 0.5 * ((pred[truth == 1] == 1).mean() + (pred[truth == 0] == 0).mean())
+
+    before = balanced()
+    chosen = model.fit_thresholds(images.numpy(), attrs.numpy())
+    assert (chosen[:4] == 0).all() and chosen[4] < 0  # no positives: 0 kept; the rare one: a lower bar
+    assert before == 0.5 and balanced() > 0.65  # the same logits, a better bar
+    save_specialist(model, tmp_path / "m")
+    assert torch.equal(load_specialist(tmp_path / "m").attribute_threshold, model.attribute_threshold)

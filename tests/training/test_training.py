@@ -265,3 +265,31 @@ def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_
         assert np.array_equal(np.stack([r["input_ids"] for r in rows]), expected)
     limited = corpus_dataset(split, encoder, max_records=10).take_all()
     assert np.array_equal(np.stack([r["input_ids"] for r in limited]), expected[:10])
+
+
+@pytest.mark.slow
+def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, corpus, tmp_path, monkeypatch):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from tests.training.mlflow_server import mlflow_server
+
+    # the same faces as a val split (the hook only needs val faces to score)
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus["root"], root)
+    shutil.copytree(root / "train", root / "val")
+    with_val = {**corpus, "root": root}
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3, val_faces=8)
+        result = train(with_val, tmp_path, cfg, name="val")
+        client = MlflowClient(uri)
+        for key in ("val_head_balanced_accuracy", "val_yes_no_balanced_accuracy", "val_unread_share"):
+            steps = [m.step for m in client.get_metric_history(result["mlflow_run_id"], key)]
+            assert steps == [3, 6], (key, steps)
+            assert all(0 <= m.value <= 1 for m in client.get_metric_history(result["mlflow_run_id"], key))
+        # without a val split there is nothing to score and no val_ metric
+        plain = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=3, checkpoint_every=3), name="plain")
+        logged = client.get_run(plain["mlflow_run_id"]).data.metrics
+        assert "loss" in logged and not any(k.startswith("val_") for k in logged)
