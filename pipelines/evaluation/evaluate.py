@@ -89,7 +89,13 @@ def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0, required
     import pyarrow.parquet as pq
 
     faces: dict[str, dict[str, Any]] = {}
-    for path in shard_files(Path(corpus) / split):
+    try:
+        paths = shard_files(Path(corpus) / split)
+    except FileNotFoundError:
+        if required:
+            raise
+        return []  # a corpus without this split (a training corpus with no val faces)
+    for path in paths:
         table = pq.read_table(path, columns=["face_id", "task", "image", "seg_map", "map_source", "labels"])
         for row in table.filter(pc.equal(table["task"], task)).to_pylist():
             faces.setdefault(row["face_id"], row)
