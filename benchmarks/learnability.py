@@ -30,7 +30,7 @@ from model.labels import CELEBA_ATTRIBUTES
 from model.specialist import SpecialistCNN, SpecialistConfig
 from pipelines.config import build, load_params
 from pipelines.evaluation.metrics import attribute_metrics
-from pipelines.specialist_training import mirror_and_shift
+from pipelines.specialist_training import label_tensors, mirror_and_shift
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
 
@@ -69,11 +69,8 @@ def rendered_rows(params: dict, size: int, split: str, workers: int) -> list[dic
 
 
 def stack(rows: list[dict]) -> dict[str, torch.Tensor]:
-    out = {"image": torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).contiguous()}
-    out["attributes"] = torch.from_numpy(np.stack([r["attributes"] for r in rows]).astype(np.int64))
-    for k in ("age", "gender", "race", "expression"):
-        out[k] = torch.tensor([r[k] for r in rows], dtype=torch.long)
-    return out
+    images = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).contiguous()
+    return {"image": images, **label_tensors(rows)}
 
 
 def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, balance: bool, batch: int,

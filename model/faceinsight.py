@@ -272,7 +272,7 @@ class FaceInsight(nn.Module):
             logits = out.logits[:, -1].float()
             if max_loop:
                 for k, seq in enumerate(outputs):
-                    banned = loop_tokens(seq, max_loop)
+                    banned = [] if done[k] else loop_tokens(seq, max_loop)
                     if banned:
                         logits[k, banned] = float("-inf")
             if temperature > 0:

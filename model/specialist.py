@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from model.knowledge_modules import attribute_pos_weight
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_MAX_AGE, UTK_RACES
 from model.small_checkpoint import WEIGHTS_FILE, read_small_config, save_small
 
@@ -59,10 +60,8 @@ class SpecialistCNN(nn.Module):
         """Loss weights from the train labels, so rare classes count as much as common ones: per attribute
         pos_weight = negatives / positives, per class of gender, race and expression n / (classes x count)."""
         attrs = labels["attributes"]
-        attrs = attrs[attrs[:, 0] >= 0].float()
-        pos = attrs.sum(0)
-        weights = {"attributes": torch.where(pos > 0, (len(attrs) - pos) / pos.clamp(min=1), torch.ones_like(pos))
-                   .clamp(1 / max_weight, max_weight)}
+        attrs = attrs[attrs[:, 0] >= 0]
+        weights = {"attributes": attribute_pos_weight(attrs.sum(0).tolist(), len(attrs), max_weight)}
         for name in ("gender", "race", "expression"):
             y = labels[name][labels[name] >= 0]
             counts = torch.bincount(y, minlength=HEADS[name]).float()
@@ -93,16 +92,18 @@ class SpecialistCNN(nn.Module):
         total = sum(terms.values()) if terms else out["age"].sum() * 0.0
         return total, {f"loss_{k}": v.item() for k, v in terms.items()}
 
+    def _on_uint8(self, images: np.ndarray) -> dict[str, torch.Tensor]:
+        """The logits of uint8 (B, H, W, 3) images."""
+        return self(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0)
+
     @torch.inference_mode()
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (B, H, W, 3) -> attributes 0/1 (B, 40), age in years, class indices."""
         self.eval()
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-        out = self(x)
+        out = self._on_uint8(images)
         return {"attributes": (out["attributes"] > self.attribute_threshold).int().numpy(),
                 "age": (out["age"][:, 0] * UTK_MAX_AGE).round().clamp(0, UTK_MAX_AGE).int().numpy(),
                 **{n: out[n].argmax(1).numpy() for n in ("gender", "race", "expression")}}
-
 
     @torch.inference_mode()
     def fit_thresholds(self, images: np.ndarray, attributes: np.ndarray, min_count: int = 5) -> np.ndarray:
@@ -110,10 +111,9 @@ class SpecialistCNN(nn.Module):
         val has fewer than `min_count` positives or negatives (too few to choose from). Returns them."""
         self.eval()
         known = attributes[:, 0] >= 0
-        logits = np.concatenate([self(torch.from_numpy(np.ascontiguousarray(images[known][k:k + 256]))
-                                      .permute(0, 3, 1, 2).float() / 255.0)["attributes"].numpy()
-                                 for k in range(0, int(known.sum()), 256)])
-        truth = attributes[known]
+        images, truth = images[known], attributes[known]
+        logits = np.concatenate([self._on_uint8(images[k:k + 256])["attributes"].numpy()
+                                 for k in range(0, len(images), 256)])
         out = np.zeros(truth.shape[1], np.float32)
         for j in range(truth.shape[1]):
             pos, neg = logits[truth[:, j] == 1, j], logits[truth[:, j] == 0, j]

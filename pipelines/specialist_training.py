@@ -142,11 +142,11 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
                  {"seed": seed, "n_train": len(rows), "balance_weights": weights, "val": val}, storage_path, name)
 
     def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights
-        model = load_specialist(path)
         if cfg.balance and val is not None:
+            model = load_specialist(path)
             model.fit_thresholds(val["image"], val["attributes"])
             save_specialist(model, path)
-        return load_specialist(path)
+        return load_specialist(path)  # the published folder must load
 
     state = publish(result, out_dir, thresholds)
     history = state["history"]

@@ -29,6 +29,7 @@ from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
 from pipelines.evaluation.metrics import UNREAD, age_metrics, attribute_metrics, classification_metrics, rule_violations
 from pipelines.evaluation.report import HF_PREFIX, VARIANT_PREFIX
+from pipelines.evaluation.uncertainty import METRICS, metric_interval
 from pipelines.training.corpus_data import shard_files
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,5 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
 
 def intervals(task: str, pred: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """95% bootstrap intervals of the task's headline numbers that uncertainty.METRICS knows."""
-    from pipelines.evaluation.uncertainty import METRICS, metric_interval
-
     return {key.split(".", 1)[1]: metric_interval(key, pred, true).as_dict()
             for key in METRICS if key.startswith(f"{task}.")}
