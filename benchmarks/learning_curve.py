@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -43,10 +45,13 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--lr", type=float, default=0.0, help="override the section's lr")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kinds", default="", help="comma-separated record kinds to train on (default: the section's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     section = {k: v for k, v in params[args.stage].items() if k in TrainConfig.__dataclass_fields__}
+    if args.kinds:
+        section["kinds"] = tuple(args.kinds.split(","))
     cfg = build(TrainConfig, section, args.stage)
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
@@ -58,7 +63,9 @@ def main() -> None:
     needed = args.steps * cfg.batch_size
     tables, have = [], 0
     for path in shard_files(args.corpus / "train"):
-        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map"])
+        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map", "kind"])
+        if cfg.kinds:
+            table = table.filter(pc.is_in(table["kind"], pa.array(list(cfg.kinds))))
         tables.append(table)
         have += len(table)
         if have >= needed:

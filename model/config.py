@@ -19,6 +19,7 @@ VISION_KINDS = ("tiny", "clip", "siglip")
 LLM_KINDS = ("tiny", "pretrained")
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp3x_gelu")
 TRAIN_MODES = ("frozen", "full", "lora")
+KNOWLEDGE_TOKENS = ("per_attribute", "pooled", "none")
 COMPONENTS = ("vision", "seg_encoder", "projector", "llm", "knowledge")
 
 
@@ -115,12 +116,18 @@ class AlignmentConfig:
     lambda_bce: float = 1.0
     lambda_constraint: float = 0.5
     num_attributes: int = len(CELEBA_ATTRIBUTES)
-    # the head's 40 attribute probabilities, projected, join the visual tokens as one more: the LLM reads the
-    # aligned knowledge directly (with use_cooccurrence only; the no-co-occurrence ablation has none)
-    knowledge_token: bool = True
+    # the head's attribute probabilities join the visual tokens (use_cooccurrence only; the no-co-occurrence
+    # ablation has none): pooled, one token of all 40 projected; per_attribute, one token an attribute (its
+    # name's embedding + its probability; 40 more tokens a sequence); none
+    knowledge_tokens: str = "pooled"
+    # KnowBert-style: every text token that names an attribute ("lipstick") carries the head's verdict on it,
+    # so the answer reads it from the question's own words (use_cooccurrence only)
+    knowledge_embedding: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(self.knowledge_tokens in KNOWLEDGE_TOKENS, "alignment.knowledge_tokens",
+               f"one of {KNOWLEDGE_TOKENS}, got {self.knowledge_tokens!r}")
         _check(not self.use_constraints or self.use_cooccurrence, "alignment.use_constraints",
                "the constraint loss acts on the co-occurrence head's probabilities: enable use_cooccurrence")
 

@@ -19,6 +19,8 @@ from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import (
     CooccurrenceGraph,
+    KnowledgeEmbedding,
+    KnowledgeTokens,
     attribute_pos_weight,
     constraint_loss,
     masked_bce,
@@ -71,10 +73,12 @@ class FaceInsight(nn.Module):
         self.vision = build_vision(cfg.vision)
         self.image_projector = build_projector(cfg.projector, self.vision.out_dim, width)
         self.image_tokens = self.vision.num_tokens
-        self.knowledge_projector = None
-        if cfg.alignment.use_cooccurrence and cfg.alignment.knowledge_token:
-            self.knowledge_projector = nn.Linear(cfg.alignment.num_attributes, width)
-            self.image_tokens += 1  # written after the image's own tokens, before the map's
+        self.knowledge_tokens = None
+        if cfg.alignment.use_cooccurrence and cfg.alignment.knowledge_tokens != "none":
+            self.knowledge_tokens = KnowledgeTokens(cfg.alignment.knowledge_tokens, cfg.alignment.num_attributes, width)
+            self.image_tokens += self.knowledge_tokens.count  # written after the image's own tokens, before the map's
+        self.knowledge_embedding = (KnowledgeEmbedding(width) if cfg.alignment.use_cooccurrence
+                                    and cfg.alignment.knowledge_embedding else None)
         self.seg_encoder, self.seg_projector, self.seg_tokens = None, None, 0
         if cfg.use_seg_map:
             self.seg_encoder = SegMapEncoder(cfg.seg)
@@ -87,7 +91,8 @@ class FaceInsight(nn.Module):
                 raise ValueError("use_cooccurrence needs knowledge.json (the mine_knowledge stage's output)")
             adjacency = torch.tensor(knowledge["graph"]["normalized"], dtype=torch.float32)
             self.cooccurrence = CooccurrenceGraph(adjacency, width, cfg.alignment.gcn_hidden, width)
-            names = [n.replace("_", " ").lower() for n in CELEBA_ATTRIBUTES]
+            # with a leading space, as the names are tokenized inside a question (" wavy", not "w" "avy")
+            names = [" " + n.replace("_", " ").lower() for n in CELEBA_ATTRIBUTES]
             ids = [tokenizer(n, add_special_tokens=False)["input_ids"] for n in names]
             longest = max(map(len, ids))
             self.register_buffer("attribute_ids", torch.tensor([i + [0] * (longest - len(i)) for i in ids]))
@@ -117,7 +122,8 @@ class FaceInsight(nn.Module):
         projectors = [m for m in (self.image_projector, self.seg_projector) if m is not None]
         return {"vision": [self.vision], "seg_encoder": [m for m in (self.seg_encoder,) if m is not None],
                 "projector": list({id(m): m for m in projectors}.values()), "llm": [self.llm],
-                "knowledge": [m for m in (self.cooccurrence, self.knowledge_projector) if m is not None]}
+                "knowledge": [m for m in (self.cooccurrence, self.knowledge_tokens, self.knowledge_embedding)
+                              if m is not None]}
 
     def apply_recipe(self, recipe: Recipe) -> dict[str, int]:
         """Freeze or train each component as the recipe says (adding LoRA to the LLM if asked)."""
@@ -165,20 +171,29 @@ class FaceInsight(nn.Module):
                 raise ValueError("this model uses the parsing map (use_seg_map): pass seg_maps")
             seg = self.seg_projector(self.seg_encoder(seg_maps))
         perceived = torch.cat([image] + ([seg] if seg is not None else []), dim=1)
-        logits = self.attribute_logits(perceived) if self.cooccurrence is not None else None
+        logits, names = None, None
+        if self.cooccurrence is not None:
+            names = self.attribute_names()
+            logits = self.cooccurrence(names, perceived.mean(dim=1))
         tokens = [image]
-        if self.knowledge_projector is not None:
-            probs = torch.sigmoid(logits).to(self.knowledge_projector.weight.dtype)
-            tokens.append(self.knowledge_projector(probs)[:, None].to(image.dtype))
+        if self.knowledge_tokens is not None:
+            tokens.append(self.knowledge_tokens(torch.sigmoid(logits), names).to(image.dtype))
         if seg is not None:
             tokens.append(seg)
         return torch.cat(tokens, dim=1), logits
 
-    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
+    def embed_text(self, input_ids: torch.Tensor, attribute_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings; with the knowledge embedding and the head's logits, the words carry its verdicts."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if self.knowledge_embedding is None or attribute_logits is None:
+            return embeds
+        return self.knowledge_embedding(embeds, self.attribute_names(), torch.sigmoid(attribute_logits))
+
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None,
+              attribute_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the visual tokens written over the sentinel positions (one masked assignment)."""
-        embedding = self.llm.get_input_embeddings()
         is_visual = (input_ids == IMAGE_TOKEN_ID) | (input_ids == SEG_TOKEN_ID)
-        embeds = embedding(input_ids.masked_fill(is_visual, 0))
+        embeds = self.embed_text(input_ids.masked_fill(is_visual, 0), attribute_logits)
         if visual is None:
             if is_visual.any():
                 raise ValueError("input_ids hold visual placeholders but no image was given")
@@ -190,12 +205,11 @@ class FaceInsight(nn.Module):
         # per row, image tokens come first and map tokens follow, the order the template writes them
         return embeds.masked_scatter(is_visual.unsqueeze(-1), visual.to(embeds.dtype))
 
-    def attribute_logits(self, visual: torch.Tensor) -> torch.Tensor:
-        """The co-occurrence head: 40 logits from the mean visual token."""
+    def attribute_names(self) -> torch.Tensor:
+        """(40, width): each attribute name's mean token embedding (the head's text side, the knowledge tokens' keys)."""
         table = self.llm.get_input_embeddings()(self.attribute_ids)
         mask = self.attribute_mask.to(table.dtype)  # the buffer stays fp32 where DeepSpeed casts only parameters
-        text = (table * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return self.cooccurrence(text, visual.mean(dim=1))
+        return (table * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -204,7 +218,7 @@ class FaceInsight(nn.Module):
         """Without labels, logits for every position; with labels, only the (N, vocab) logits of the N positions
         that predict a label, in row-major order, and the next-token loss over them."""
         visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
-        embeds = self.embed(input_ids, visual)
+        embeds = self.embed(input_ids, visual, attr_logits)
         losses: dict[str, torch.Tensor] = {}
         if labels is None:
             logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -255,8 +269,8 @@ class FaceInsight(nn.Module):
         longest = max(map(len, input_ids))
         ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
-        visual = self.visual_tokens(pixel_values, seg_maps)
-        embeds = self.embed(ids, visual)
+        visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
+        embeds = self.embed(ids, visual, attr_logits)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]
         past = None
@@ -286,7 +300,7 @@ class FaceInsight(nn.Module):
             done |= torch.tensor([int(t) in stop for t in token])
             if done.all():
                 break
-            embeds = torch.cat([embeds, self.llm.get_input_embeddings()(token[:, None])], dim=1)
+            embeds = torch.cat([embeds, self.embed_text(token[:, None], attr_logits).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]
 

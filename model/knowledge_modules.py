@@ -41,6 +41,68 @@ class CooccurrenceGraph(nn.Module):
         return visual @ self.classifiers(text_embeddings).to(visual.dtype).T
 
 
+class KnowledgeTokens(nn.Module):
+    """The co-occurrence head's probabilities as LLM input tokens, so the LM reads the aligned knowledge.
+
+    per_attribute: token i = attribute i's name embedding + a learned slot + its probability's projection,
+    so the words of a question ("wearing lipstick") can attend to the one token that answers it (a pooled
+    token of all 40 left the tiny LM to learn a 40-way lookup from a few dozen answer tokens a step).
+    pooled: one token, the 40 probabilities through a linear layer.
+    """
+
+    def __init__(self, mode: str, num_attributes: int, width: int):
+        super().__init__()
+        self.mode = mode
+        if mode == "pooled":
+            self.proj = nn.Linear(num_attributes, width)
+        else:
+            # at the embeddings' scale (Llama's init, std 0.02): a default Linear(1, w) draws ~0.5 and drowned the
+            # names, so the 40 tokens looked alike to attention
+            self.value = nn.Linear(1, width)
+            nn.init.normal_(self.value.weight, std=0.02)
+            nn.init.zeros_(self.value.bias)
+            self.slot = nn.Parameter(torch.randn(num_attributes, width) * 0.02)
+        self.count = 1 if mode == "pooled" else num_attributes
+
+    def forward(self, probs: torch.Tensor, names: torch.Tensor) -> torch.Tensor:
+        """(B, N) probabilities, (N, width) name embeddings -> (B, count, width)."""
+        weight = self.proj.weight if self.mode == "pooled" else self.value.weight
+        probs = probs.to(weight.dtype)
+        if self.mode == "pooled":
+            return self.proj(probs)[:, None]
+        signed = (2 * probs - 1)[..., None]  # -1 absent ... +1 present: the sign is the answer
+        return names.to(weight.dtype)[None] + self.slot[None] + self.value(signed)
+
+
+class KnowledgeEmbedding(nn.Module):
+    """The head's verdicts written into the words that name them (KnowBert's entity-linked embeddings, with the
+    40 attribute names as the knowledge base): each text embedding is matched to the attribute names by cosine
+    similarity (a learned null entry for words that name none), and the matched attributes' signed probabilities
+    move it along one learned direction. A question's "lipstick" then says whether the face wears it, and the
+    answer needs one attention hop back to its question, not a lookup among visual tokens. Fed true labels, the tiny
+    LM answered yes/no 0.94 right after 300 steps with it, 0.57 with per-attribute tokens alone (RESULTS.md)."""
+
+    def __init__(self, width: int, scale: float = 10.0):
+        super().__init__()
+        self.query = nn.Linear(width, width, bias=False)
+        self.key = nn.Linear(width, width, bias=False)
+        nn.init.eye_(self.query.weight)  # start as plain cosine similarity of the embeddings
+        nn.init.eye_(self.key.weight)
+        self.null = nn.Parameter(torch.randn(width) * 0.02)
+        self.scale = scale  # a sharp match: a name's own word at cosine ~0.7 takes most of the weight
+        self.present = nn.Parameter(torch.randn(width) * 0.02)  # the embeddings' scale; 0.1 read no better
+
+    def forward(self, embeds: torch.Tensor, names: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) embeddings, (N, W) names, (B, N) probabilities -> (B, T, W) embeddings with the verdicts."""
+        dtype = self.query.weight.dtype
+        q = F.normalize(self.query(embeds.to(dtype)), dim=-1)
+        k = F.normalize(self.key(torch.cat([names.to(dtype), self.null[None]])), dim=-1)
+        match = torch.softmax(self.scale * q @ k.T, dim=-1)[..., :-1]  # (B, T, N); the null entry takes the rest
+        signed = (2 * probs.to(dtype) - 1)[:, None, :]  # -1 absent ... +1 present
+        verdict = (match * signed).sum(-1, keepdim=True)
+        return embeds + (verdict * self.present).to(embeds.dtype)
+
+
 def rules_tensor(rules: list[dict[str, Any]]) -> torch.Tensor:
     """knowledge.json rules -> (R, 3) long tensor of (kind, a, b)."""
     index = {name: i for i, name in enumerate(CELEBA_ATTRIBUTES)}

@@ -45,12 +45,16 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert model.image_tokens == (32 // 8) ** 2 + 1 and model.seg_tokens == (32 // 16) ** 2
     probs = model.attribute_probabilities(b["pixel_values"], b["seg_maps"])
     with torch.no_grad():
-        assert torch.allclose(visual[:, (32 // 8) ** 2], model.knowledge_projector(probs.clone()), atol=1e-5)
+        assert torch.allclose(visual[:, (32 // 8) ** 2], model.knowledge_tokens.proj(probs.clone()), atol=1e-5)
     assert visual.shape == (3, model.image_tokens + model.seg_tokens, model.llm.config.hidden_size)
     embeds = model.embed(b["input_ids"], visual)
     positions = (b["input_ids"] == IMAGE_TOKEN_ID) | (b["input_ids"] == SEG_TOKEN_ID)
     assert torch.equal(embeds[positions], visual.reshape(-1, visual.shape[-1]))  # the visual tokens, in order
     assert torch.equal(embeds[~positions], model.llm.get_input_embeddings()(b["input_ids"][~positions]))
+    with torch.no_grad():  # with the head's logits the words carry its verdicts (the knowledge embedding)
+        logits = torch.logit(probs.clone())
+        informed = model.embed(b["input_ids"], visual, logits)
+    assert torch.equal(informed[positions], embeds[positions]) and not torch.allclose(informed, embeds)
     out = model(**b)
     supervised = int((b["labels"][:, 1:] != IGNORE).sum())  # logits only where a label is predicted
     assert out.logits.shape == (supervised, len(model.tokenizer)) and out.logits.dtype == torch.float32
@@ -63,6 +67,25 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert torch.isclose(out.loss, total)
     with pytest.raises(ValueError, match="visual placeholders"):
         model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
+
+
+def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
+    """' lipstick' names Wearing_Lipstick: its embedding moves with that probability; ' the' names none and moves
+    far less; per_attribute knowledge tokens are one token an attribute."""
+    from model.labels import CELEBA_ATTRIBUTES
+
+    words = [model.tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" lipstick", " the")]
+    ids = torch.tensor([[w[-1] for w in words]])
+    lipstick = CELEBA_ATTRIBUTES.index("Wearing_Lipstick")
+    absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
+    present[0, lipstick] = 6.0
+    with torch.no_grad():
+        shift = (model.embed_text(ids, present) - model.embed_text(ids, absent)).norm(dim=-1)[0]
+    assert shift[0] > 3 * shift[1] and shift[0] > 0
+    tokens = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, knowledge_tokens="per_attribute"))
+    per_attribute = FaceInsight(tokens, model.tokenizer, {"graph": {"normalized": model.cooccurrence.adjacency.tolist()},
+                                                          "rules": []})
+    assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
 def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model, conversations):
