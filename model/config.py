@@ -123,9 +123,13 @@ class AlignmentConfig:
     # KnowBert-style: every text token that names an attribute ("lipstick") carries the head's verdict on it,
     # so the answer reads it from the question's own words (use_cooccurrence only)
     knowledge_embedding: bool = True
+    # in training, this share of faces hand the knowledge embedding their true labels in place of the head's
+    # guesses (scheduled sampling): the LM learns to read a verdict before the head's verdicts are worth reading
+    verdict_forcing: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
         _check(self.knowledge_tokens in KNOWLEDGE_TOKENS, "alignment.knowledge_tokens",
                f"one of {KNOWLEDGE_TOKENS}, got {self.knowledge_tokens!r}")
         _check(not self.use_constraints or self.use_cooccurrence, "alignment.use_constraints",

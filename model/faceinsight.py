@@ -206,7 +206,7 @@ class FaceInsight(nn.Module):
         return embeds.masked_scatter(is_visual.unsqueeze(-1), visual.to(embeds.dtype))
 
     def attribute_names(self) -> torch.Tensor:
-        """(40, width): each attribute name's mean token embedding (the head's text side, the knowledge tokens' keys)."""
+        """(40, width): each attribute name's mean token embedding (the head's text, the knowledge embedding's keys)."""
         table = self.llm.get_input_embeddings()(self.attribute_ids)
         mask = self.attribute_mask.to(table.dtype)  # the buffer stays fp32 where DeepSpeed casts only parameters
         return (table * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -218,7 +218,7 @@ class FaceInsight(nn.Module):
         """Without labels, logits for every position; with labels, only the (N, vocab) logits of the N positions
         that predict a label, in row-major order, and the next-token loss over them."""
         visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
-        embeds = self.embed(input_ids, visual, attr_logits)
+        embeds = self.embed(input_ids, visual, self.forced_verdicts(attr_logits, attribute_labels))
         losses: dict[str, torch.Tensor] = {}
         if labels is None:
             logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -232,6 +232,18 @@ class FaceInsight(nn.Module):
         weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "constraint": self.cfg.alignment.lambda_constraint}
         loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
         return FaceInsightOutput(loss, logits, losses, attr_logits)
+
+    def forced_verdicts(self, logits: torch.Tensor | None, attribute_labels: torch.Tensor | None
+                        ) -> torch.Tensor | None:
+        """In training, `verdict_forcing` of the faces with labels give the knowledge embedding their labels as
+        confident logits (+-6); the rest, and every face at inference, give the head's own."""
+        share = self.cfg.alignment.verdict_forcing
+        if logits is None or attribute_labels is None or not self.training or share == 0:
+            return logits
+        known = attribute_labels >= 0
+        forced = (torch.rand(len(logits), 1, device=logits.device) < share) & known
+        truth = (attribute_labels.to(logits.dtype) * 2 - 1) * 6.0
+        return torch.where(forced, truth, logits)
 
     def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                            position_ids: torch.Tensor | None, labels: torch.Tensor

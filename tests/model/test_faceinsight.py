@@ -82,9 +82,9 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     with torch.no_grad():
         shift = (model.embed_text(ids, present) - model.embed_text(ids, absent)).norm(dim=-1)[0]
     assert shift[0] > 3 * shift[1] and shift[0] > 0
-    tokens = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, knowledge_tokens="per_attribute"))
-    per_attribute = FaceInsight(tokens, model.tokenizer, {"graph": {"normalized": model.cooccurrence.adjacency.tolist()},
-                                                          "rules": []})
+    alignment = dataclasses.replace(SMALL.alignment, knowledge_tokens="per_attribute")
+    graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
+    per_attribute = FaceInsight(dataclasses.replace(SMALL, alignment=alignment), model.tokenizer, graph)
     assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
