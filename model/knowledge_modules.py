@@ -78,9 +78,10 @@ class KnowledgeEmbedding(nn.Module):
     """The head's verdicts written into the words that name them (KnowBert's entity-linked embeddings, with the
     40 attribute names as the knowledge base): each text embedding is matched to the attribute names by cosine
     similarity (a null entry at a fixed similarity for words that name none), and the matched attributes' signed
-    probabilities move it along one learned direction. A question's "lipstick" then says whether the face wears it, and the
-    answer needs one attention hop back to its question, not a lookup among visual tokens. Fed true labels, the tiny
-    LM answered yes/no 0.94 right after 300 steps with it, 0.57 with per-attribute tokens alone (RESULTS.md)."""
+    probabilities move it along one learned direction. A question's "lipstick" then says whether the face wears
+    it, and the answer needs one attention hop back to its question, not a lookup among visual tokens. Fed true
+    labels, the tiny LM answered yes/no 0.94 right after 300 steps with it, 0.57 with per-attribute tokens alone
+    (benchmarks/RESULTS.md)."""
 
     def __init__(self, width: int, scale: float = 10.0, threshold: float = 0.5):
         super().__init__()

@@ -88,6 +88,22 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
+
+def test_verdict_forcing_hands_labels_only_in_training_and_only_where_known(model):
+    logits = torch.randn(3, 40)
+    labels = torch.randint(0, 2, (3, 40))
+    labels[2] = -1  # a face without attribute labels (UTKFace, RAF-DB) keeps the head's verdicts
+    forcing = dataclasses.replace(model.cfg, alignment=dataclasses.replace(model.cfg.alignment, verdict_forcing=1.0))
+    model.cfg = forcing
+    model.train()
+    forced = model.forced_verdicts(logits, labels)
+    assert torch.equal(forced[:2], (labels[:2].float() * 2 - 1) * 6.0) and torch.equal(forced[2], logits[2])
+    model.eval()
+    assert torch.equal(model.forced_verdicts(logits, labels), logits)  # inference reads the head
+    model.train()
+    model.cfg = dataclasses.replace(forcing, alignment=dataclasses.replace(forcing.alignment, verdict_forcing=0.0))
+    assert torch.equal(model.forced_verdicts(logits, labels), logits)
+
 def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model, conversations):
     torch.manual_seed(1)
     for p in model.parameters():  # a random model says something different per prompt; make it talk long
