@@ -19,48 +19,27 @@ import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
+from learning_curve import corpus_arguments, encoded_records  # run as a script: benchmarks/ is on sys.path
 
 from model.chat import IGNORE
 from model.config import RECIPES, model_config
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
-from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs, shard_files
+from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
 from pipelines.training.faceinsight_task import TrainConfig
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import lr_at
 
 
-def yes_no_records(encoder: CorpusEncoder, split_dir: Path, needed: int) -> dict[str, np.ndarray]:
-    parts, have = [], 0
-    for path in shard_files(split_dir):
-        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map", "kind"])
-        table = table.filter(pc.equal(table["kind"], pa.scalar("yes_no")))
-        parts += [encoder(table.slice(k, 256)) for k in range(0, len(table), 256)]
-        have += len(table)
-        if have >= needed:
-            break
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
-    ap.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
-    ap.add_argument("--knowledge", type=Path, default=Path("data/knowledge/knowledge.json"))
+    corpus_arguments(ap, steps=300, every=100)
     ap.add_argument("--model", default="{}", help="JSON overrides of params.yaml's model section")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--val-records", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -74,8 +53,8 @@ def main() -> None:
     model.apply_recipe(RECIPES["full"])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
-    train = yes_no_records(encoder, args.corpus / "train", args.steps * cfg.batch_size)
-    val = yes_no_records(encoder, args.corpus / "val", args.val_records)
+    train = encoded_records(encoder, args.corpus / "train", args.steps * cfg.batch_size, ("yes_no",))
+    val = encoded_records(encoder, args.corpus / "val", args.val_records, ("yes_no",))
     val = {k: v[:args.val_records] for k, v in val.items()}
     yes, no = (model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "No"))
     bf16 = bf16_enabled(cfg)

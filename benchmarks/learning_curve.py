@@ -34,17 +34,38 @@ from pipelines.training.schedule import lr_at
 from pipelines.training.validation import val_sample, val_scores
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def corpus_arguments(ap: argparse.ArgumentParser, steps: int, every: int) -> None:
+    """The options both FaceInsight benchmarks take: params, the pipeline's outputs they read, the run's length."""
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     ap.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
     ap.add_argument("--knowledge", type=Path, default=Path("data/knowledge/knowledge.json"))
-    ap.add_argument("--stage", default="align", help="the params section whose recipe, lr and batch are used")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--every", type=int, default=250)
-    ap.add_argument("--lr", type=float, default=0.0, help="override the section's lr")
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--every", type=int, default=every)
     ap.add_argument("--threads", type=int, default=2)
+
+
+def encoded_records(encoder: CorpusEncoder, split_dir: Path, needed: int, kinds: tuple[str, ...] = ()
+                    ) -> dict[str, np.ndarray]:
+    """At least `needed` records of a split (of `kinds`, or all), in shard order, through the stage's encoder."""
+    tables, have = [], 0
+    for path in shard_files(split_dir):
+        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map", "kind"])
+        if kinds:
+            table = table.filter(pc.is_in(table["kind"], pa.array(list(kinds))))
+        tables.append(table)
+        have += len(table)
+        if have >= needed:
+            break
+    records = [encoder(t.slice(k, 256)) for t in tables for k in range(0, len(t), 256)]
+    return {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    corpus_arguments(ap, steps=1500, every=250)
+    ap.add_argument("--stage", default="align", help="the params section whose recipe, lr and batch are used")
+    ap.add_argument("--lr", type=float, default=0.0, help="override the section's lr")
     ap.add_argument("--kinds", default="", help="comma-separated record kinds to train on (default: the section's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,18 +81,7 @@ def main() -> None:
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
-    needed = args.steps * cfg.batch_size
-    tables, have = [], 0
-    for path in shard_files(args.corpus / "train"):
-        table = pq.read_table(path, columns=["conversations", "labels", "image", "seg_map", "kind"])
-        if cfg.kinds:
-            table = table.filter(pc.is_in(table["kind"], pa.array(list(cfg.kinds))))
-        tables.append(table)
-        have += len(table)
-        if have >= needed:
-            break
-    records = [encoder(t.slice(k, 256)) for t in tables for k in range(0, len(t), 256)]
-    data = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+    data = encoded_records(encoder, args.corpus / "train", args.steps * cfg.batch_size, cfg.kinds)
     n = len(data["input_ids"])
     sample = val_sample(args.corpus, cfg.val_faces or 64, model.cfg.vision.image_size, model.cfg.seg.image_size,
                         params["seed"])
