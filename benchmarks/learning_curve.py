@@ -28,7 +28,7 @@ from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs, shard_files
-from pipelines.training.faceinsight_task import TrainConfig, val_questions
+from pipelines.training.faceinsight_task import TrainConfig, answer_labels, val_questions
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import lr_at
 from pipelines.training.validation import val_sample, val_scores
@@ -91,7 +91,8 @@ def main() -> None:
     order = np.random.default_rng(params["seed"]).permutation(n)
     bf16 = bf16_enabled(cfg)
     print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}")
-    print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7}")
+    print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7} "
+          f"{'head_gen':>8} {'expr_uar':>8} {'head_uar':>8}")
     start, losses = time.perf_counter(), []
     model.train()
     for step in range(1, args.steps + 1):
@@ -103,7 +104,7 @@ def main() -> None:
             out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
                         seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,
                         attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),
-                        attribute_labels=batch["attribute_labels"].long())
+                        attribute_labels=batch["attribute_labels"].long(), answer_labels=answer_labels(batch))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params_, cfg.grad_clip)
@@ -118,7 +119,8 @@ def main() -> None:
             head = s.get("val_head_balanced_accuracy", 0)
             print(f"{step:6d} {np.mean(losses[-50:]):7.3f} {per_step:7.3f} {head:9.3f} "
                   f"{s.get('val_yes_no_balanced_accuracy', 0):9.3f} {s.get('val_unread_share', 0):7.3f} "
-                  f"{s.get('val_gender_accuracy', 0):7.3f}", flush=True)
+                  f"{s.get('val_gender_accuracy', 0):7.3f} {s.get('val_head_gender_accuracy', 0):8.3f} "
+                  f"{s.get('val_expression_uar', 0):8.3f} {s.get('val_head_expression_uar', 0):8.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ CONFIG_FILE = "config.json"
 META_FILE = "faceinsight.json"
 PREFIXES = {"vision.": "vision", "image_projector.": "projector", "seg_projector.": "projector",
             "seg_encoder.": "seg_encoder", "llm.": "llm", "cooccurrence.": "knowledge",
-            "knowledge_tokens.": "knowledge"}
+            "knowledge_tokens.": "knowledge", "knowledge_embedding.": "knowledge", "answer_embedding.": "knowledge"}
 
 
 def component_of(key: str) -> str:

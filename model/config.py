@@ -126,6 +126,9 @@ class AlignmentConfig:
     # in training, this share of faces hand the knowledge embedding their true labels in place of the head's
     # guesses (scheduled sampling): the LM learns to read a verdict before the head's verdicts are worth reading
     verdict_forcing: float = 0.5
+    # gender, race and expression heads on the pooled visual feature; the question words that name the task carry
+    # their expected answer word (model/knowledge_modules.AnswerEmbedding). Independent of use_cooccurrence
+    answer_heads: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")

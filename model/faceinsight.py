@@ -18,10 +18,14 @@ from model.chat import CHAT_TEMPLATES, IGNORE, ChatTemplate
 from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import (
+    ANSWER_CLASSES,
+    ANSWER_KEYS,
+    AnswerEmbedding,
     CooccurrenceGraph,
     KnowledgeEmbedding,
     KnowledgeTokens,
     attribute_pos_weight,
+    class_weights,
     constraint_loss,
     masked_bce,
     rules_tensor,
@@ -36,6 +40,7 @@ class FaceInsightOutput:
     logits: torch.Tensor
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # each term, for logging
     attribute_logits: torch.Tensor | None = None
+    answer_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # gender / race / expression heads
     past_key_values: Any = None
 
 
@@ -101,10 +106,20 @@ class FaceInsight(nn.Module):
             # rare attributes (Bald 2%) would otherwise never cross 0.5; a checkpoint carries its own weights
             self.register_buffer("attribute_pos_weight",
                                  attribute_pos_weight(knowledge.get("counts"), knowledge.get("n_train")))
+        self.answer_embedding = self.build_answer_embedding(width, knowledge) if cfg.alignment.answer_heads else None
         rules = knowledge["rules"] if (knowledge and cfg.alignment.use_constraints) else []
         self.register_buffer("rules", rules_tensor(rules))
         self.preprocess = ImagePreprocessor(cfg.vision)
         self.lora_applied = False
+
+    def build_answer_embedding(self, width: int, knowledge: dict[str, Any] | None) -> AnswerEmbedding:
+        def ids(word: str) -> list[int]:  # with a leading space, as inside a sentence (" female", " Happiness")
+            return self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+
+        counts = (knowledge or {}).get("class_counts") or {}  # a loaded checkpoint's weights come from its buffers
+        return AnswerEmbedding(width, {t: [ids(w) for w in words] for t, words in ANSWER_CLASSES.items()},
+                               {t: [ids(k)[-1] for k in keys] for t, keys in ANSWER_KEYS.items()},
+                               {t: class_weights(counts.get(t), len(words)) for t, words in ANSWER_CLASSES.items()})
 
     @classmethod
     def from_pretrained(cls, path) -> FaceInsight:
@@ -122,8 +137,8 @@ class FaceInsight(nn.Module):
         projectors = [m for m in (self.image_projector, self.seg_projector) if m is not None]
         return {"vision": [self.vision], "seg_encoder": [m for m in (self.seg_encoder,) if m is not None],
                 "projector": list({id(m): m for m in projectors}.values()), "llm": [self.llm],
-                "knowledge": [m for m in (self.cooccurrence, self.knowledge_tokens, self.knowledge_embedding)
-                              if m is not None]}
+                "knowledge": [m for m in (self.cooccurrence, self.knowledge_tokens, self.knowledge_embedding,
+                                          self.answer_embedding) if m is not None]}
 
     def apply_recipe(self, recipe: Recipe) -> dict[str, int]:
         """Freeze or train each component as the recipe says (adding LoRA to the LLM if asked)."""
@@ -160,8 +175,9 @@ class FaceInsight(nn.Module):
         return self.encode_visual(pixel_values, seg_maps)[0]
 
     def encode_visual(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The visual tokens and the attribute head's logits (None without the co-occurrence module)."""
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The visual tokens and the heads' verdicts: "attributes" (the co-occurrence head's logits) and "gender",
+        "race", "expression" (the answer heads'), each present only where the model has that head."""
         # float images into a tower whose weights may be bf16 (DeepSpeed casts them; autocast is then off)
         pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
         image = self.image_projector(self.vision(pixel_values))
@@ -170,30 +186,38 @@ class FaceInsight(nn.Module):
             if seg_maps is None:
                 raise ValueError("this model uses the parsing map (use_seg_map): pass seg_maps")
             seg = self.seg_projector(self.seg_encoder(seg_maps))
-        perceived = torch.cat([image] + ([seg] if seg is not None else []), dim=1)
-        logits, names = None, None
+        pooled = torch.cat([image] + ([seg] if seg is not None else []), dim=1).mean(dim=1)
+        verdicts: dict[str, torch.Tensor] = {}
+        names = None
         if self.cooccurrence is not None:
             names = self.attribute_names()
-            logits = self.cooccurrence(names, perceived.mean(dim=1))
+            verdicts["attributes"] = self.cooccurrence(names, pooled)
+        if self.answer_embedding is not None:
+            verdicts.update(self.answer_embedding(pooled))
         tokens = [image]
         if self.knowledge_tokens is not None:
-            tokens.append(self.knowledge_tokens(torch.sigmoid(logits), names).to(image.dtype))
+            tokens.append(self.knowledge_tokens(torch.sigmoid(verdicts["attributes"]), names).to(image.dtype))
         if seg is not None:
             tokens.append(seg)
-        return torch.cat(tokens, dim=1), logits
+        return torch.cat(tokens, dim=1), verdicts
 
-    def embed_text(self, input_ids: torch.Tensor, attribute_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings; with the knowledge embedding and the head's logits, the words carry its verdicts."""
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        if self.knowledge_embedding is None or attribute_logits is None:
-            return embeds
-        return self.knowledge_embedding(embeds, self.attribute_names(), torch.sigmoid(attribute_logits))
+    def embed_text(self, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Token embeddings; given the heads' verdicts, the words that name an attribute or a task carry them."""
+        table = self.llm.get_input_embeddings()
+        embeds = table(input_ids)
+        verdicts = verdicts or {}
+        if self.knowledge_embedding is not None and "attributes" in verdicts:
+            embeds = self.knowledge_embedding(embeds, self.attribute_names(), torch.sigmoid(verdicts["attributes"]))
+        answers = {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES}
+        if self.answer_embedding is not None and answers:
+            embeds = self.answer_embedding.write(embeds, input_ids, table, answers)
+        return embeds
 
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor | None,
-              attribute_logits: torch.Tensor | None = None) -> torch.Tensor:
+              verdicts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Token embeddings with the visual tokens written over the sentinel positions (one masked assignment)."""
         is_visual = (input_ids == IMAGE_TOKEN_ID) | (input_ids == SEG_TOKEN_ID)
-        embeds = self.embed_text(input_ids.masked_fill(is_visual, 0), attribute_logits)
+        embeds = self.embed_text(input_ids.masked_fill(is_visual, 0), verdicts)
         if visual is None:
             if is_visual.any():
                 raise ValueError("input_ids hold visual placeholders but no image was given")
@@ -214,11 +238,14 @@ class FaceInsight(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 attribute_labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                ) -> FaceInsightOutput:
+                answer_labels: dict[str, torch.Tensor] | None = None) -> FaceInsightOutput:
         """Without labels, logits for every position; with labels, only the (N, vocab) logits of the N positions
-        that predict a label, in row-major order, and the next-token loss over them."""
-        visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
-        embeds = self.embed(input_ids, visual, self.forced_verdicts(attr_logits, attribute_labels))
+        that predict a label, in row-major order, and the next-token loss over them. `answer_labels`: per task
+        (gender, race, expression) the class of each face, -1 where unknown."""
+        visual, verdicts = self.encode_visual(pixel_values, seg_maps)
+        embeds = self.embed(input_ids, visual, self.forced_verdicts(verdicts, attribute_labels, answer_labels))
+        attr_logits = verdicts.get("attributes")
+        answer_logits = {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES}
         losses: dict[str, torch.Tensor] = {}
         if labels is None:
             logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -229,21 +256,37 @@ class FaceInsight(nn.Module):
                 losses["bce"] = masked_bce(attr_logits, attribute_labels, self.attribute_pos_weight)
             if self.rules.numel() and labels is not None:
                 losses["constraint"] = constraint_loss(torch.sigmoid(attr_logits), self.rules)
-        weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "constraint": self.cfg.alignment.lambda_constraint}
+        if answer_logits and answer_labels is not None:
+            losses["answer"] = self.answer_embedding.loss(answer_logits, answer_labels)
+        weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "answer": self.cfg.alignment.lambda_bce,
+                   "constraint": self.cfg.alignment.lambda_constraint}
         loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
-        return FaceInsightOutput(loss, logits, losses, attr_logits)
+        return FaceInsightOutput(loss, logits, losses, attr_logits, answer_logits)
 
-    def forced_verdicts(self, logits: torch.Tensor | None, attribute_labels: torch.Tensor | None
-                        ) -> torch.Tensor | None:
-        """In training, `verdict_forcing` of the faces with labels give the knowledge embedding their labels as
-        confident logits (+-6); the rest, and every face at inference, give the head's own."""
+    def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
+                        answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """In training, `verdict_forcing` of the faces with labels give the embeddings their labels as confident
+        logits (+-6); the rest, and every face at inference, give the heads' own."""
         share = self.cfg.alignment.verdict_forcing
-        if logits is None or attribute_labels is None or not self.training or share == 0:
-            return logits
-        known = attribute_labels >= 0
-        forced = (torch.rand(len(logits), 1, device=logits.device) < share) & known
-        truth = (attribute_labels.to(logits.dtype) * 2 - 1) * 6.0
-        return torch.where(forced, truth, logits)
+        if not self.training or share == 0:
+            return verdicts
+        labels = dict(answer_labels or {})
+        if attribute_labels is not None:
+            labels["attributes"] = attribute_labels
+        out = dict(verdicts)
+        for name, logits in verdicts.items():
+            y = labels.get(name)
+            if y is None:
+                continue
+            if name == "attributes":
+                known = y >= 0
+                truth = (y.to(logits.dtype) * 2 - 1) * 6.0
+            else:  # one class: +6 for the true one, -6 for the rest
+                known = (y >= 0)[:, None]
+                truth = nn.functional.one_hot(y.long().clamp(min=0), logits.shape[-1]).to(logits.dtype) * 12.0 - 6.0
+            forced = (torch.rand(len(logits), 1, device=logits.device) < share) & known
+            out[name] = torch.where(forced, truth, logits)
+        return out
 
     def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                            position_ids: torch.Tensor | None, labels: torch.Tensor
@@ -267,7 +310,16 @@ class FaceInsight(nn.Module):
         """The fast path evaluation uses beside generated text: (B, 40) probabilities, no decoding."""
         if self.cooccurrence is None:
             raise ValueError("this model has no attribute head (use_cooccurrence is off)")
-        return torch.sigmoid(self.encode_visual(pixel_values, seg_maps)[1])
+        return torch.sigmoid(self.encode_visual(pixel_values, seg_maps)[1]["attributes"])
+
+    @torch.inference_mode()
+    def answer_probabilities(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None
+                             ) -> dict[str, torch.Tensor]:
+        """The answer heads' class probabilities per task (gender, race, expression), no decoding."""
+        if self.answer_embedding is None:
+            raise ValueError("this model has no answer heads (alignment.answer_heads is off)")
+        verdicts = self.encode_visual(pixel_values, seg_maps)[1]
+        return {t: torch.softmax(v.float(), -1) for t, v in verdicts.items() if t in ANSWER_CLASSES}
 
     @torch.inference_mode()
     def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
@@ -281,8 +333,8 @@ class FaceInsight(nn.Module):
         longest = max(map(len, input_ids))
         ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
-        visual, attr_logits = self.encode_visual(pixel_values, seg_maps)
-        embeds = self.embed(ids, visual, attr_logits)
+        visual, verdicts = self.encode_visual(pixel_values, seg_maps)
+        embeds = self.embed(ids, visual, verdicts)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]
         past = None
@@ -312,7 +364,7 @@ class FaceInsight(nn.Module):
             done |= torch.tensor([int(t) in stop for t in token])
             if done.all():
                 break
-            embeds = torch.cat([embeds, self.embed_text(token[:, None], attr_logits).to(embeds.dtype)], dim=1)
+            embeds = torch.cat([embeds, self.embed_text(token[:, None], verdicts).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]
 

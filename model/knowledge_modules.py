@@ -12,9 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.labels import CELEBA_ATTRIBUTES
+from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 EXCLUSION, IMPLICATION = 0, 1
+# the single-label tasks the answer heads cover: their class words, as the corpus' answers write them
+ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK_RACES, "expression": EXPRESSIONS}
+# the words that name each task in the templates' questions ("What is this person's gender?", "How does this
+# person feel ...") and answers ("the expression is"): there the head's expected answer word is written
+ANSWER_KEYS: dict[str, tuple[str, ...]] = {"gender": ("gender",), "race": ("race",),
+                                           "expression": ("expression", "feel")}
 
 
 class CooccurrenceGraph(nn.Module):
@@ -106,6 +112,78 @@ class KnowledgeEmbedding(nn.Module):
         signed = (2 * probs.to(dtype) - 1)[:, None, :]  # -1 absent ... +1 present
         verdict = (match * signed).sum(-1, keepdim=True)
         return embeds + (verdict * self.present).to(embeds.dtype)
+
+
+class AnswerEmbedding(nn.Module):
+    """Heads for the single-label tasks (gender, race, expression) on the pooled visual feature, read as the
+    knowledge embedding reads the attribute head: the words of a text that name a task ("gender") carry the
+    expected embedding of the answer word under the head, sum_k p_k E(word_k). The LM's output layer is tied to
+    its embeddings, so the answer is one copy from the question away. An open gender or expression question has
+    no attribute name to carry a verdict, and the LM alone did not learn them from visual tokens (gender 0.08,
+    expression at the one-answer level in the default run before these heads)."""
+
+    def __init__(self, width: int, word_ids: dict[str, list[list[int]]], key_ids: dict[str, list[int]],
+                 class_weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.tasks = tuple(word_ids)
+        self.heads = nn.ModuleDict({t: nn.Linear(width, len(word_ids[t])) for t in self.tasks})
+        for t in self.tasks:
+            longest = max(map(len, word_ids[t]))
+            self.register_buffer(f"{t}_word_ids", torch.tensor([i + [0] * (longest - len(i)) for i in word_ids[t]]))
+            self.register_buffer(f"{t}_word_mask", torch.tensor([[1] * len(i) + [0] * (longest - len(i))
+                                                                 for i in word_ids[t]], dtype=torch.float32))
+            self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))
+            self.register_buffer(f"{t}_class_weight", class_weights[t].float().clone())
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, width) -> logits per task, (B, classes)."""
+        return {t: head(pooled.to(head.weight.dtype)) for t, head in self.heads.items()}
+
+    def words(self, table: nn.Module, task: str) -> torch.Tensor:
+        """(classes, width): each class word's mean token embedding."""
+        emb = table(getattr(self, f"{task}_word_ids"))
+        mask = getattr(self, f"{task}_word_mask").to(emb.dtype)
+        return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+    def write(self, embeds: torch.Tensor, input_ids: torch.Tensor, table: nn.Module,
+              logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, W) embeddings of `input_ids`: the words naming a task gain the head's expected answer word."""
+        for task, task_logits in logits.items():
+            names_task = torch.isin(input_ids, getattr(self, f"{task}_keys")).unsqueeze(-1)
+            if not names_task.any():
+                continue
+            expected = torch.softmax(task_logits.float(), -1) @ self.words(table, task).float()  # (B, W)
+            embeds = embeds + (names_task * expected[:, None]).to(embeds.dtype)
+        return embeds
+
+    def loss(self, logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class-weighted cross-entropy per task over the faces with that label (-1: unknown), summed."""
+        total = sum(task_logits.sum() * 0.0 for task_logits in logits.values())
+        for task, task_logits in logits.items():
+            y = labels.get(task)
+            if y is None or not (y >= 0).any():
+                continue
+            known = y >= 0
+            total = total + F.cross_entropy(task_logits[known].float(), y[known].long(),
+                                            weight=getattr(self, f"{task}_class_weight"))
+        return total
+
+
+def class_weights(counts: list[int] | None, classes: int, max_weight: float = 20.0) -> torch.Tensor:
+    """n / (classes x count) per class (1 where unknown), clipped: rare classes count as much as common ones."""
+    if not counts or sum(counts) == 0:
+        return torch.ones(classes)
+    c = torch.tensor(counts, dtype=torch.float32)
+    weight = torch.where(c > 0, c.sum() / (classes * c.clamp(min=1)), torch.ones_like(c))
+    return weight.clamp(1 / max_weight, max_weight)
+
+
+def gender_from_attributes(attributes: list[int] | None) -> int:
+    """A CelebA-labelled face's gender in UTKFace's coding (0 male, 1 female) from its Male attribute; -1 unknown:
+    the gender head learns from both datasets' faces."""
+    if not attributes:
+        return -1
+    return 0 if attributes[ATTRIBUTE_INDEX["Male"]] > 0 else 1
 
 
 def rules_tensor(rules: list[dict[str, Any]]) -> torch.Tensor:

@@ -11,6 +11,9 @@ knowledge.json (schema_version 1):
                       reweighted  A'[i][j] = omega * A[i][j] / sum_k A[i][k] off the diagonal,
                                   A'[i][i] = 1 - omega (1 for an attribute with no neighbour)
                       normalized  D^-1/2 A' D^-1/2 with D = diag(row sums of A'), what the GCN uses
+    class_counts    {gender: [male, female], race: [5], expression: [7]}: train faces per class of the single-label
+                    tasks (UTKFace's gender plus CelebA's from Male; UTKFace's race; RAF-DB's expression), the
+                    answer heads' class weights
     rules           [{kind, a, b, source, support, confidence, violations, text}]
                       kind "exclusion": a and b never hold together; "implication": a implies b
                       source "given" (domain knowledge) or "mined" (no counter-example in the labels)
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES
+from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 # Deterministic relationships that hold by definition of the attributes.
@@ -160,6 +163,18 @@ def mine_knowledge(labels: np.ndarray, cfg: KnowledgeConfig) -> dict:
         "rules": [{"kind": r.kind, "a": r.a, "b": r.b, "source": r.source, "support": r.support,
                    "confidence": r.confidence, "violations": r.violations, "text": r.text()} for r in rules],
     }
+
+
+def class_counts(records, attributes: np.ndarray) -> dict[str, list[int]]:
+    """Train faces per class from manifest records (gender 0 male / 1 female, race 0..4, expression = RAF-DB
+    label - 1) and the CelebA faces' 0/1 attribute matrix, whose Male gives their gender."""
+    def count(values: list[int], n: int) -> list[int]:
+        return np.bincount(np.asarray(values, dtype=np.int64), minlength=n)[:n].tolist()
+
+    celeba_gender = [0 if m else 1 for m in np.asarray(attributes)[:, ATTRIBUTE_INDEX["Male"]] > 0]
+    return {"gender": count([r.gender for r in records if r.gender is not None] + celeba_gender, len(UTK_GENDERS)),
+            "race": count([r.race for r in records if r.race is not None], len(UTK_RACES)),
+            "expression": count([r.expression - 1 for r in records if r.expression is not None], len(EXPRESSIONS))}
 
 
 def knowledge_metrics(knowledge: dict, labels: np.ndarray) -> dict:

@@ -2,7 +2,8 @@
 
     python -m stages.mine_knowledge [--params params.yaml]
 
-Only the CelebAMask-HQ train split is read: val and test labels never shape the knowledge.
+Only the train splits are read (CelebAMask-HQ's attributes; UTKFace's and RAF-DB's classes for the answer heads'
+weights): val and test labels never shape the knowledge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import typer
 
 from pipelines.ingest import read_manifest
-from pipelines.knowledge import KnowledgeConfig, knowledge_metrics, mine_knowledge, plot_conditional
+from pipelines.knowledge import KnowledgeConfig, class_counts, knowledge_metrics, mine_knowledge, plot_conditional
 from pipelines.storage import atomic_path, write_json_atomic
 from stages.common import run_stage, stage_config
 
@@ -34,11 +35,12 @@ def main(
 ) -> None:
     def body() -> None:
         cfg, _ = stage_config(KnowledgeConfig, "mine_knowledge", params)
-        train = [r for r in read_manifest(manifest) if r.dataset == "celebamask_hq" and r.split == "train"]
+        records = [r for r in read_manifest(manifest) if r.split == "train"]
+        train = [r for r in records if r.dataset == "celebamask_hq"]
         if not train:
             raise ValueError(f"{manifest}: no CelebAMask-HQ train records; run `dvc repro ingest` first")
         labels = np.array([r.attributes for r in train]) > 0
-        knowledge = mine_knowledge(labels, cfg)
+        knowledge = mine_knowledge(labels, cfg) | {"class_counts": class_counts(records, labels)}
         write_json_atomic(out, knowledge)
         summary = knowledge_metrics(knowledge, labels)
         write_json_atomic(metrics, summary)

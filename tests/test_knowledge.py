@@ -108,6 +108,19 @@ def test_knowledge_json_and_metrics(tmp_path):
     assert 0 < metrics["faces_breaking_a_rule_share"] <= 1
 
 
+def test_class_counts_cover_every_class_and_take_celeba_gender_from_male():
+    from types import SimpleNamespace
+
+    from pipelines.knowledge import class_counts
+
+    utk = [SimpleNamespace(gender=g, race=r, expression=None) for g, r in ((0, 4), (1, 4), (1, 0))]
+    raf = [SimpleNamespace(gender=None, race=None, expression=e) for e in (1, 7, 7)]  # RAF-DB labels 1..7
+    celeba = np.zeros((4, 40), int)
+    celeba[:3, ATTRIBUTE_INDEX["Male"]] = 1  # three men, one woman
+    counts = class_counts(utk + raf, celeba)
+    assert counts == {"gender": [1 + 3, 2 + 1], "race": [1, 0, 0, 0, 2], "expression": [1, 0, 0, 0, 0, 0, 2]}
+
+
 def test_config_validates():
     with pytest.raises(ValueError, match="tau"):
         KnowledgeConfig(tau=0)

@@ -201,6 +201,9 @@ def face_records(face: dict[str, Any], templates: Templates, plan: RecordPlan, s
     conversations = face_conversations(face["dataset"], labels, templates, plan, rng)
     conversations += scene_conversation(templates, face.get("scene"), rng)
     for k, (kind, turns) in enumerate(conversations):
+        # turns in a random order (LLaVA's instruction data has no fixed one): UTKFace's open gender question was
+        # always third, after the age questions, and the model never answered it asked first (gender 0.08)
+        turns = rng.sample(turns, len(turns))
         records.append({"id": f"{face['dataset']}/{face['id']}/{k:02d}-{kind}", "kind": kind, **common,
                         "conversations": conversation(turns),
                         "turns": [{"template": t.template, "target": t.target, "value": t.value} for t in turns]})

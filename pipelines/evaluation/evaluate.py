@@ -2,10 +2,11 @@
 
 Faces come from the corpus' test split, whose maps the parser made (`build_corpus.parser_splits`), never
 ground truth. The questions are the corpus templates' own (the first open / yes-no form of each), so a
-model is asked what it was taught to answer. Systems: the trained FaceInsight (its generated answers and,
-for attributes, its co-occurrence head), the majority-class baseline from the train split's labels, the
-specialist CNN, the variants (general MLLM, ablations: asked exactly as FaceInsight is), and any Hugging
-Face MLLM named in `evaluate.hf_models` (hf_adapter.py).
+model is asked what it was taught to answer. Systems: the trained FaceInsight (its generated answers and its
+heads: the co-occurrence head for attributes, the answer heads for gender, race and expression), the
+majority-class baseline from the train split's labels, the specialist CNN, the variants (general MLLM,
+ablations: asked exactly as FaceInsight is), and any Hugging Face MLLM named in `evaluate.hf_models`
+(hf_adapter.py).
 """
 
 from __future__ import annotations
@@ -185,7 +186,24 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
                 probs.append(model.attribute_probabilities(model.preprocess(images[sl]), m).float().numpy())
             head = np.concatenate(probs) > 0.5
             extra["head"] = {n: head[:, k].astype(int) for k, n in enumerate(CELEBA_ATTRIBUTES)}
+        elif model.answer_embedding is not None and asked[0].target not in CELEBA_ATTRIBUTES:
+            extra["head"] = answer_head_predictions(model, images, maps, [q.target for q in asked], cfg.batch_size)
     return pred, extra
+
+
+def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, targets: list[str], batch: int
+                            ) -> dict[str, np.ndarray]:
+    """The answer heads' class per face for the targets they cover (gender, race, expression); a target no head
+    predicts (age) is UNREAD, so its cells stay empty."""
+    import torch
+
+    classes: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch):
+        sl = slice(start, start + batch)
+        m = None if maps is None else torch.as_tensor(maps[sl])
+        for task, probs in model.answer_probabilities(model.preprocess(images[sl]), m).items():
+            classes.setdefault(task, []).append(probs.argmax(-1).numpy())
+    return {t: np.concatenate(classes[t]) if t in classes else np.full(len(images), UNREAD) for t in targets}
 
 
 def hf_predictions(path: str, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig
@@ -230,8 +248,11 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
 
     def add(name: str, pred: dict[str, np.ndarray], **extra: Any) -> None:
         metrics = score(task, pred, true, templates, rules)
+        headline = summary(task, metrics)
+        if task == "age_gender_race" and (pred["age"] == UNREAD).all():  # no age read (the heads have none)
+            headline.update(age_mae=None, age_group_accuracy=None)
         # per-face labels, in the faces' order: the report's paired bootstrap resamples faces across systems
-        systems[name] = {"summary": summary(task, metrics), "metrics": metrics,
+        systems[name] = {"summary": headline, "metrics": metrics,
                          "predictions": {k: np.asarray(v).astype(int).tolist() for k, v in pred.items()},
                          "intervals": intervals(task, pred, true), **extra}
         log.info("%s / %s: %s", task, name, systems[name]["summary"])

@@ -26,9 +26,9 @@ COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
 LOWER_IS_BETTER = {f"{t}.{m}" for t, m, _, up in COLUMNS if not up}
 SYSTEM_TITLES = {"majority": "Majority class (train split)", "specialist": "Specialist CNN (same faces, steps)",
                  "faceinsight": "FaceInsight (generated answers)",
-                 "faceinsight_head": "FaceInsight (co-occurrence head)",
+                 "faceinsight_head": "FaceInsight (its heads: co-occurrence; gender, race, expression)",
                  "faceinsight_tuned": "FaceInsight fine-tuned on the task (generated answers)",
-                 "faceinsight_tuned_head": "FaceInsight fine-tuned on the task (co-occurrence head)"}
+                 "faceinsight_tuned_head": "FaceInsight fine-tuned on the task (its heads)"}
 TUNED = ("faceinsight_tuned", "faceinsight_tuned_head")  # the fine-tuned setting's own table
 HF_PREFIX = "hf_"  # evaluate.hf_models: one row per Hugging Face MLLM asked by path
 VARIANT_PREFIX = "variant_"  # params.yaml variants: one row per baseline / ablation (train_variant@<name>)
@@ -42,7 +42,7 @@ def system_title(system: str, evals: dict[str, dict[str, Any]] | None = None) ->
     if system.startswith(VARIANT_PREFIX):
         label = next((e["systems"][system].get("label") for e in (evals or {}).values()
                       if system in e.get("systems", {})), None) or system[len(VARIANT_PREFIX):]
-        return f"{label} (co-occurrence head)" if system.endswith("_head") else label
+        return f"{label} (its heads)" if system.endswith("_head") else label
     return SYSTEM_TITLES[system]
 
 

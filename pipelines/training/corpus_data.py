@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.chat import CHAT_TEMPLATES, IGNORE
+from model.knowledge_modules import ANSWER_CLASSES, gender_from_attributes
 from pipelines.corpus.records import decode_image
 
 
@@ -45,7 +46,12 @@ class CorpusEncoder:
             tokens, targets = tokens[:length], targets[:length]
             ids[k, :len(tokens)], labels[k, :len(targets)], mask[k, :len(tokens)] = tokens, targets, 1
         attributes = np.array([(row["labels"]["attributes"] or [-1] * 40) for row in rows], np.int8)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
+        answers = {f"{t}_label": np.array([-1 if row["labels"][t] is None else row["labels"][t] for row in rows],
+                                          np.int8) for t in ANSWER_CLASSES}
+        unknown = answers["gender_label"] < 0  # CelebA faces: gender from the Male attribute
+        answers["gender_label"][unknown] = [gender_from_attributes(row["labels"]["attributes"])
+                                            for row, u in zip(rows, unknown, strict=True) if u]
+        return {**answers,"input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
                 "image": np.stack([decode_image(row["image"], self.image_size) for row in rows]),
                 "seg_map": np.stack([decode_image(row["seg_map"], self.seg_size, "L") for row in rows]),
                 "attribute_labels": attributes}

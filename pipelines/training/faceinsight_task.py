@@ -77,19 +77,23 @@ class FaceInsightTask(TrainTask):
         return {"model": core.cfg.to_dict()}
 
     def loss(self, model, core, batch):
-        batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels") else v)
-                 for k, v in batch.items()}
+        batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels")
+                     or k.endswith("_label") else v) for k, v in batch.items()}
         pixel_values = core.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
         out = model(input_ids=batch["input_ids"], pixel_values=pixel_values,
                     seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    attribute_labels=batch["attribute_labels"])
+                    attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch))
         terms = {f"loss_{k}": v.item() for k, v in out.losses.items()}
         if out.attribute_logits is not None:  # how often the attribute head is right, where labels exist
             known = batch["attribute_labels"] >= 0
             if known.any():
                 right = (out.attribute_logits.detach() > 0).long() == batch["attribute_labels"]
                 terms["attribute_accuracy"] = float(right[known].float().mean())
+        for task, logits in out.answer_logits.items():  # the answer heads' accuracy, where labels exist
+            y = batch[f"{task}_label"]
+            if (y >= 0).any():
+                terms[f"{task}_accuracy"] = float((logits.detach().argmax(-1) == y)[y >= 0].float().mean())
         return out.loss, terms, int(batch["attention_mask"].sum())
 
     def evaluate(self, model, core, final: bool) -> dict[str, Any]:
@@ -113,6 +117,11 @@ class FaceInsightTask(TrainTask):
         from model.checkpoint import WEIGHTS_FILE
 
         core.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+
+
+def answer_labels(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's `<task>_label` columns (gender, race, expression; -1 unknown) as the model's answer_labels."""
+    return {k[:-len("_label")]: v.long() for k, v in batch.items() if k.endswith("_label")}
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -140,7 +149,7 @@ def val_questions() -> dict[str, str]:
 
     data = Templates.load().data
     return {name: a["question"] for name, a in data["attributes"].items()} | {
-        "gender": data["demographics"]["open"]["gender"][0]["q"]}
+        "gender": data["demographics"]["open"]["gender"][0]["q"], "expression": data["expression"]["open"][0]["q"]}
 
 
 def pretrained_path(model: dict[str, Any]) -> str | None:

@@ -1,8 +1,9 @@
 """FaceInsight's validation during training: a fixed sample of val faces, scored at every checkpoint.
 
 The run page then shows a learning curve, not only the training loss: the co-occurrence head's attribute
-balanced accuracy, and the generated answers' yes/no balanced accuracy on attribute questions and
-accuracy on the gender question (short greedy decoding, read by evaluation's own rules).
+balanced accuracy, the answer heads' gender accuracy and expression UAR, and the generated answers' yes/no
+balanced accuracy on attribute questions, accuracy on the gender question and UAR on the expression question
+(short greedy decoding, read by evaluation's own rules).
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from model.labels import CELEBA_ATTRIBUTES, UTK_GENDERS
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS
 
 QUESTIONS_PER_FACE = 8  # attribute questions asked of each val face (a fixed, seeded choice)
 
 
 def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: int) -> dict[str, Any]:
-    """Up to `faces` val faces each of the attribute and the age/gender/race tasks, as arrays."""
+    """Up to `faces` val faces each of the attribute, age/gender/race and expression tasks, as arrays."""
     from pipelines.corpus.records import decode_image
     from pipelines.evaluation.evaluate import load_faces
 
     out: dict[str, Any] = {}
-    for task in ("attributes", "age_gender_race"):
+    for task in ("attributes", "age_gender_race", "expression"):
         rows = load_faces(corpus, "val", task, faces, required=False)
         if not rows:
             continue
@@ -35,8 +36,34 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
             out[task]["asked"] = np.stack([rng.choice(len(CELEBA_ATTRIBUTES), QUESTIONS_PER_FACE, replace=False)
                                            for _ in rows])
         else:
-            out[task]["labels"] = np.array([r["labels"]["gender"] for r in rows], dtype=np.int64)
+            key = "gender" if task == "age_gender_race" else "expression"
+            out[task]["labels"] = np.array([r["labels"][key] for r in rows], dtype=np.int64)
     return out
+
+
+def _uar(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Unweighted average recall over the classes present (an unread answer, -1, is wrong)."""
+    return float(np.mean([(pred[truth == c] == c).mean() for c in np.unique(truth)])) if len(truth) else 0.0
+
+
+def _said(model, part: dict[str, Any], question: str, names, maps: bool, batch: int, tokens: int) -> np.ndarray:
+    """The class each face's generated answer to `question` names (-1 unread)."""
+    from pipelines.evaluation.answers import parse_name
+
+    answers = []
+    for start in range(0, len(part["image"]), batch):
+        sl = slice(start, start + batch)
+        answers += model.answer(part["image"][sl], part["seg_map"][sl] if maps else None,
+                                [question] * len(part["image"][sl]), max_new_tokens=tokens)
+    return np.array([-1 if (k := parse_name(a, names)) is None else k for a in answers])
+
+
+def _head_classes(model, part: dict[str, Any], task: str, maps: bool) -> np.ndarray:
+    import torch
+
+    probs = model.answer_probabilities(model.preprocess(part["image"]),
+                                       torch.as_tensor(part["seg_map"]) if maps else None)
+    return probs[task].argmax(-1).numpy()
 
 
 def _balanced(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -48,7 +75,7 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
     """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates')."""
     import torch
 
-    from pipelines.evaluation.answers import parse_name, parse_yes_no
+    from pipelines.evaluation.answers import parse_yes_no
 
     out: dict[str, float] = {}
     maps = model.seg_encoder is not None
@@ -77,12 +104,16 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
         out["val_unread_share"] = float(1 - read.mean())
     demo = sample.get("age_gender_race")
     if demo is not None:
-        answers = []
-        for start in range(0, len(demo["image"]), batch):
-            sl = slice(start, start + batch)
-            n = len(demo["image"][sl])
-            answers += model.answer(demo["image"][sl], demo["seg_map"][sl] if maps else None,
-                                    [questions["gender"]] * n, max_new_tokens=4)
-        pred = np.array([-1 if (g := parse_name(a, UTK_GENDERS)) is None else g for a in answers])
+        pred = _said(model, demo, questions["gender"], UTK_GENDERS, maps, batch, 4)
         out["val_gender_accuracy"] = float((pred == demo["labels"]).mean())
+        if model.answer_embedding is not None:
+            head = _head_classes(model, demo, "gender", maps)
+            out["val_head_gender_accuracy"] = float((head == demo["labels"]).mean())
+    expression = sample.get("expression")
+    if expression is not None and "expression" in questions:
+        out["val_expression_uar"] = _uar(_said(model, expression, questions["expression"], EXPRESSIONS, maps, batch, 4),
+                                         expression["labels"])
+        if model.answer_embedding is not None:
+            out["val_head_expression_uar"] = _uar(_head_classes(model, expression, "expression", maps),
+                                                  expression["labels"])
     return out

@@ -29,6 +29,9 @@ def batch(model: FaceInsight, conversations: list[list[dict]], seed: int = 0) ->
         "pixel_values": torch.rand(len(encoded), 3, side, side, generator=g),
         "seg_maps": torch.randint(0, 19, (len(encoded), side, side), generator=g),
         "attribute_labels": torch.randint(0, 2, (len(encoded), 40), generator=g),
+        "answer_labels": {"gender": torch.randint(0, 2, (len(encoded),), generator=g),
+                          "race": torch.randint(0, 5, (len(encoded),), generator=g),
+                          "expression": torch.tensor([-1] + [3] * (len(encoded) - 1))},  # -1: no label
     }
 
 
@@ -53,17 +56,19 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert torch.equal(embeds[~positions], model.llm.get_input_embeddings()(b["input_ids"][~positions]))
     with torch.no_grad():  # with the head's logits the words carry its verdicts (the knowledge embedding)
         logits = torch.logit(probs.clone())
-        informed = model.embed(b["input_ids"], visual, logits)
+        informed = model.embed(b["input_ids"], visual, {"attributes": logits})
     assert torch.equal(informed[positions], embeds[positions]) and not torch.allclose(informed, embeds)
     out = model(**b)
     supervised = int((b["labels"][:, 1:] != IGNORE).sum())  # logits only where a label is predicted
     assert out.logits.shape == (supervised, len(model.tokenizer)) and out.logits.dtype == torch.float32
     unlabelled = {k: v for k, v in b.items() if k != "labels"}
     assert model(**unlabelled).logits.shape == (*b["input_ids"].shape, len(model.tokenizer))
-    assert set(out.losses) == {"lm", "bce", "constraint"} and out.attribute_logits.shape == (3, 40)
+    assert set(out.losses) == {"lm", "bce", "answer", "constraint"} and out.attribute_logits.shape == (3, 40)
+    assert {t: v.shape for t, v in out.answer_logits.items()} == {"gender": (3, 2), "race": (3, 5),
+                                                                  "expression": (3, 7)}
     weights = SMALL.alignment
-    total = out.losses["lm"] + weights.lambda_bce * out.losses["bce"] + weights.lambda_constraint * \
-        out.losses["constraint"]
+    total = out.losses["lm"] + weights.lambda_bce * (out.losses["bce"] + out.losses["answer"]) + \
+        weights.lambda_constraint * out.losses["constraint"]
     assert torch.isclose(out.loss, total)
     with pytest.raises(ValueError, match="visual placeholders"):
         model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
@@ -80,7 +85,8 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
     present[0, lipstick] = 6.0
     with torch.no_grad():
-        shift = (model.embed_text(ids, present) - model.embed_text(ids, absent)).norm(dim=-1)[0]
+        shift = (model.embed_text(ids, {"attributes": present}) -
+                 model.embed_text(ids, {"attributes": absent})).norm(dim=-1)[0]
     assert shift[0] > 3 * shift[1] and shift[0] > 0
     alignment = dataclasses.replace(SMALL.alignment, knowledge_tokens="per_attribute")
     graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
@@ -88,21 +94,72 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
+def test_answer_embedding_writes_the_heads_answer_word_into_the_word_naming_the_task(model):
+    """' gender' gains the expected embedding of ' male' / ' female' under the gender head; ' feel' (an expression
+    question's word) that of the expression words; ' the' nothing."""
+    from model.labels import EXPRESSIONS
+
+    def token(w: str) -> int:
+        return model.tokenizer(w, add_special_tokens=False)["input_ids"][-1]
+
+    ids = torch.tensor([[token(" gender"), token(" feel"), token(" the")]])
+    table = model.llm.get_input_embeddings()
+    female = {"gender": torch.tensor([[-6.0, 6.0]]), "expression": torch.full((1, 7), -6.0)}
+    female["expression"][0, EXPRESSIONS.index("Happiness")] = 6.0
+    with torch.no_grad():
+        moved = model.embed_text(ids, female) - table(ids)
+        words = {t: model.answer_embedding.words(table, t) for t in ("gender", "expression")}
+    assert torch.allclose(moved[0, 0], words["gender"][1], atol=1e-3)  # ~ all of ' female', none of ' male'
+    assert torch.allclose(moved[0, 1], words["expression"][EXPRESSIONS.index("Happiness")], atol=1e-3)
+    assert torch.equal(moved[0, 2], torch.zeros_like(moved[0, 2]))
+
+
+def test_answer_heads_learn_rare_classes_with_their_class_weights(tokenizer, knowledge):
+    """A rare expression (5% of faces) is learned by the weighted head; the loss skips faces without a label."""
+    from model.knowledge_modules import class_weights
+
+    torch.manual_seed(0)
+    counts = {"gender": [50, 50], "race": [1] * 5, "expression": [190, 10, 0, 0, 0, 0, 0]}
+    model = FaceInsight(SMALL, tokenizer, {**knowledge, "class_counts": counts})
+    head = model.answer_embedding
+    assert torch.allclose(head.expression_class_weight[:2], class_weights(counts["expression"], 7)[:2])
+    assert head.expression_class_weight[1] > 10 * head.expression_class_weight[0]
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(200, generator=g) < 0.05).long()
+    x = torch.randn(200, model.llm.config.hidden_size, generator=g) * 0.1
+    x[:, 0] += y * 0.3  # a weak cue
+    opt = torch.optim.Adam(head.heads.parameters(), lr=0.05)
+    for _ in range(150):
+        loss = head.loss(head(x), {"expression": y, "gender": torch.full((200,), -1)})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pred = head(x)["expression"].argmax(-1)
+    assert (pred[y == 1] == 1).float().mean() > 0.8 and (pred[y == 0] == 0).float().mean() > 0.8
+    unknown = head.loss(head(x), {"expression": torch.full((200,), -1)})
+    assert float(unknown.detach()) == 0.0 and unknown.requires_grad
+
 
 def test_verdict_forcing_hands_labels_only_in_training_and_only_where_known(model):
     logits = torch.randn(3, 40)
     labels = torch.randint(0, 2, (3, 40))
     labels[2] = -1  # a face without attribute labels (UTKFace, RAF-DB) keeps the head's verdicts
+    expression, expression_labels = torch.randn(3, 7), torch.tensor([4, -1, 0])
+    verdicts = {"attributes": logits, "expression": expression}
     forcing = dataclasses.replace(model.cfg, alignment=dataclasses.replace(model.cfg.alignment, verdict_forcing=1.0))
     model.cfg = forcing
     model.train()
-    forced = model.forced_verdicts(logits, labels)
-    assert torch.equal(forced[:2], (labels[:2].float() * 2 - 1) * 6.0) and torch.equal(forced[2], logits[2])
+    forced = model.forced_verdicts(verdicts, labels, {"expression": expression_labels})
+    assert torch.equal(forced["attributes"][:2], (labels[:2].float() * 2 - 1) * 6.0)
+    assert torch.equal(forced["attributes"][2], logits[2])
+    assert forced["expression"][0].argmax() == 4 and forced["expression"][0].max() == 6.0
+    assert torch.equal(forced["expression"][1], expression[1])  # no label: the head's own
     model.eval()
-    assert torch.equal(model.forced_verdicts(logits, labels), logits)  # inference reads the head
+    assert model.forced_verdicts(verdicts, labels) is verdicts  # inference reads the heads
     model.train()
     model.cfg = dataclasses.replace(forcing, alignment=dataclasses.replace(forcing.alignment, verdict_forcing=0.0))
-    assert torch.equal(model.forced_verdicts(logits, labels), logits)
+    assert model.forced_verdicts(verdicts, labels) is verdicts
+
 
 def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model, conversations):
     torch.manual_seed(1)
@@ -150,12 +207,14 @@ def test_recipes_train_exactly_their_components(model, conversations):
         assert changed == (n in trainable) or (n in trainable and "lora_A" in n), n  # lora_A gets no grad at step 0
 
 
-@pytest.mark.parametrize("switch", ["use_seg_map", "use_cooccurrence", "use_constraints"])
+@pytest.mark.parametrize("switch", ["use_seg_map", "use_cooccurrence", "use_constraints", "answer_heads"])
 def test_each_ablation_removes_its_module(switch, tokenizer, knowledge, conversations):
     if switch == "use_seg_map":
         cfg = dataclasses.replace(SMALL, use_seg_map=False)
     elif switch == "use_cooccurrence":
         cfg = dataclasses.replace(SMALL, alignment=AlignmentConfig(use_cooccurrence=False, use_constraints=False))
+    elif switch == "answer_heads":
+        cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_heads=False))
     else:
         cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, use_constraints=False))
     full, ablated = FaceInsight(SMALL, tokenizer, knowledge), FaceInsight(cfg, tokenizer, knowledge)
@@ -166,10 +225,13 @@ def test_each_ablation_removes_its_module(switch, tokenizer, knowledge, conversa
         assert ablated_n["seg_encoder"] == 0 < full_n["seg_encoder"] and ablated.seg_tokens == 0
         assert ablated_n["projector"] < full_n["projector"]
         assert SEG_TOKEN_ID not in b["input_ids"]
-    elif switch == "use_cooccurrence":
-        assert ablated_n["knowledge"] == 0 < full_n["knowledge"] and set(out.losses) == {"lm"}
+    elif switch == "use_cooccurrence":  # the answer heads stay: they are not the co-occurrence module
+        assert ablated.cooccurrence is None and ablated.knowledge_embedding is None
+        assert ablated_n["knowledge"] < full_n["knowledge"] and set(out.losses) == {"lm", "answer"}
+    elif switch == "answer_heads":
+        assert ablated.answer_embedding is None and set(out.losses) == {"lm", "bce", "constraint"}
     else:
-        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce"}
+        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce", "answer"}
     assert torch.isfinite(out.loss)
 
 
