@@ -37,7 +37,7 @@ from pipelines.corpus.build import (
 )
 from pipelines.corpus.records import encode_png
 from pipelines.corpus.templates import Templates
-from pipelines.ingest import read_manifest
+from pipelines.datasets.common import read_manifest
 from pipelines.storage import read_url
 
 

@@ -27,7 +27,8 @@ from model.config import RECIPES, model_config
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
-from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs, shard_files
+from pipelines.corpus.reader import shard_files
+from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
 from pipelines.training.faceinsight_task import TrainConfig, answer_labels, val_questions
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import lr_at

@@ -4,6 +4,9 @@ What is saved: every component built from our own config (the `tiny` backbones),
 the recipe trained, the LoRA adapter of a pretrained LLM, and the knowledge buffers. A pretrained,
 frozen backbone is referenced by the path in config.json, not copied, so a checkpoint of a 7B run
 holds megabytes, not gigabytes.
+
+`Checkpointable` is mixed into FaceInsight (as transformers' PreTrainedModel is a base of its models): the
+model saves and loads itself, and this module needs no import of the model's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import FaceInsightConfig, Recipe
-from model.faceinsight import FaceInsight
 from model.knowledge_modules import EXCLUSION
 from model.labels import CELEBA_ATTRIBUTES
 from model.tokenizer import load_tokenizer
@@ -34,7 +36,7 @@ def component_of(key: str) -> str:
     return next((c for p, c in PREFIXES.items() if key.startswith(p)), "buffers")
 
 
-def saved(model: FaceInsight, key: str, recipe: Recipe) -> bool:
+def saved(model, key: str, recipe: Recipe) -> bool:
     component = component_of(key)
     if component == "vision":
         return model.cfg.vision.kind == "tiny" or recipe.vision == "full"
@@ -45,7 +47,7 @@ def saved(model: FaceInsight, key: str, recipe: Recipe) -> bool:
     return True
 
 
-def save_pretrained(model: FaceInsight, path: str | Path, recipe: Recipe,
+def save_pretrained(model, path: str | Path, recipe: Recipe,
                     state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Write the checkpoint; returns the saved tensor names. `state_dict`: weights gathered elsewhere
     (ZeRO-3 partitions parameters, so the trainer passes the consolidated ones)."""
@@ -79,15 +81,15 @@ def knowledge_from_weights(weights: dict[str, torch.Tensor]) -> dict[str, Any] |
     return {"graph": {"normalized": weights["cooccurrence.adjacency"].tolist()}, "rules": rules}
 
 
-def from_pretrained(path: str | Path) -> FaceInsight:
-    """Rebuild the model a checkpoint describes; outputs equal the saved model's."""
+def from_pretrained(cls, path: str | Path):
+    """Rebuild the model (of class `cls`) a checkpoint describes; outputs equal the saved model's."""
     path = Path(path)
     if not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; not a FaceInsight checkpoint")
     meta = json.loads((path / META_FILE).read_text())
     cfg = FaceInsightConfig.load(path / CONFIG_FILE)
     weights = load_file(str(path / WEIGHTS_FILE))
-    model = FaceInsight(cfg, load_tokenizer(path), knowledge_from_weights(weights))
+    model = cls(cfg, load_tokenizer(path), knowledge_from_weights(weights))
     if meta["lora"]:
         model.add_lora()
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -99,3 +101,16 @@ def from_pretrained(path: str | Path) -> FaceInsight:
     model.apply_recipe(recipe)  # trainable flags as when saved, so training can resume from here
     model.eval()
     return model
+
+
+class Checkpointable:
+    """`Model.from_pretrained(path)` and `model.save_pretrained(path, recipe)` for a class built as
+    `cls(config, tokenizer, knowledge)` with `add_lora` and `apply_recipe`."""
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path):
+        return from_pretrained(cls, path)
+
+    def save_pretrained(self, path: str | Path, recipe: Recipe,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
+        return save_pretrained(self, path, recipe, state_dict)

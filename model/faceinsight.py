@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from model.chat import CHAT_TEMPLATES, IGNORE, ChatTemplate
+from model.checkpoint import Checkpointable
 from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import (
@@ -66,7 +67,9 @@ def loop_tokens(seq: list[int], longest: int) -> list[int]:
     return sorted(banned)
 
 
-class FaceInsight(nn.Module):
+class FaceInsight(Checkpointable, nn.Module):
+    """`FaceInsight.from_pretrained(path)` / `save_pretrained(path, recipe)` come from model/checkpoint.py."""
+
     def __init__(self, cfg: FaceInsightConfig, tokenizer, knowledge: dict[str, Any] | None = None,
                  chat: ChatTemplate | None = None):
         super().__init__()
@@ -120,17 +123,6 @@ class FaceInsight(nn.Module):
         return AnswerEmbedding(width, {t: [ids(w) for w in words] for t, words in ANSWER_CLASSES.items()},
                                {t: [ids(k)[-1] for k in keys] for t, keys in ANSWER_KEYS.items()},
                                {t: class_weights(counts.get(t), len(words)) for t, words in ANSWER_CLASSES.items()})
-
-    @classmethod
-    def from_pretrained(cls, path) -> FaceInsight:
-        from model.checkpoint import from_pretrained
-
-        return from_pretrained(path)
-
-    def save_pretrained(self, path, recipe: Recipe, state_dict=None) -> list[str]:
-        from model.checkpoint import save_pretrained
-
-        return save_pretrained(self, path, recipe, state_dict)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:

@@ -20,6 +20,12 @@ from typing import Annotated
 
 import typer
 
+from model.labels import CELEBA_ATTRIBUTES
+from pipelines.inference import IMAGE_SUFFIXES, BatchDescriber, NotAnImage, load_predictor, read_image, resolve_model
+from pipelines.inference import describe as run_describe
+from pipelines.ray_runtime import init_ray
+from pipelines.storage import Store, atomic_path
+
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 ModelOption = Annotated[str, typer.Option(help="auto, a checkpoint folder, or a models:/ URI.")]
@@ -46,8 +52,6 @@ def _fail(message: str) -> None:
 
 
 def _predictor(model: str, parser: Path):
-    from pipelines.inference import load_predictor, resolve_model
-
     try:
         return load_predictor(resolve_model(model), parser)
     except FileNotFoundError as exc:
@@ -55,8 +59,6 @@ def _predictor(model: str, parser: Path):
 
 
 def _image(path: Path) -> bytes:
-    from pipelines.inference import NotAnImage, read_image
-
     try:
         return read_image(path)
     except NotAnImage as exc:
@@ -74,7 +76,6 @@ def ask(
     """Answer one question about one image."""
     import pandas as pd
 
-    from model.labels import CELEBA_ATTRIBUTES
 
     data = _image(image)
     out = _predictor(model, parser)(pd.DataFrame({"image": [data], "question": [question]}))
@@ -98,8 +99,6 @@ def describe(
                        ] = False,
 ) -> None:
     """The whole-face description, plus age, gender, race and expression."""
-    from pipelines.inference import describe as run_describe
-
     row = run_describe(_predictor(model, parser), [_image(image)])[0]
     if as_json:
         print(json.dumps({k: v for k, v in row.items() if k != "attributes"}))
@@ -125,9 +124,6 @@ def predict(
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.inference import IMAGE_SUFFIXES, BatchDescriber, resolve_model
-    from pipelines.ray_runtime import init_ray
-    from pipelines.storage import Store, atomic_path
 
     store = Store(source if "://" in source else str(Path(source).resolve()))  # Ray workers run elsewhere
     if not store.exists():

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.ray_runtime import init_ray
 from pipelines.storage import filesystem, is_remote, upload_dir
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,5 @@ class Placement:
 
 def placement() -> Placement:
     """The placement for the cluster this process is connected to (starts/joins Ray if needed)."""
-    from pipelines.ray_runtime import init_ray
-
     init_ray()
     return Placement.from_env()

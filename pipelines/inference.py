@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from model.labels import EXPRESSIONS, UTK_GENDERS, UTK_RACES
+from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number
+from pipelines.storage import read_url
+from pipelines.tracking import tracking_uri
 
 DEFAULT_MODEL = "models/faceinsight"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -51,7 +54,6 @@ def resolve_model(model: str) -> str:
         from mlflow import MlflowClient
 
         from pipelines.registry import MODEL_NAME
-        from pipelines.tracking import tracking_uri
 
         MlflowClient(tracking_uri()).get_model_version_by_alias(MODEL_NAME, "champion")
         return f"models:/{MODEL_NAME}@champion"
@@ -64,7 +66,6 @@ def load_predictor(model: str, parser: Path | None) -> Callable[[Any], Any]:
     if model.startswith("models:/"):
         import mlflow
 
-        from pipelines.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
         return mlflow.pyfunc.load_model(model).predict
@@ -85,8 +86,6 @@ def load_predictor(model: str, parser: Path | None) -> Callable[[Any], Any]:
 
 def describe_questions() -> dict[str, str]:
     """The corpus templates' own questions, so the model is asked what it was taught to answer."""
-    from pipelines.corpus.templates import Templates
-
     d = Templates.load().data
     opened = d["demographics"]["open"]
     return {"description": d["description"]["q"][0], "age": opened["age"][0]["q"],
@@ -126,8 +125,6 @@ class BatchDescriber:
         self.predict = load_predictor(model, Path(parser) if parser else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from pipelines.storage import read_url
-
         good, rows = [], []
         for path in batch["path"]:
             try:

@@ -83,10 +83,6 @@ def quarantine_table(entries: list[Quarantined]) -> pa.Table:
     return pa.Table.from_pylist([dataclasses.asdict(q) for q in entries], schema=QUARANTINE_SCHEMA)
 
 
-def read_manifest(path: Path | str) -> list[Record]:
-    return [Record(**row) for row in pq.read_table(path).to_pylist()]
-
-
 def read_datasets(roots: dict[str, str], cfg: IngestConfig) -> dict[str, ReadResult]:
     return {
         "celebamask_hq": read_celebamask_hq(roots["celebamask_hq"], cfg.verify_images),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.labels import MASK_PARTS, PARSING_CLASSES, PART_LABEL
+from model.labels import LEFT_RIGHT_PAIRS, MASK_PARTS, PARSING_CLASSES, PART_LABEL
+from pipelines.storage import read_url
 
 # One colour per class, CelebAMask-HQ's usual visualisation palette.
 PALETTE = np.array([
@@ -48,7 +49,6 @@ def load_label_map(mask_urls: list[str]) -> np.ndarray | None:
 
     from PIL import Image
 
-    from pipelines.storage import read_url
 
     masks = {}
     for url in mask_urls:
@@ -58,8 +58,6 @@ def load_label_map(mask_urls: list[str]) -> np.ndarray | None:
 
 
 def _flip_lut() -> np.ndarray:
-    from model.labels import LEFT_RIGHT_PAIRS
-
     lut = np.arange(len(PARSING_CLASSES), dtype=np.uint8)
     for left, right in LEFT_RIGHT_PAIRS:
         lut[PART_LABEL[left]], lut[PART_LABEL[right]] = PART_LABEL[right], PART_LABEL[left]

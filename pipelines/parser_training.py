@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_parser, save_parser
 from model.labels import PARSING_CLASSES
+from pipelines.cluster import placement
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import augment_batch, load_parsing_example
 from pipelines.training.loop import (
@@ -149,8 +150,6 @@ def _dataset(records: list[Record], size: int, augment: bool, seed: int):
 def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
-    from pipelines.cluster import placement
-
     where = placement()
     storage_path = training_storage("train_parser", storage_path, where)  # fails here, not after the data work
     by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]

@@ -14,7 +14,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from pipelines.corpus.records import decode_image
+from pipelines.images import decode_image
 
 MODEL_NAME = "faceinsight"
 

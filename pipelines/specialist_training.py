@@ -10,6 +10,9 @@ import numpy as np
 import torch
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
+from pipelines.cluster import placement
+from pipelines.corpus.reader import load_faces
+from pipelines.images import decode_image
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
 from pipelines.training.task import TrainTask
 
@@ -105,9 +108,6 @@ class SpecialistTask(TrainTask):
 
 def face_rows(corpus: Path, split: str, size: int) -> list[dict[str, Any]]:
     """One row per face: the image at `size` and every label (-1 where the face's dataset has none)."""
-    from pipelines.corpus.records import decode_image
-    from pipelines.evaluation.evaluate import load_faces
-
     rows = []
     for task in ("attributes", "age_gender_race", "expression"):
         for face in load_faces(corpus, split, task, required=False):
@@ -122,7 +122,6 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
                      ) -> dict[str, Any]:
     import ray
 
-    from pipelines.cluster import placement
 
     # the rows travel in the object store: no path reaches a worker but Ray Train's storage
     storage_path = training_storage("train_specialist", storage_path, placement())
@@ -153,24 +152,3 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     return {"steps": state["step"], "train_faces": len(rows), "mlflow_run_id": state["mlflow_run_id"],
             **worker_counts(state), "val": state.get("evaluation", {}),
             "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]]))}
-
-
-def specialist_predictions(model_dir: Path, faces: list[dict[str, Any]], task: str) -> dict[str, np.ndarray]:
-    """Evaluation's view: predicted labels per target for the task's faces."""
-    from model.labels import CELEBA_ATTRIBUTES
-    from pipelines.corpus.records import decode_image
-
-    model = load_specialist(model_dir)
-    images = np.stack([decode_image(f["image"], model.cfg.image_size) for f in faces])
-    out = {k: [] for k in LABELS}
-    for start in range(0, len(images), 256):
-        pred = model.predict(images[start:start + 256])
-        for k in LABELS:
-            out[k].append(pred[k])
-    pred = {k: np.concatenate(v) for k, v in out.items()}
-    if task == "attributes":
-        return {n: pred["attributes"][:, i] for i, n in enumerate(CELEBA_ATTRIBUTES)}
-    if task == "age_gender_race":
-        return {k: pred[k] for k in ("age", "gender", "race")}
-    return {"expression": pred["expression"]}
-

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from model.tokenizer import train_tokenizer
 from pipelines.storage import atomic_dir
 
 
@@ -35,8 +36,6 @@ def corpus_texts(corpus: Path, split: str = "train") -> Iterator[str]:
 
 def build_tokenizer(corpus: Path, cfg: TokenizerConfig, out: Path) -> dict:
     """Train on the train split only (val/test text never shapes the vocabulary); save atomically."""
-    from model.tokenizer import train_tokenizer
-
     tokenizer = train_tokenizer(corpus_texts(corpus), cfg.vocab_size)
     with atomic_dir(out) as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -18,7 +18,7 @@ import typer
 
 from pipelines.corpus.build import CorpusConfig, build_corpus
 from pipelines.corpus.templates import TEMPLATES_FILE, Templates
-from pipelines.ingest import read_manifest
+from pipelines.datasets.common import read_manifest
 from pipelines.ray_runtime import init_ray
 from pipelines.storage import write_json_atomic
 from stages.common import run_stage, stage_config

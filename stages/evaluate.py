@@ -19,15 +19,16 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.evaluation.evaluate import TASKS, EvalConfig, evaluate_task
+from pipelines.evaluation.plots import attribute_bars, confusion_png, confusion_rows
 from pipelines.storage import atomic_dir, write_json_atomic
+from pipelines.tracking import tracking_uri
+from pipelines.training.variants import variant_configs
 from stages.common import run_stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> None:
-    from pipelines.evaluation.plots import attribute_bars, confusion_png, confusion_rows
-
     folder.mkdir(parents=True, exist_ok=True)
     systems = result["systems"]
     if result["task"] == "attributes":
@@ -49,7 +50,6 @@ def log_to_mlflow(task: str, result: dict[str, Any], registry: Path) -> str | No
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from pipelines.tracking import tracking_uri
 
     run_id = json.loads(registry.read_text())["run_id"]
     now = int(time.time() * 1000)
@@ -72,8 +72,6 @@ def log_to_mlflow(task: str, result: dict[str, Any], registry: Path) -> str | No
 
 def variant_models(params: dict[str, Any], folder: Path) -> dict[str, tuple[str, Path]]:
     """name -> (label, model folder) of every variant params.yaml lists; each must have been trained."""
-    from pipelines.training.variants import variant_configs
-
     out = {}
     for name, variant in variant_configs(params).items():
         model_dir = folder / name / "model"

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from pipelines.config import load_params
+from pipelines.storage import write_json_atomic
+from pipelines.tracking import tracking_uri
 from pipelines.training.stage import print_summary, storage_path, train_stage
 from stages.common import run_stage
 
@@ -38,8 +40,6 @@ def main(
 ) -> None:
     def body() -> None:
         from pipelines.registry import register
-        from pipelines.storage import write_json_atomic
-        from pipelines.tracking import tracking_uri
 
         result = train_stage("finetune", load_params(params), corpus, tokenizer, knowledge, init, out, metrics,
                              history, storage_path(storage))

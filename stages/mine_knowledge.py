@@ -15,7 +15,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipelines.ingest import read_manifest
+from pipelines.datasets.common import read_manifest
 from pipelines.knowledge import KnowledgeConfig, class_counts, knowledge_metrics, mine_knowledge, plot_conditional
 from pipelines.storage import atomic_path, write_json_atomic
 from stages.common import run_stage, stage_config

@@ -16,6 +16,7 @@ import typer
 from pipelines.evaluation.evaluate import TASKS
 from pipelines.evaluation.report import ReportConfig, gate, results_markdown
 from pipelines.storage import atomic_path, write_json_atomic
+from pipelines.tracking import tracking_uri
 from stages.common import run_stage, stage_config
 
 app = typer.Typer(add_completion=False)
@@ -45,7 +46,6 @@ def main(
             from mlflow import MlflowClient
 
             from pipelines.registry import alias_metrics
-            from pipelines.tracking import tracking_uri
 
             client = MlflowClient(tracking_uri())
             champion = alias_metrics(client, "champion")

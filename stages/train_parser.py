@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.ingest import read_manifest
+from pipelines.datasets.common import read_manifest
 from pipelines.parser_training import ParserTrainConfig, train_parser
 from pipelines.storage import write_json_atomic
 from stages.common import run_stage, stage_config

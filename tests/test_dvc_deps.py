@@ -86,5 +86,20 @@ def test_every_stage_lists_the_code_it_imports():
 
 
 def test_the_closure_follows_function_local_imports(tmp_path):
-    # stages.evaluate imports the specialist's predictions inside a function; the closure must reach them
-    assert ROOT / "pipelines" / "specialist_training.py" in closure(module_file("stages.evaluate"))
+    # an import inside a function (kept where it defers a heavy package) is a dependency all the same
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    from model.faceinsight import FaceInsight\n    return FaceInsight\n")
+    assert imports_of(module) == {ROOT / "model" / "__init__.py", ROOT / "model" / "faceinsight.py"}
+
+
+def test_no_stage_lists_code_it_does_not_import():
+    """The other direction: a module a stage never imports is not its dep, so an edit to the renderer does not
+    make the trained models stale (folder deps are not checked: they name a package the stage uses)."""
+    extra = {}
+    for name, (module, deps) in stages().items():
+        reached = {p.relative_to(ROOT).as_posix() for p in closure(module_file(module))}
+        unused = sorted(d for d in deps if d.endswith(".py") and d not in reached)
+        if unused:
+            extra[name] = unused
+    assert not extra, "dvc.yaml deps name modules their stage never imports (remove them):\n" + "\n".join(
+        f"  {name}: {', '.join(unused)}" for name, unused in extra.items())

@@ -9,12 +9,12 @@ import pytest
 
 from pipelines.config import build
 from pipelines.datasets.celebamask_hq import ATTRIBUTE_FILE
+from pipelines.datasets.common import read_manifest
 from pipelines.ingest import (
     DatasetRoots,
     IngestConfig,
     IngestPaths,
     QuarantineThresholdExceeded,
-    read_manifest,
     run_ingest,
 )
 from pipelines.synthetic.writers import SyntheticConfig

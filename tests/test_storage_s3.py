@@ -4,9 +4,10 @@ import boto3
 import pytest
 
 from pipelines.datasets.celebamask_hq import read_celebamask_hq
+from pipelines.datasets.common import read_manifest
 from pipelines.datasets.rafdb import read_rafdb
 from pipelines.datasets.utkface import read_utkface
-from pipelines.ingest import DatasetRoots, IngestConfig, IngestPaths, read_manifest, run_ingest
+from pipelines.ingest import DatasetRoots, IngestConfig, IngestPaths, run_ingest
 from pipelines.storage import Store, read_url, upload_dir
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 from tests.conftest import SEED

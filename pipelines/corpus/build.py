@@ -40,11 +40,12 @@ from pipelines.corpus.records import (
     face_records,
     load_face,
     region_stats,
-    resize_map,
     scene_facts,
 )
 from pipelines.corpus.templates import Templates
 from pipelines.datasets.common import SPLITS, Record
+from pipelines.images import resize_map
+from pipelines.ingest import QUARANTINE_SCHEMA
 from pipelines.storage import atomic_dir, filesystem, remove_tree
 
 log = logging.getLogger(__name__)
@@ -273,8 +274,6 @@ def parity_scores(confusion: np.ndarray, faces: int) -> dict[str, Any]:
 def build_corpus(records: list[Record], ingest_quarantine: pa.Table, knowledge: dict[str, Any], parser_dir: Path,
                  cfg: CorpusConfig, seed: int, out_dir: Path, templates: Templates | None = None) -> dict[str, Any]:
     """Build the corpus into `out_dir` (via a temporary sibling renamed at the end); returns the metrics."""
-    from pipelines.ingest import QUARANTINE_SCHEMA
-
     start, began = time.perf_counter(), time.time()
     templates = templates or Templates.load(knowledge=knowledge)
     if not records:

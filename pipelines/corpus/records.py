@@ -18,6 +18,7 @@ from PIL import Image
 
 from model.labels import PARSING_CLASSES
 from pipelines.corpus.templates import FaceLabels, Templates, Turn, generic_turns
+from pipelines.images import decode_image, resize_map
 from pipelines.label_maps import compose_label_map, part_of_mask_file
 from pipelines.storage import read_url
 
@@ -42,22 +43,6 @@ class RecordPlan:
     def __post_init__(self) -> None:
         if min(self.questions_per_record, self.multiple_choice_turns, self.knowledge_turns) < 1:
             raise ValueError("build_corpus: questions_per_record, multiple_choice_turns, knowledge_turns must be >= 1")
-
-
-def decode_image(data: bytes, size: int, mode: str = "RGB") -> np.ndarray:
-    """Encoded image bytes -> a size x size array; "L" (label maps) resizes by nearest neighbour."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert(mode)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.NEAREST if mode == "L" else Image.BILINEAR)
-        return np.asarray(img)
-
-
-def resize_map(label_map: np.ndarray, size: int) -> np.ndarray:
-    """Nearest neighbour: a label map has no in-between classes."""
-    if label_map.shape == (size, size):
-        return label_map
-    return np.asarray(Image.fromarray(label_map).resize((size, size), Image.NEAREST))
 
 
 def describe(exc: Exception) -> str:

@@ -8,7 +8,9 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
@@ -61,6 +63,11 @@ class Record:
     label_file: str | None = None
     label_line: int | None = None
     original: str | None = None  # RAF-DB: the unaligned image
+
+
+def read_manifest(path: Path | str) -> list[Record]:
+    """ingest's manifest.parquet -> one Record a row (what every later stage reads; no renderer needed)."""
+    return [Record(**row) for row in pq.read_table(path).to_pylist()]
 
 
 @dataclass(frozen=True)

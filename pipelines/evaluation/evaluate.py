@@ -11,7 +11,6 @@ ablations: asked exactly as FaceInsight is), and any Hugging Face MLLM named in 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
@@ -24,14 +23,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from model.faceinsight import FaceInsight
+from model.knowledge_modules import rules_tensor
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
-from pipelines.corpus.records import decode_image
+from model.specialist import HEADS, load_specialist
+from pipelines.corpus.reader import load_faces
 from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
+from pipelines.evaluation.hf_adapter import HFImageTextModel
 from pipelines.evaluation.metrics import UNREAD, age_metrics, attribute_metrics, classification_metrics, rule_violations
 from pipelines.evaluation.report import HF_PREFIX, VARIANT_PREFIX
 from pipelines.evaluation.uncertainty import METRICS, metric_interval
-from pipelines.training.corpus_data import shard_files
+from pipelines.images import decode_image
 
 log = logging.getLogger(__name__)
 TASKS = ("attributes", "age_gender_race", "expression")
@@ -81,30 +84,6 @@ def questions(task: str, templates: Templates) -> list[Question]:
     if task == "expression":
         return [Question("expression", d["expression"]["open"][0]["q"], lambda t: parse_name(t, EXPRESSIONS))]
     raise ValueError(f"unknown task {task!r}; one of {TASKS}")
-
-
-def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0, required: bool = True
-               ) -> list[dict[str, Any]]:
-    """One row per face of the task in the split (image, parsing map, labels), in a fixed order that does not
-    follow the ids (UTKFace ids start with the age: a capped sample must not be the youngest faces)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    faces: dict[str, dict[str, Any]] = {}
-    try:
-        paths = shard_files(Path(corpus) / split)
-    except FileNotFoundError:
-        if required:
-            raise
-        return []  # a corpus without this split (a training corpus with no val faces)
-    for path in paths:
-        table = pq.read_table(path, columns=["face_id", "task", "image", "seg_map", "map_source", "labels"])
-        for row in table.filter(pc.equal(table["task"], task)).to_pylist():
-            faces.setdefault(row["face_id"], row)
-    rows = [faces[k] for k in sorted(faces, key=lambda k: hashlib.sha1(k.encode()).hexdigest())]
-    if not rows and required:
-        raise ValueError(f"{corpus}/{split}: no {task} faces; check build_corpus")
-    return rows[:max_faces] if max_faces else rows
 
 
 def truth(task: str, faces: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -162,6 +141,23 @@ def generated_predictions(answer: AnswerFn, n_faces: int, asked: list[Question],
     return pred, examples
 
 
+def specialist_predictions(model_dir: Path, faces: list[dict[str, Any]], task: str) -> dict[str, np.ndarray]:
+    """The specialist CNN's predicted labels per target for the task's faces."""
+    model = load_specialist(model_dir)
+    images = np.stack([decode_image(f["image"], model.cfg.image_size) for f in faces])
+    out = {k: [] for k in HEADS}
+    for start in range(0, len(images), 256):
+        pred = model.predict(images[start:start + 256])
+        for k in HEADS:
+            out[k].append(pred[k])
+    pred = {k: np.concatenate(v) for k, v in out.items()}
+    if task == "attributes":
+        return {n: pred["attributes"][:, i] for i, n in enumerate(CELEBA_ATTRIBUTES)}
+    if task == "age_gender_race":
+        return {k: pred[k] for k in ("age", "gender", "race")}
+    return {"expression": pred["expression"]}
+
+
 def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig
                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generated answers of a FaceInsight model, read per question; for attributes also its head's."""
@@ -209,8 +205,6 @@ def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, 
 def hf_predictions(path: str, faces: list[dict[str, Any]], asked: list[Question], cfg: EvalConfig
                    ) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
     """A Hugging Face MLLM asked the same questions about the same faces (the image alone: it has no maps)."""
-    from pipelines.evaluation.hf_adapter import HFImageTextModel
-
     model = HFImageTextModel.load(path)
     with Image.open(io.BytesIO(faces[0]["image"])) as first:
         side = first.size[0]  # as stored in the corpus; the model's processor resizes
@@ -237,8 +231,6 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
                   variants: dict[str, tuple[str, Path]] | None = None) -> dict[str, Any]:
     """Every system on the task's `cfg.split` faces: {"faces", "systems": {name: {"summary", "metrics"}}}.
     `variants`: name -> (row label, model folder) of the baselines and ablations (train_variant@<name>)."""
-    from model.knowledge_modules import rules_tensor
-
     templates = Templates.load(knowledge=knowledge)
     asked = questions(task, templates)
     faces = load_faces(corpus, cfg.split, task, cfg.max_faces)
@@ -259,8 +251,6 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
 
     add("majority", majority_predictions(task, load_faces(corpus, "train", task), len(faces)))
     if specialist is not None:
-        from pipelines.specialist_training import specialist_predictions
-
         add("specialist", specialist_predictions(specialist, faces, task))
     # the training-free multi-task model, the one fine-tuned on this task (finetune_task@<task>), the variants
     models = [("faceinsight", model_dir, {}), ("faceinsight_tuned", tuned_dir, {})]
@@ -269,7 +259,6 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
     for name, folder, about in models:
         if folder is None:
             continue
-        from model.faceinsight import FaceInsight
 
         pred, extra = model_predictions(FaceInsight.from_pretrained(folder), faces, asked, cfg)
         add(name, pred, examples=extra["examples"], **about)

@@ -15,7 +15,10 @@ import pyarrow as pa
 
 from model.chat import CHAT_TEMPLATES, IGNORE
 from model.knowledge_modules import ANSWER_CLASSES, gender_from_attributes
-from pipelines.corpus.records import decode_image
+from model.tokenizer import load_tokenizer
+from pipelines.corpus.reader import shard_files
+from pipelines.images import decode_image
+from pipelines.storage import arrow_filesystem, local_copy
 
 
 class CorpusEncoder:
@@ -23,9 +26,6 @@ class CorpusEncoder:
 
     def __init__(self, tokenizer_dir: str, chat_template: str, image_tokens: int, seg_tokens: int, max_tokens: int,
                  image_size: int, seg_size: int):
-        from model.tokenizer import load_tokenizer
-        from pipelines.storage import local_copy
-
         self.tokenizer = load_tokenizer(local_copy(tokenizer_dir))
         self.chat = CHAT_TEMPLATES[chat_template]
         self.image_tokens, self.seg_tokens, self.max_tokens = image_tokens, seg_tokens, max_tokens
@@ -69,17 +69,6 @@ def encode_batch(batch: pa.Table, **encoder: Any) -> dict[str, np.ndarray]:
     return _encoder(tuple(sorted(encoder.items())))(batch)
 
 
-def shard_files(split_dir: str | Path) -> list[str]:
-    """The shard files of one split folder (a local path or a URL), sorted."""
-    from pipelines.storage import Store
-
-    files = sorted(info.path for rel, info in Store(str(split_dir)).list(recursive=False).items()
-                   if rel.startswith("part-") and rel.endswith(".parquet"))
-    if not files:
-        raise FileNotFoundError(f"{split_dir}: no corpus shards; run `dvc repro build_corpus` first")
-    return files
-
-
 def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int = 0,
                    kinds: tuple[str, ...] = (), workers: int = 0, tasks: tuple[str, ...] = ()):
     """A Ray Dataset of encoded training examples from one split folder, in a fixed order; `workers`: the most
@@ -87,7 +76,6 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     import ray
     from ray.data.expressions import col
 
-    from pipelines.storage import arrow_filesystem
 
     files = shard_files(split_dir)
     filesystem, _ = arrow_filesystem(files[0])

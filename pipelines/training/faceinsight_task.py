@@ -8,8 +8,16 @@ from typing import Any
 
 import torch
 
+from model.config import RECIPES, FaceInsightConfig
+from model.tokenizer import load_tokenizer
+from pipelines.cluster import placement
+from pipelines.corpus.records import KINDS, TASKS
+from pipelines.corpus.templates import Templates
+from pipelines.storage import local_copy
+from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
 from pipelines.training.task import TrainTask
+from pipelines.training.validation import val_sample, val_scores
 
 TASK = "pipelines.training.faceinsight_task:FaceInsightTask"
 
@@ -27,13 +35,10 @@ class TrainConfig(LoopConfig):
     val_faces: int = 64  # val faces per task scored at every checkpoint (learning curve in MLflow); 0: none
 
     def __post_init__(self) -> None:
-        from model.config import RECIPES
-
         if self.recipe not in RECIPES:
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
-        from pipelines.corpus.records import KINDS, TASKS
 
         for key, allowed in (("tasks", TASKS.values()), ("kinds", KINDS)):
             unknown = set(getattr(self, key)) - set(allowed)
@@ -47,10 +52,7 @@ class FaceInsightTask(TrainTask):
 
     def build(self):
         """Fresh from the config, or from the previous stage's checkpoint; the recipe decides what trains."""
-        from model.config import RECIPES, FaceInsightConfig
         from model.faceinsight import FaceInsight
-        from model.tokenizer import load_tokenizer
-        from pipelines.storage import local_copy
 
         config = self.config  # paths here are what the driver handed over: local, shared or s3://
         if config.get("init_from"):
@@ -97,8 +99,6 @@ class FaceInsightTask(TrainTask):
         return out.loss, terms, int(batch["attention_mask"].sum())
 
     def evaluate(self, model, core, final: bool) -> dict[str, Any]:
-        from pipelines.training.validation import val_scores
-
         sample = self.config.get("val")
         if not sample:
             return {}
@@ -145,8 +145,6 @@ def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed
 
 def val_questions() -> dict[str, str]:
     """The questions validation asks: the templates' own, as evaluation asks them."""
-    from pipelines.corpus.templates import Templates
-
     data = Templates.load().data
     return {name: a["question"] for name, a in data["attributes"].items()} | {
         "gender": data["demographics"]["open"]["gender"][0]["q"], "expression": data["expression"]["open"][0]["q"]}
@@ -164,12 +162,7 @@ def pretrained_path(model: dict[str, Any]) -> str | None:
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
-    from model.config import FaceInsightConfig
     from model.faceinsight import FaceInsight
-    from model.tokenizer import load_tokenizer
-    from pipelines.cluster import placement
-    from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
-    from pipelines.training.validation import val_sample
 
     where = placement()
     storage_path = training_storage(stage, storage_path, where)  # fails here, not after the data work

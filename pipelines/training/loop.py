@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from pipelines.storage import arrow_filesystem, atomic_dir
+from pipelines.tracking import flatten, start_stage_run, tracking_store_path, tracking_uri
 from pipelines.training.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -288,7 +290,6 @@ def _maybe_fail(config: dict[str, Any], cfg: LoopConfig, step: int) -> None:
 def _open_mlflow(config, task, core, trainable: dict[str, int], state: dict):
     import mlflow
 
-    from pipelines.tracking import flatten, start_stage_run
 
     # a restarted run continues its MLflow run; a new one is a child of the pipeline's run
     run = start_stage_run(config["tracking_uri"], config["stage"], state.get("mlflow_run_id"))
@@ -345,8 +346,6 @@ def training_storage(stage: str, storage_path: str, where) -> str:
     """Checked at a training stage's start (`where`: its pipelines.cluster.Placement), before any data work:
     rank 0 logs to MLflow and every worker writes checkpoints, so both must be where the workers are.
     Returns the storage Ray Train uses; pass that to `fit`."""
-    from pipelines.tracking import tracking_store_path, tracking_uri
-
     where.require(stage, {"MLflow store (MLFLOW_TRACKING_URI)": tracking_store_path(tracking_uri())})
     return where.train_storage(stage, storage_path)
 
@@ -358,7 +357,6 @@ def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_c
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.tracking import tracking_uri
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -385,8 +383,6 @@ def worker_counts(state: dict[str, Any]) -> dict[str, int]:
 
 def publish(result, out_dir: Path, check: Callable[[Path], Any]) -> dict[str, Any]:
     """Copy the final checkpoint to `out_dir` (a DVC out) through a temporary folder; its trainer state."""
-    from pipelines.storage import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         with result.checkpoint.as_directory() as ckpt:
             shutil.copytree(ckpt, tmp)
@@ -400,7 +396,5 @@ def publish(result, out_dir: Path, check: Callable[[Path], Any]) -> dict[str, An
 
 def ray_storage(storage_path: str) -> dict[str, Any]:
     """RunConfig storage arguments (an explicit filesystem for s3:// at a custom endpoint)."""
-    from pipelines.storage import arrow_filesystem
-
     filesystem, path = arrow_filesystem(storage_path)
     return {"storage_path": path} | ({"storage_filesystem": filesystem} if filesystem else {})

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.config import merge_overrides, model_config
 from pipelines.config import build
 from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.training.corpus_data import knowledge_file
 from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
+from pipelines.training.variants import variant_config
 
 
 def train_pass(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Path, knowledge: Path,
@@ -18,8 +20,6 @@ def train_pass(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Path
                ) -> dict[str, Any]:
     """`section` of params (default: the stage's name) with `overrides` on top, and the `model` section
     with `model_overrides` merged in, trains the model into `out`; the result holds the loss history."""
-    from model.config import merge_overrides, model_config
-
     section = section or stage
     cfg = build(TrainConfig, {**(params.get(section) or {}), **(overrides or {})}, section)
     model_params = merge_overrides(dict(params.get("model") or {}), model_overrides or {})
@@ -44,8 +44,6 @@ def train_variant(name: str, params: dict[str, Any], corpus: Path, tokenizer: Pa
                   metrics: Path, history: Path, storage: str) -> dict[str, Any]:
     """A baseline or ablation (params.yaml `variants.<name>`): align then finetune as the main model does,
     with the variant's model overrides and record kinds; `out`/align and `out`/model hold the checkpoints."""
-    from pipelines.training.variants import variant_config
-
     variant = variant_config(params, name)
     change = {"model_overrides": variant.model, "overrides": {"kinds": list(variant.kinds)} if variant.kinds else None}
     with atomic_dir(out) as tmp:  # both checkpoints or neither

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS
+from pipelines.corpus.reader import load_faces
+from pipelines.evaluation.answers import parse_name, parse_yes_no
+from pipelines.images import decode_image
 
 QUESTIONS_PER_FACE = 8  # attribute questions asked of each val face (a fixed, seeded choice)
 
 
 def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: int) -> dict[str, Any]:
     """Up to `faces` val faces each of the attribute, age/gender/race and expression tasks, as arrays."""
-    from pipelines.corpus.records import decode_image
-    from pipelines.evaluation.evaluate import load_faces
-
     out: dict[str, Any] = {}
     for task in ("attributes", "age_gender_race", "expression"):
         rows = load_faces(corpus, "val", task, faces, required=False)
@@ -48,8 +48,6 @@ def _uar(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def _said(model, part: dict[str, Any], question: str, names, maps: bool, batch: int, tokens: int) -> np.ndarray:
     """The class each face's generated answer to `question` names (-1 unread)."""
-    from pipelines.evaluation.answers import parse_name
-
     answers = []
     for start in range(0, len(part["image"]), batch):
         sl = slice(start, start + batch)
@@ -75,7 +73,6 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
     """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates')."""
     import torch
 
-    from pipelines.evaluation.answers import parse_yes_no
 
     out: dict[str, float] = {}
     maps = model.seg_encoder is not None

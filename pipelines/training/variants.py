@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.config import merge_overrides, model_config
 from pipelines.config import build
 
 
@@ -26,8 +27,6 @@ class VariantConfig:
 
 def variant_configs(params: dict[str, Any]) -> dict[str, VariantConfig]:
     """params.yaml `variants`, validated: each model override makes a valid model."""
-    from model.config import merge_overrides, model_config
-
     out = {}
     for name, section in (params.get("variants") or {}).items():
         cfg = build(VariantConfig, section, f"variants.{name}")

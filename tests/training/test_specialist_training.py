@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from model.labels import ATTRIBUTE_INDEX
-from pipelines.specialist_training import SpecialistTrainConfig, specialist_predictions, train_specialist
+from pipelines.evaluation.evaluate import specialist_predictions
+from pipelines.specialist_training import SpecialistTrainConfig, train_specialist
 
 pytestmark = pytest.mark.slow
 
@@ -11,7 +12,7 @@ def test_specialist_learns_on_the_shared_loop(ray_local, corpus, tmp_path, monke
     from mlflow import MlflowClient
 
     from model.specialist import SpecialistConfig
-    from pipelines.evaluation.evaluate import load_faces
+    from pipelines.corpus.reader import load_faces
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
