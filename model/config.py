@@ -127,7 +127,7 @@ class AlignmentConfig:
     # guesses (scheduled sampling): the LM learns to read a verdict before the head's verdicts are worth reading
     verdict_forcing: float = 0.5
     # gender, race and expression heads on the pooled visual feature; the question words that name the task carry
-    # their expected answer word (model/knowledge_modules.AnswerEmbedding). Independent of use_cooccurrence
+    # their answer word (model/knowledge_modules.AnswerEmbedding). Independent of use_cooccurrence
     answer_heads: bool = True
 
     def __post_init__(self) -> None:
