@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "faceinsight"
+MODEL_NAME = "faceinsight"  # the registered model: versions, and the `candidate` / `champion` aliases
 
 
 def tracking_uri() -> str:
@@ -93,3 +96,29 @@ def mlflow_run(uri: str, run_name: str, stage: str, params: Mapping[str, Any],
     with start_stage_run(uri, stage, tags=tags) as run:
         mlflow.log_params(flatten(params))
         yield run
+
+
+def log_eval_metrics(task: str, result: dict[str, Any], registry: Path, tracking_uri: str) -> str | None:
+    """evaluate@<task>'s headline numbers, and the 95% bootstrap interval beside each, on the registered
+    version's run (eval.<task>.<system>.<metric>[.ci95_low|high]); the run id, or None where there is none."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    if not Path(registry).exists():
+        return None
+    run_id = json.loads(Path(registry).read_text())["run_id"]
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"eval.{task}.{system}.{key}", float(value), now, 0)
+               for system, s in result["systems"].items() for key, value in s["summary"].items() if value is not None]
+    metrics += [Metric(f"eval.{task}.{system}.{key}.ci95_{end}", float(ci[end]), now, 0)
+                for system, s in result["systems"].items() for key, ci in s.get("intervals", {}).items()
+                for end in ("low", "high") if ci[end] == ci[end]]
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:  # a registry entry from another machine's store: say so, do not fail the stage
+        print(f"[evaluate] MLflow run {run_id} of {registry} is not in this tracking store ({type(exc).__name__}); "
+              "metrics not logged there")
+        return None
+    client.log_batch(run_id, metrics=metrics)
+    return run_id

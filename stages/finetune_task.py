@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
+from model.labels import TASKS
 from pipelines.config import load_params
-from pipelines.evaluation.evaluate import TASKS
 from pipelines.training.stage import print_summary, storage_path, train_stage
 from stages.common import run_stage
 
