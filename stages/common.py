@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +20,8 @@ ParamsFile = Annotated[Path, typer.Option("--params", help="The params file (par
 CorpusDir = Annotated[Path, typer.Option("--corpus", help="The corpus (build_corpus).")]
 KnowledgeFile = Annotated[Path, typer.Option("--knowledge", help="knowledge.json (mine_knowledge).")]
 RegistryFile = Annotated[Path, typer.Option("--registry", help="The registered version (finetune).")]
+TokenizerDir = Annotated[Path, typer.Option("--tokenizer", help="The tiny preset's tokenizer (train_tokenizer).")]
+Storage = Annotated[str, typer.Option("--storage", help="Ray Train run storage (a path or s3:// URL).")]
 
 
 def stage_config(cls: type[T], section: str, params_path: Path) -> tuple[T, dict[str, Any]]:
@@ -30,6 +33,16 @@ def stage_config(cls: type[T], section: str, params_path: Path) -> tuple[T, dict
 def present(path: Path) -> Path | None:
     """An optional input: the path where it exists (a stage that made it ran), else None."""
     return path if path.exists() else None
+
+
+def stage(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A stage's command, run by run_stage under `name`, formatted with its options ("evaluate@{task}")."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)  # typer reads the options from the wrapped signature
+        def command(**options: Any) -> Any:
+            return run_stage(name.format(**options), lambda: fn(**options))
+        return command
+    return wrap
 
 
 def run_stage(name: str, fn: Callable[[], Any]) -> Any:

@@ -19,12 +19,13 @@ from pipelines.evaluation.plots import write_task_plots
 from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.tracking import log_eval_metrics, tracking_uri
 from pipelines.training.variants import trained_variants
-from stages.common import CorpusDir, KnowledgeFile, ParamsFile, RegistryFile, present, run_stage, stage_config
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, RegistryFile, present, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("evaluate@{task}")
 def main(
     task: Annotated[str, typer.Option(help=f"One of {', '.join(TASKS)}.")],
     params: ParamsFile = Path("params.yaml"),
@@ -37,23 +38,20 @@ def main(
     registry: RegistryFile = Path("registry/faceinsight.json"),
     out: Annotated[Path, typer.Option(help="Where metrics/, reports/ and plots/ go.")] = Path("."),
 ) -> None:
-    def body() -> None:
-        if task not in TASKS:
-            raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
-        cfg, all_params = stage_config(EvalConfig, "evaluate", params)
-        tuned_dir = tuned or Path("models/finetune_task") / task
-        result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg, present(specialist),
-                               present(tuned_dir), trained_variants(all_params, variants))
-        result["mlflow_run_id"] = log_eval_metrics(task, result, registry, tracking_uri())
-        with atomic_dir(out / "plots/eval" / task) as folder:
-            write_task_plots(result, folder)
-        write_json_atomic(out / "reports/eval" / f"{task}.json", result)
-        headline = {"task": task, "split": result["split"], "faces": result["faces"],
-                    **{name: s["summary"] for name, s in result["systems"].items()}}
-        write_json_atomic(out / "metrics/eval" / f"{task}.json", headline)
-        print(json.dumps(headline))
-
-    run_stage(f"evaluate@{task}", body)
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
+    cfg, all_params = stage_config(EvalConfig, "evaluate", params)
+    tuned_dir = tuned or Path("models/finetune_task") / task
+    result = evaluate_task(task, corpus, model, json.loads(knowledge.read_text()), cfg, present(specialist),
+                           present(tuned_dir), trained_variants(all_params, variants))
+    result["mlflow_run_id"] = log_eval_metrics(task, result, registry, tracking_uri())
+    with atomic_dir(out / "plots/eval" / task) as folder:
+        write_task_plots(result, folder)
+    write_json_atomic(out / "reports/eval" / f"{task}.json", result)
+    headline = {"task": task, "split": result["split"], "faces": result["faces"],
+                **{name: s["summary"] for name, s in result["systems"].items()}}
+    write_json_atomic(out / "metrics/eval" / f"{task}.json", headline)
+    print(json.dumps(headline))
 
 
 if __name__ == "__main__":
