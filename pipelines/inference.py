@@ -64,7 +64,6 @@ def load_predictor(model: str, parser: Path | None) -> Callable[[Any], Any]:
     if model.startswith("models:/"):
         import mlflow
 
-
         mlflow.set_tracking_uri(tracking_uri())
         return mlflow.pyfunc.load_model(model).predict
     from model.face_parser import load_parser

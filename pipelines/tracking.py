@@ -36,9 +36,11 @@ def tracking_store_path(uri: str) -> str | None:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout this code runs from (not of the working directory: a Ray worker's is its session
+    folder, where every stage run was tagged `unknown`); "unknown" outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
+                              timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -73,8 +75,10 @@ def pipeline_run_id(uri: str, commit: str | None = None) -> str:
     return run.info.run_id
 
 
-def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None):
-    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training)."""
+def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
+                    commit: str | None = None):
+    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training). `commit`: the
+    driver's, handed to a worker that may run where there is no checkout (a cluster node)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -82,7 +86,7 @@ def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mappi
     mlflow.set_system_metrics_sampling_interval(2)  # CPU, memory, (GPU) every 2 s: stages are minutes long
     if run_id:
         return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    commit = git_commit()
+    commit = commit or git_commit()
     return mlflow.start_run(run_name=stage, parent_run_id=pipeline_run_id(uri, commit), log_system_metrics=True,
                             tags={"dvc.stage": stage, "git.commit": commit, **(tags or {})})
 
