@@ -30,3 +30,7 @@ UTK_MAX_AGE = 116
 
 # RAF-DB basic: label value k (1..7) names EXPRESSIONS[k - 1].
 EXPRESSIONS: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+
+# The three evaluation tasks, one per dataset: CelebAMask-HQ's attributes, UTKFace's age / gender / race, RAF-DB's
+# expression (the corpus' `task` column; evaluate@<task>, finetune_task@<task>).
+TASKS: tuple[str, ...] = ("attributes", "age_gender_race", "expression")

@@ -76,7 +76,6 @@ def ask(
     """Answer one question about one image."""
     import pandas as pd
 
-
     data = _image(image)
     out = _predictor(model, parser)(pd.DataFrame({"image": [data], "question": [question]}))
     answer = out["answer"][0]
@@ -123,7 +122,6 @@ def predict(
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
-
 
     store = Store(source if "://" in source else str(Path(source).resolve()))  # Ray workers run elsewhere
     if not store.exists():

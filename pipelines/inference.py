@@ -14,7 +14,7 @@ from model.labels import EXPRESSIONS, UTK_GENDERS, UTK_RACES
 from pipelines.corpus.templates import Templates
 from pipelines.evaluation.answers import parse_name, parse_number
 from pipelines.storage import read_url
-from pipelines.tracking import tracking_uri
+from pipelines.tracking import MODEL_NAME, tracking_uri
 
 DEFAULT_MODEL = "models/faceinsight"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -53,8 +53,6 @@ def resolve_model(model: str) -> str:
     try:
         from mlflow import MlflowClient
 
-        from pipelines.registry import MODEL_NAME
-
         MlflowClient(tracking_uri()).get_model_version_by_alias(MODEL_NAME, "champion")
         return f"models:/{MODEL_NAME}@champion"
     except Exception:  # no store, no registered model or no champion alias: the local checkpoint
@@ -65,7 +63,6 @@ def load_predictor(model: str, parser: Path | None) -> Callable[[Any], Any]:
     """DataFrame(image bytes, question) -> DataFrame(answer[, attributes JSON])."""
     if model.startswith("models:/"):
         import mlflow
-
 
         mlflow.set_tracking_uri(tracking_uri())
         return mlflow.pyfunc.load_model(model).predict

@@ -49,7 +49,6 @@ def load_label_map(mask_urls: list[str]) -> np.ndarray | None:
 
     from PIL import Image
 
-
     masks = {}
     for url in mask_urls:
         with Image.open(io.BytesIO(read_url(url))) as img:

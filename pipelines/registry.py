@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
 
 from pipelines.images import decode_image
-
-MODEL_NAME = "faceinsight"
+from pipelines.tracking import MODEL_NAME
 
 
 class FaceInsightPyfunc(mlflow.pyfunc.PythonModel):
@@ -31,8 +33,8 @@ class FaceInsightPyfunc(mlflow.pyfunc.PythonModel):
 
             self.parser = load_parser(parser)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import pandas as pd
+    # a DataFrame hint: MLflow then neither validates the input nor warns "Add type hints" on every import
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
         m = self.model
@@ -61,9 +63,6 @@ class FaceInsightPyfunc(mlflow.pyfunc.PythonModel):
 def register(checkpoint: Path, run_id: str, tracking_uri: str, parser: Path | None = None,
              alias: str = "candidate") -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in `run_id`, register a new version, point `alias` at it."""
-    import mlflow
-    from mlflow import MlflowClient
-
     import model as model_package
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -77,23 +76,3 @@ def register(checkpoint: Path, run_id: str, tracking_uri: str, parser: Path | No
     client.set_registered_model_alias(MODEL_NAME, alias, version)
     return {"name": MODEL_NAME, "version": version, "alias": alias, "uri": f"models:/{MODEL_NAME}@{alias}",
             "version_uri": f"models:/{MODEL_NAME}/{version}", "run_id": run_id, "model_uri": info.model_uri}
-
-
-def alias_metrics(client, alias: str, prefix: str = "eval.", system: str = "faceinsight") -> dict[str, float] | None:
-    """The evaluation numbers ("task.metric") of the version `alias` points at, or None if no version has it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(MODEL_NAME, alias)
-    except MlflowException:
-        return None
-    out = {}
-    for key, value in client.get_run(version.run_id).data.metrics.items():
-        parts = key.split(".")  # eval.<task>.<system>.<metric>
-        if key.startswith(prefix) and len(parts) == 4 and parts[2] == system:
-            out[f"{parts[1]}.{parts[3]}"] = value
-    return out | {"_version": version.version}
-
-
-def promote(client, version: str, alias: str = "champion") -> None:
-    client.set_registered_model_alias(MODEL_NAME, alias, version)

@@ -122,7 +122,6 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
                      ) -> dict[str, Any]:
     import ray
 
-
     # the rows travel in the object store: no path reaches a worker but Ray Train's storage
     storage_path = training_storage("train_specialist", storage_path, placement())
     rows = face_rows(corpus, "train", cfg.model.image_size)

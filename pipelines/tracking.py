@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "faceinsight"
+MODEL_NAME = "faceinsight"  # the registered model: versions, and the `candidate` / `champion` aliases
 
 
 def tracking_uri() -> str:
@@ -33,9 +36,11 @@ def tracking_store_path(uri: str) -> str | None:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout this code runs from (not of the working directory: a Ray worker's is its session
+    folder, where every stage run was tagged `unknown`); "unknown" outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
+                              timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -70,8 +75,10 @@ def pipeline_run_id(uri: str, commit: str | None = None) -> str:
     return run.info.run_id
 
 
-def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None):
-    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training)."""
+def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
+                    commit: str | None = None):
+    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training). `commit`: the
+    driver's, handed to a worker that may run where there is no checkout (a cluster node)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -79,7 +86,7 @@ def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mappi
     mlflow.set_system_metrics_sampling_interval(2)  # CPU, memory, (GPU) every 2 s: stages are minutes long
     if run_id:
         return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    commit = git_commit()
+    commit = commit or git_commit()
     return mlflow.start_run(run_name=stage, parent_run_id=pipeline_run_id(uri, commit), log_system_metrics=True,
                             tags={"dvc.stage": stage, "git.commit": commit, **(tags or {})})
 
@@ -93,3 +100,29 @@ def mlflow_run(uri: str, run_name: str, stage: str, params: Mapping[str, Any],
     with start_stage_run(uri, stage, tags=tags) as run:
         mlflow.log_params(flatten(params))
         yield run
+
+
+def log_eval_metrics(task: str, result: dict[str, Any], registry: Path, tracking_uri: str) -> str | None:
+    """evaluate@<task>'s headline numbers, and the 95% bootstrap interval beside each, on the registered
+    version's run (eval.<task>.<system>.<metric>[.ci95_low|high]); the run id, or None where there is none."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    if not Path(registry).exists():
+        return None
+    run_id = json.loads(Path(registry).read_text())["run_id"]
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"eval.{task}.{system}.{key}", float(value), now, 0)
+               for system, s in result["systems"].items() for key, value in s["summary"].items() if value is not None]
+    metrics += [Metric(f"eval.{task}.{system}.{key}.ci95_{end}", float(ci[end]), now, 0)
+                for system, s in result["systems"].items() for key, ci in s.get("intervals", {}).items()
+                for end in ("low", "high") if ci[end] == ci[end]]
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:  # a registry entry from another machine's store: say so, do not fail the stage
+        print(f"[evaluate] MLflow run {run_id} of {registry} is not in this tracking store ({type(exc).__name__}); "
+              "metrics not logged there")
+        return None
+    client.log_batch(run_id, metrics=metrics)
+    return run_id

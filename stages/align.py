@@ -15,28 +15,26 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import run_stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("align")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (sections `model`, `align`).")] = Path("params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
-    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
-    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
+    tokenizer: TokenizerDir = Path("models/tokenizer"),
+    knowledge: KnowledgeFile = Path("data/knowledge/knowledge.json"),
     out: Annotated[Path, typer.Option(help="The aligned model (DVC out).")] = Path("models/align"),
     metrics: Annotated[Path, typer.Option(help="Steps, losses (DVC metric).")] = Path("metrics/train_align.json"),
     history: Annotated[Path, typer.Option(help="Loss per step (DVC plot).")] = Path("plots/train/align.json"),
-    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        result = train_stage("align", load_params(params), corpus, tokenizer, knowledge, None, out, metrics,
-                             history, storage_path(storage))
-        print_summary(result)
-
-    run_stage("align", body)
+    result = train_stage("align", load_params(params), corpus, tokenizer, knowledge, None, out, metrics,
+                         history, storage_path(storage))
+    print_summary(result)
 
 
 if __name__ == "__main__":

@@ -21,38 +21,35 @@ from pipelines.corpus.templates import TEMPLATES_FILE, Templates
 from pipelines.datasets.common import read_manifest
 from pipelines.ray_runtime import init_ray
 from pipelines.storage import write_json_atomic
-from stages.common import run_stage, stage_config
+from stages.common import KnowledgeFile, ParamsFile, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("build_corpus")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `build_corpus`).")] = Path("params.yaml"),
+    params: ParamsFile = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="The ingest output folder.")] = Path("data/manifest"),
-    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path(
-        "data/knowledge/knowledge.json"),
+    knowledge: KnowledgeFile = Path("data/knowledge/knowledge.json"),
     parser: Annotated[Path, typer.Option(help="train_parser's model folder.")] = Path("models/parser"),
     templates: Annotated[Path, typer.Option(help="The QA templates.")] = TEMPLATES_FILE,
     out: Annotated[Path, typer.Option(help="Corpus shards + quarantine (DVC out).")] = Path("data/corpus"),
     metrics: Annotated[Path, typer.Option(help="Counts, parity, throughput (DVC metric).")] = Path(
         "metrics/corpus.json"),
 ) -> None:
-    def body() -> None:
-        cfg, all_params = stage_config(CorpusConfig, "build_corpus", params)
-        if not knowledge.exists():
-            raise FileNotFoundError(f"{knowledge}: not found; run `dvc repro mine_knowledge` first")
-        facts = json.loads(knowledge.read_text())
-        init_ray(dashboard=cfg.dashboard)
-        records = read_manifest(manifest / "manifest.parquet")
-        ingest_quarantine = pq.read_table(manifest / "quarantine.parquet")
-        result = build_corpus(records, ingest_quarantine, facts, parser, cfg, int(all_params.get("seed", 0)), out,
-                              Templates.load(templates, knowledge=facts))
-        write_json_atomic(metrics, result)
-        print(json.dumps({"records_total": result["records_total"], "throughput": result["throughput"],
-                          "parser_parity_miou": {s: v["miou"] for s, v in result["parser_parity"].items()}}))
-
-    run_stage("build_corpus", body)
+    cfg, all_params = stage_config(CorpusConfig, "build_corpus", params)
+    if not knowledge.exists():
+        raise FileNotFoundError(f"{knowledge}: not found; run `dvc repro mine_knowledge` first")
+    facts = json.loads(knowledge.read_text())
+    init_ray(dashboard=cfg.dashboard)
+    records = read_manifest(manifest / "manifest.parquet")
+    ingest_quarantine = pq.read_table(manifest / "quarantine.parquet")
+    result = build_corpus(records, ingest_quarantine, facts, parser, cfg, int(all_params.get("seed", 0)), out,
+                          Templates.load(templates, knowledge=facts))
+    write_json_atomic(metrics, result)
+    print(json.dumps({"records_total": result["records_total"], "throughput": result["throughput"],
+                      "parser_parity_miou": {s: v["miou"] for s, v in result["parser_parity"].items()}}))
 
 
 if __name__ == "__main__":

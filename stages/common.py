@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+
+import typer
 
 from pipelines.config import build, load_params
 
 T = TypeVar("T")
+
+# the options several stages take, said once (each stage's default path is the DVC layout's)
+ParamsFile = Annotated[Path, typer.Option("--params", help="The params file (params.yaml: this stage's section).")]
+CorpusDir = Annotated[Path, typer.Option("--corpus", help="The corpus (build_corpus).")]
+KnowledgeFile = Annotated[Path, typer.Option("--knowledge", help="knowledge.json (mine_knowledge).")]
+RegistryFile = Annotated[Path, typer.Option("--registry", help="The registered version (finetune).")]
+TokenizerDir = Annotated[Path, typer.Option("--tokenizer", help="The tiny preset's tokenizer (train_tokenizer).")]
+Storage = Annotated[str, typer.Option("--storage", help="Ray Train run storage (a path or s3:// URL).")]
 
 
 def stage_config(cls: type[T], section: str, params_path: Path) -> tuple[T, dict[str, Any]]:
     """The typed config of one params.yaml section, and the whole params mapping."""
     params = load_params(params_path)
     return build(cls, params.get(section), section), params
+
+
+def present(path: Path) -> Path | None:
+    """An optional input: the path where it exists (a stage that made it ran), else None."""
+    return path if path.exists() else None
+
+
+def stage(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A stage's command, run by run_stage under `name`, formatted with its options ("evaluate@{task}")."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)  # typer reads the options from the wrapped signature
+        def command(**options: Any) -> Any:
+            return run_stage(name.format(**options), lambda: fn(**options))
+        return command
+    return wrap
 
 
 def run_stage(name: str, fn: Callable[[], Any]) -> Any:

@@ -17,17 +17,18 @@ from pipelines.config import load_params
 from pipelines.storage import write_json_atomic
 from pipelines.tracking import tracking_uri
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import run_stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("finetune")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (sections `model`, `finetune`).")] = Path("params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
-    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
-    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
+    tokenizer: TokenizerDir = Path("models/tokenizer"),
+    knowledge: KnowledgeFile = Path("data/knowledge/knowledge.json"),
     init: Annotated[Path, typer.Option(help="align's output.")] = Path("models/align"),
     parser: Annotated[Path, typer.Option(help="train_parser's output (bundled with the registered model).")] = Path(
         "models/parser"),
@@ -36,18 +37,15 @@ def main(
     history: Annotated[Path, typer.Option(help="Loss per step (DVC plot).")] = Path("plots/train/finetune.json"),
     registry: Annotated[Path, typer.Option(help="Registered version and URI (DVC out).")] = Path(
         "registry/faceinsight.json"),
-    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        from pipelines.registry import register
+    from pipelines.registry import register
 
-        result = train_stage("finetune", load_params(params), corpus, tokenizer, knowledge, init, out, metrics,
-                             history, storage_path(storage))
-        entry = register(out, result["mlflow_run_id"], tracking_uri(), parser if parser.exists() else None)
-        write_json_atomic(registry, entry)
-        print_summary(result | {"registered": entry["version_uri"]})
-
-    run_stage("finetune", body)
+    result = train_stage("finetune", load_params(params), corpus, tokenizer, knowledge, init, out, metrics,
+                         history, storage_path(storage))
+    entry = register(out, result["mlflow_run_id"], tracking_uri(), parser if parser.exists() else None)
+    write_json_atomic(registry, entry)
+    print_summary(result | {"registered": entry["version_uri"]})
 
 
 if __name__ == "__main__":

@@ -15,39 +15,36 @@ from typing import Annotated
 
 import typer
 
+from model.labels import TASKS
 from pipelines.config import load_params
-from pipelines.evaluation.evaluate import TASKS
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import run_stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("finetune_task@{task}")
 def main(
     task: Annotated[str, typer.Option(help=f"One of {', '.join(TASKS)}.")],
-    params: Annotated[Path, typer.Option(help="The params file (sections `model`, `finetune_task`).")] = Path(
-        "params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
-    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
-    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
+    tokenizer: TokenizerDir = Path("models/tokenizer"),
+    knowledge: KnowledgeFile = Path("data/knowledge/knowledge.json"),
     init: Annotated[Path, typer.Option(help="finetune's output (the multi-task model).")] = Path("models/faceinsight"),
     out: Annotated[Path, typer.Option(help="Default models/finetune_task/<task> (DVC out).")] = None,
     metrics: Annotated[Path, typer.Option(help="Default metrics/train_finetune_task/<task>.json.")] = None,
     history: Annotated[Path, typer.Option(help="Default plots/train/finetune_task_<task>.json.")] = None,
-    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        if task not in TASKS:
-            raise ValueError(f"--task {task!r}: use one of {', '.join(TASKS)}")
-        result = train_stage(
-            f"finetune_task-{task}", load_params(params), corpus, tokenizer, knowledge, init,
-            out or Path("models/finetune_task") / task, metrics or Path("metrics/train_finetune_task") / f"{task}.json",
-            history or Path("plots/train") / f"finetune_task_{task}.json", storage_path(storage),
-            section="finetune_task", overrides={"tasks": [task]})
-        print_summary(result)
-
-    run_stage(f"finetune_task@{task}", body)
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+    result = train_stage(
+        f"finetune_task-{task}", load_params(params), corpus, tokenizer, knowledge, init,
+        out or Path("models/finetune_task") / task, metrics or Path("metrics/train_finetune_task") / f"{task}.json",
+        history or Path("plots/train") / f"finetune_task_{task}.json", storage_path(storage),
+        section="finetune_task", overrides={"tasks": [task]})
+    print_summary(result)
 
 
 if __name__ == "__main__":

@@ -12,26 +12,24 @@ from typing import Annotated
 import typer
 
 from pipelines.ingest import IngestConfig, IngestPaths, run_ingest
-from stages.common import run_stage, stage_config
+from stages.common import ParamsFile, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 DEFAULT = IngestPaths()
 
 
 @app.command(help=__doc__)
+@stage("ingest")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `ingest`, key `seed`).")] = Path("params.yaml"),
+    params: ParamsFile = Path("params.yaml"),
     raw: Annotated[Path, typer.Option(help="Where synthetic data is rendered (DVC out).")] = DEFAULT.raw,
     manifest: Annotated[Path, typer.Option(help="Manifest + quarantine tables (DVC out).")] = DEFAULT.manifest,
     metrics: Annotated[Path, typer.Option(help="Counts per dataset, split and reason (DVC metric).")] = DEFAULT.metrics,
     contact_sheet: Annotated[Path, typer.Option(help="Faces beside parsing maps (DVC plot).")] = DEFAULT.contact_sheet,
 ) -> None:
-    def body() -> None:
-        cfg, all_params = stage_config(IngestConfig, "ingest", params)
-        result = run_ingest(cfg, int(all_params.get("seed", 0)), IngestPaths(raw, manifest, metrics, contact_sheet))
-        print(json.dumps(result["total"]), "->", manifest)
-
-    run_stage("ingest", body)
+    cfg, all_params = stage_config(IngestConfig, "ingest", params)
+    result = run_ingest(cfg, int(all_params.get("seed", 0)), IngestPaths(raw, manifest, metrics, contact_sheet))
+    print(json.dumps(result["total"]), "->", manifest)
 
 
 if __name__ == "__main__":

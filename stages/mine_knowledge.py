@@ -18,14 +18,15 @@ import typer
 from pipelines.datasets.common import read_manifest
 from pipelines.knowledge import KnowledgeConfig, class_counts, knowledge_metrics, mine_knowledge, plot_conditional
 from pipelines.storage import atomic_path, write_json_atomic
-from stages.common import run_stage, stage_config
+from stages.common import ParamsFile, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("mine_knowledge")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `mine_knowledge`).")] = Path("params.yaml"),
+    params: ParamsFile = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.")] = Path("data/manifest/manifest.parquet"),
     out: Annotated[Path, typer.Option(help="knowledge.json (DVC out).")] = Path("data/knowledge/knowledge.json"),
     metrics: Annotated[Path, typer.Option(help="Graph and rule counts (DVC metric).")] = Path(
@@ -33,22 +34,19 @@ def main(
     heatmap: Annotated[Path, typer.Option(help="p(j|i) heat map (DVC plot).")] = Path(
         "plots/knowledge/conditional.png"),
 ) -> None:
-    def body() -> None:
-        cfg, _ = stage_config(KnowledgeConfig, "mine_knowledge", params)
-        records = [r for r in read_manifest(manifest) if r.split == "train"]
-        train = [r for r in records if r.dataset == "celebamask_hq"]
-        if not train:
-            raise ValueError(f"{manifest}: no CelebAMask-HQ train records; run `dvc repro ingest` first")
-        labels = np.array([r.attributes for r in train]) > 0
-        knowledge = mine_knowledge(labels, cfg) | {"class_counts": class_counts(records, labels)}
-        write_json_atomic(out, knowledge)
-        summary = knowledge_metrics(knowledge, labels)
-        write_json_atomic(metrics, summary)
-        with atomic_path(heatmap) as tmp:
-            plot_conditional(np.asarray(knowledge["conditional"]), tmp)
-        print(json.dumps(summary))
-
-    run_stage("mine_knowledge", body)
+    cfg, _ = stage_config(KnowledgeConfig, "mine_knowledge", params)
+    records = [r for r in read_manifest(manifest) if r.split == "train"]
+    train = [r for r in records if r.dataset == "celebamask_hq"]
+    if not train:
+        raise ValueError(f"{manifest}: no CelebAMask-HQ train records; run `dvc repro ingest` first")
+    labels = np.array([r.attributes for r in train]) > 0
+    knowledge = mine_knowledge(labels, cfg) | {"class_counts": class_counts(records, labels)}
+    write_json_atomic(out, knowledge)
+    summary = knowledge_metrics(knowledge, labels)
+    write_json_atomic(metrics, summary)
+    with atomic_path(heatmap) as tmp:
+        plot_conditional(np.asarray(knowledge["conditional"]), tmp)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

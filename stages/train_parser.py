@@ -16,26 +16,24 @@ import typer
 from pipelines.datasets.common import read_manifest
 from pipelines.parser_training import ParserTrainConfig, train_parser
 from pipelines.storage import write_json_atomic
-from stages.common import run_stage, stage_config
+from stages.common import ParamsFile, Storage, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("train_parser")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `train_parser`).")] = Path("params.yaml"),
+    params: ParamsFile = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.")] = Path("data/manifest/manifest.parquet"),
     out: Annotated[Path, typer.Option(help="Parser weights + config (DVC out).")] = Path("models/parser"),
     metrics: Annotated[Path, typer.Option(help="mIoU and per-class F1 (DVC metric).")] = Path("metrics/parser.json"),
-    storage: Annotated[str, typer.Option(help="Ray Train run storage (a path or s3:// URL).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        cfg, all_params = stage_config(ParserTrainConfig, "train_parser", params)
-        result = train_parser(read_manifest(manifest), cfg, int(all_params.get("seed", 0)), out, storage)
-        write_json_atomic(metrics, result)
-        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
-
-    run_stage("train_parser", body)
+    cfg, all_params = stage_config(ParserTrainConfig, "train_parser", params)
+    result = train_parser(read_manifest(manifest), cfg, int(all_params.get("seed", 0)), out, storage)
+    write_json_atomic(metrics, result)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
 
 
 if __name__ == "__main__":

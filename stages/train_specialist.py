@@ -15,27 +15,25 @@ import typer
 from pipelines.specialist_training import SpecialistTrainConfig, train_specialist
 from pipelines.storage import write_json_atomic
 from pipelines.training.stage import storage_path
-from stages.common import run_stage, stage_config
+from stages.common import CorpusDir, ParamsFile, Storage, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("train_specialist")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `train_specialist`).")] = Path("params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="The corpus (build_corpus).")] = Path("data/corpus"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
     out: Annotated[Path, typer.Option(help="Weights + config (DVC out).")] = Path("models/specialist"),
     metrics: Annotated[Path, typer.Option(help="Training summary (DVC metric).")] = Path(
         "metrics/train_specialist.json"),
-    storage: Annotated[str, typer.Option(help="Ray Train run storage (a path or s3:// URL).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        cfg, all_params = stage_config(SpecialistTrainConfig, "train_specialist", params)
-        result = train_specialist(corpus, cfg, int(all_params.get("seed", 0)), out, storage_path(storage))
-        write_json_atomic(metrics, result)
-        print(json.dumps(result))
-
-    run_stage("train_specialist", body)
+    cfg, all_params = stage_config(SpecialistTrainConfig, "train_specialist", params)
+    result = train_specialist(corpus, cfg, int(all_params.get("seed", 0)), out, storage_path(storage))
+    write_json_atomic(metrics, result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -15,28 +15,26 @@ import typer
 
 from pipelines.storage import write_json_atomic
 from pipelines.tokenizer import TokenizerConfig, build_tokenizer
-from stages.common import run_stage, stage_config
+from stages.common import CorpusDir, ParamsFile, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("train_tokenizer")
 def main(
-    params: Annotated[Path, typer.Option(help="The params file (section `tokenizer`).")] = Path("params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
     out: Annotated[Path, typer.Option(help="The tokenizer folder (DVC out).")] = Path("models/tokenizer"),
     metrics: Annotated[Path, typer.Option(help="Vocabulary size and a round-trip check.")] = Path(
         "metrics/tokenizer.json"),
 ) -> None:
-    def body() -> None:
-        cfg, _ = stage_config(TokenizerConfig, "tokenizer", params)
-        result = build_tokenizer(corpus, cfg, out)
-        if not result["round_trip"]:
-            raise RuntimeError("the trained tokenizer does not decode corpus text back to itself")
-        write_json_atomic(metrics, result)
-        print(json.dumps(result))
-
-    run_stage("train_tokenizer", body)
+    cfg, _ = stage_config(TokenizerConfig, "tokenizer", params)
+    result = build_tokenizer(corpus, cfg, out)
+    if not result["round_trip"]:
+        raise RuntimeError("the trained tokenizer does not decode corpus text back to itself")
+    write_json_atomic(metrics, result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -23,33 +23,30 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.training.stage import print_summary, storage_path, train_variant
-from stages.common import run_stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command(help=__doc__)
+@stage("train_variant@{variant}")
 def main(
     variant: Annotated[str, typer.Option(help="A name in params.yaml `variants`.")],
-    params: Annotated[Path, typer.Option(help="The params file (`variants`, `model`, `align`, `finetune`).")] = Path(
-        "params.yaml"),
-    corpus: Annotated[Path, typer.Option(help="build_corpus's output.")] = Path("data/corpus"),
-    tokenizer: Annotated[Path, typer.Option(help="train_tokenizer's output (tiny preset).")] = Path("models/tokenizer"),
-    knowledge: Annotated[Path, typer.Option(help="mine_knowledge's output.")] = Path("data/knowledge/knowledge.json"),
+    params: ParamsFile = Path("params.yaml"),
+    corpus: CorpusDir = Path("data/corpus"),
+    tokenizer: TokenizerDir = Path("models/tokenizer"),
+    knowledge: KnowledgeFile = Path("data/knowledge/knowledge.json"),
     out: Annotated[Path, typer.Option(help="Default models/variants/<name> (DVC out).")] = None,
     metrics: Annotated[Path, typer.Option(help="Default metrics/train_variant/<name>.json.")] = None,
     history: Annotated[Path, typer.Option(help="Default plots/train/variant_<name>.json.")] = None,
-    storage: Annotated[str, typer.Option(help="Ray Train storage (local path or s3://).")] = "runs/ray",
+    storage: Storage = "runs/ray",
 ) -> None:
-    def body() -> None:
-        result = train_variant(variant, load_params(params), corpus, tokenizer, knowledge,
-                               out or Path("models/variants") / variant,
-                               metrics or Path("metrics/train_variant") / f"{variant}.json",
-                               history or Path("plots/train") / f"variant_{variant}.json", storage_path(storage))
-        print_summary({"variant": variant, "align_final_loss": result["align"]["final_loss"],
-                       "finetune_final_loss": result["finetune"]["final_loss"]})
-
-    run_stage(f"train_variant@{variant}", body)
+    result = train_variant(variant, load_params(params), corpus, tokenizer, knowledge,
+                           out or Path("models/variants") / variant,
+                           metrics or Path("metrics/train_variant") / f"{variant}.json",
+                           history or Path("plots/train") / f"variant_{variant}.json", storage_path(storage))
+    print_summary({"variant": variant, "align_final_loss": result["align"]["final_loss"],
+                   "finetune_final_loss": result["finetune"]["final_loss"]})
 
 
 if __name__ == "__main__":

@@ -12,19 +12,11 @@ import ast
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "pipelines", "stages")
+from tests.test_dvc_deps import PACKAGES, ROOT, module_file
+
 # what takes a second or more to import, or is an optional extra (numpy, pyarrow, PIL, yaml: a fraction of one)
 HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "peft", "deepspeed", "mlflow", "ray", "matplotlib",
          "scipy", "sklearn", "pandas", "boto3", "botocore", "s3fs", "moto"}
-
-
-def module_path(name: str) -> Path | None:
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def top_level_imports(path: Path) -> set[str]:
@@ -35,16 +27,14 @@ def top_level_imports(path: Path) -> set[str]:
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             out.add(node.module)
-            out |= {f"{node.module}.{a.name}" for a in node.names if module_path(f"{node.module}.{a.name}")}
-        elif isinstance(node, ast.If):  # TYPE_CHECKING blocks do not run
-            continue
+            out |= {f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}")}
     return out
 
 
 @cache
 def heavy_at_import(name: str) -> frozenset[str]:
     """The heavy packages importing project module `name` loads."""
-    path = module_path(name)
+    path = module_file(name)
     if path is None:
         return frozenset()
     found: set[str] = set()

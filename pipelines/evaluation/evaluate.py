@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.faceinsight import FaceInsight
 from model.knowledge_modules import rules_tensor
-from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, TASKS, UTK_GENDERS, UTK_RACES
 from model.specialist import HEADS, load_specialist
 from pipelines.corpus.reader import load_faces
 from pipelines.corpus.templates import Templates
@@ -37,7 +37,6 @@ from pipelines.evaluation.uncertainty import METRICS, metric_interval
 from pipelines.images import decode_image
 
 log = logging.getLogger(__name__)
-TASKS = ("attributes", "age_gender_race", "expression")
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,17 @@ def confusion_rows(confusion: dict[str, Any], path: Path) -> None:
         for i, row in enumerate(confusion["matrix"]):
             for j, count in enumerate(row):
                 out.writerows([[labels[i], labels[j]]] * count)
+
+
+def write_task_plots(result: dict[str, Any], folder: Path) -> None:
+    """evaluate@<task>'s plots: balanced accuracy per attribute, or FaceInsight's confusion matrices (PNG, CSV)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    systems = result["systems"]
+    if result["task"] == "attributes":
+        attribute_bars(systems, folder / "balanced_accuracy.png")
+        return
+    best = "faceinsight" if "faceinsight" in systems else next(iter(systems))
+    for target, metrics in systems[best]["metrics"].items():
+        if "confusion" in metrics:
+            confusion_png(metrics["confusion"], f"{target} ({best})", folder / f"{target}_confusion.png")
+            confusion_rows(metrics["confusion"], folder / f"{target}_confusion.csv")

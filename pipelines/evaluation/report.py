@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation import uncertainty
@@ -281,3 +283,25 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
         lines.append("`champion` was not moved to this version:")
         lines += [f"- {r}" for r in reasons]
     return "\n".join(lines) + "\n"
+
+
+def read_evals(folder: Path, tasks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """evaluate@<task>'s full results, one per task; a missing one names the stage that makes it."""
+    out = {}
+    for task in tasks:
+        path = Path(folder) / f"{task}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro evaluate@{task}`")
+        out[task] = json.loads(path.read_text())
+    return out
+
+
+def corpus_summary(metrics_path: Path) -> dict[str, Any]:
+    """Faces per dataset and split, and the record count, from build_corpus' metrics (empty if absent)."""
+    if not Path(metrics_path).exists():
+        return {}
+    c = json.loads(Path(metrics_path).read_text())
+    out: dict[str, Any] = {f"{dataset} {split}": n for dataset, splits in c.get("faces", {}).items()
+                           for split, n in sorted(splits.items())}
+    out["records"] = c.get("records_total")
+    return out

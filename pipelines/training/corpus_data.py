@@ -76,7 +76,6 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     import ray
     from ray.data.expressions import col
 
-
     files = shard_files(split_dir)
     filesystem, _ = arrow_filesystem(files[0])
     if filesystem is not None:

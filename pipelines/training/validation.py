@@ -73,7 +73,6 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
     """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates')."""
     import torch
 
-
     out: dict[str, float] = {}
     maps = model.seg_encoder is not None
     attrs = sample.get("attributes")

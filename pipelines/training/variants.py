@@ -6,6 +6,7 @@ finetune) with one thing changed. params.yaml: `variants`, one entry per `train_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model.config import merge_overrides, model_config
@@ -43,3 +44,15 @@ def variant_config(params: dict[str, Any], name: str) -> VariantConfig:
     if name not in variants:
         raise ValueError(f"variant {name!r} is not in params.yaml `variants` ({', '.join(variants) or 'empty'})")
     return variants[name]
+
+
+def trained_variants(params: dict[str, Any], folder: Path) -> dict[str, tuple[str, Path]]:
+    """name -> (label, model folder) of every variant params.yaml lists; each must have been trained."""
+    out = {}
+    for name, variant in variant_configs(params).items():
+        model_dir = folder / name / "model"
+        if not model_dir.exists():
+            raise FileNotFoundError(f"{model_dir}: variant {name!r} is not trained; run `dvc repro "
+                                    f"train_variant@{name}` (or remove it from params.yaml `variants`)")
+        out[name] = (variant.label, model_dir)
+    return out

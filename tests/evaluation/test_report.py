@@ -211,3 +211,42 @@ def test_table_cells_carry_their_interval():
     row = next(line for line in results_markdown(results, {}, 0, None, (True, []), False).splitlines()
                if line.startswith("| FaceInsight (generated answers)"))
     assert "| 0.600 ±0.030 |" in row
+
+
+def test_judge_champion_without_a_stage(tmp_path):
+    """The registry gate as a function: no registered version, a passing version (moved), a worse one (kept)."""
+    from mlflow import MlflowClient
+
+    from pipelines.evaluation.champion import judge_champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    cfg = ReportConfig(gate=GATE)
+    moved, reasons, entry = judge_champion(evals(), cfg, tmp_path / "none.json", uri)
+    assert not moved and entry is None and "no registered version" in reasons[0]
+    registry = tmp_path / "registry.json"
+    v1, r1 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.6, "age_gender_race.age_mae": 8.0,
+                                          "expression.uar": 0.3})
+    registry.write_text(json.dumps({"version": v1, "run_id": r1}))
+    moved, reasons, entry = judge_champion(evals(), cfg, registry, uri)
+    assert moved and reasons == [] and entry["version"] == v1
+    assert client.get_model_version_by_alias("faceinsight", "champion").version == v1
+    v2, r2 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.58, "age_gender_race.age_mae": 9.0,
+                                          "expression.uar": 0.25})
+    registry.write_text(json.dumps({"version": v2, "run_id": r2}))
+    moved, reasons, _ = judge_champion(evals(bal=0.58, mae=9.0, uar=0.25), cfg, registry, uri)
+    assert not moved and any("champion" in r for r in reasons)
+    assert client.get_model_version_by_alias("faceinsight", "champion").version == v1
+
+
+def test_read_evals_names_the_missing_stage_and_corpus_summary_reads_the_metrics(tmp_path):
+    from pipelines.evaluation.report import corpus_summary, read_evals
+
+    (tmp_path / "attributes.json").write_text(json.dumps({"task": "attributes"}))
+    assert read_evals(tmp_path, ("attributes",)) == {"attributes": {"task": "attributes"}}
+    with pytest.raises(FileNotFoundError, match=r"dvc repro evaluate@expression"):
+        read_evals(tmp_path, ("attributes", "expression"))
+    metrics = tmp_path / "corpus.json"
+    assert corpus_summary(metrics) == {}
+    metrics.write_text(json.dumps({"faces": {"rafdb": {"train": 5, "test": 2}}, "records_total": 40}))
+    assert corpus_summary(metrics) == {"rafdb test": 2, "rafdb train": 5, "records": 40}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines.training.stage import train_variant
-from pipelines.training.variants import variant_configs
+from pipelines.training.variants import trained_variants, variant_configs
 from tests.model.conftest import SMALL
 
 PASS = {"max_steps": 6, "batch_size": 8, "lr": 0.005, "warmup_steps": 1, "max_tokens": 160, "checkpoint_every": 6,
@@ -25,6 +25,14 @@ def test_variant_configs_refuse_a_bad_override():
         variant_configs(params({"bad": {"label": "x", "model": {"use_seg_mapp": False}}}))
     with pytest.raises(ValueError, match="label"):
         variant_configs(params({"blank": {"label": " "}}))
+
+
+def test_trained_variants_finds_each_model_or_names_the_stage_to_run(tmp_path):
+    listed = params({"no_map": {"label": "without the map", "model": {"use_seg_map": False}}})
+    with pytest.raises(FileNotFoundError, match=r"dvc repro train_variant@no_map"):
+        trained_variants(listed, tmp_path)
+    (tmp_path / "no_map" / "model").mkdir(parents=True)
+    assert trained_variants(listed, tmp_path) == {"no_map": ("without the map", tmp_path / "no_map" / "model")}
 
 
 @pytest.mark.slow
