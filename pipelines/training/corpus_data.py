@@ -51,7 +51,7 @@ class CorpusEncoder:
         unknown = answers["gender_label"] < 0  # CelebA faces: gender from the Male attribute
         answers["gender_label"][unknown] = [gender_from_attributes(row["labels"]["attributes"])
                                             for row, u in zip(rows, unknown, strict=True) if u]
-        return {**answers,"input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
+        return {**answers, "input_ids": ids, "labels": labels, "attention_mask": mask, "truncated": truncated,
                 "image": np.stack([decode_image(row["image"], self.image_size) for row in rows]),
                 "seg_map": np.stack([decode_image(row["seg_map"], self.seg_size, "L") for row in rows]),
                 "attribute_labels": attributes}

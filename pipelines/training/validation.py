@@ -41,8 +41,9 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
     return out
 
 
-def _uar(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Unweighted average recall over the classes present (an unread answer, -1, is wrong)."""
+def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Unweighted average recall over the classes present (an unread answer, -1, is wrong): balanced accuracy for
+    yes/no, UAR for expression."""
     return float(np.mean([(pred[truth == c] == c).mean() for c in np.unique(truth)])) if len(truth) else 0.0
 
 
@@ -64,11 +65,6 @@ def _head_classes(model, part: dict[str, Any], task: str, maps: bool) -> np.ndar
     return probs[task].argmax(-1).numpy()
 
 
-def _balanced(pred: np.ndarray, truth: np.ndarray) -> float:
-    recalls = [float((pred[truth == c] == c).mean()) for c in (0, 1) if (truth == c).any()]
-    return float(np.mean(recalls)) if recalls else 0.0
-
-
 def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: int = 64) -> dict[str, float]:
     """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates')."""
     import torch
@@ -82,7 +78,7 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
         if model.cooccurrence is not None:
             probs = model.attribute_probabilities(model.preprocess(images),
                                                   torch.as_tensor(seg) if maps else None).float().numpy()
-            per = [_balanced((probs[:, j] > 0.5).astype(int), labels[:, j]) for j in range(labels.shape[1])
+            per = [_mean_recall((probs[:, j] > 0.5).astype(int), labels[:, j]) for j in range(labels.shape[1])
                    if len(np.unique(labels[:, j])) == 2]
             out["val_head_balanced_accuracy"] = float(np.mean(per))
         pairs = [(i, int(j)) for i in range(len(images)) for j in attrs["asked"][i]]
@@ -96,7 +92,7 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
             truth += [int(labels[i, j]) for i, j in chunk]
         read = np.array([s is not None for s in said])
         pred = np.array([-1 if s is None else s for s in said])
-        out["val_yes_no_balanced_accuracy"] = _balanced(pred, np.array(truth))
+        out["val_yes_no_balanced_accuracy"] = _mean_recall(pred, np.array(truth))
         out["val_unread_share"] = float(1 - read.mean())
     demo = sample.get("age_gender_race")
     if demo is not None:
@@ -107,9 +103,9 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
             out["val_head_gender_accuracy"] = float((head == demo["labels"]).mean())
     expression = sample.get("expression")
     if expression is not None and "expression" in questions:
-        out["val_expression_uar"] = _uar(_said(model, expression, questions["expression"], EXPRESSIONS, maps, batch, 4),
-                                         expression["labels"])
+        said = _said(model, expression, questions["expression"], EXPRESSIONS, maps, batch, 4)
+        out["val_expression_uar"] = _mean_recall(said, expression["labels"])
         if model.answer_embedding is not None:
-            out["val_head_expression_uar"] = _uar(_head_classes(model, expression, "expression", maps),
-                                                  expression["labels"])
+            out["val_head_expression_uar"] = _mean_recall(_head_classes(model, expression, "expression", maps),
+                                                          expression["labels"])
     return out
