@@ -152,8 +152,8 @@ class AnswerEmbedding(nn.Module):
         them (generated UAR 0.143, the head's 0.211, at 1,000 steps), and forced true classes are one word too."""
         for task, task_logits in logits.items():
             names_task = torch.isin(input_ids, getattr(self, f"{task}_keys")).unsqueeze(-1)
-            if not names_task.any():
-                continue
+            # looked up even where no word names the task: under ZeRO-3 every rank must call the same modules in
+            # the same order, or their parameter all-gathers differ in size and gloo aborts the process
             answer = self.words(table, task)[task_logits.argmax(-1)]  # (B, W)
             embeds = embeds + (names_task * answer[:, None]).to(embeds.dtype)
         return embeds

@@ -114,6 +114,29 @@ def test_answer_embedding_writes_the_heads_answer_word_into_the_word_naming_the_
     assert torch.equal(moved[0, 2], torch.zeros_like(moved[0, 2]))
 
 
+def test_forward_calls_the_same_modules_whatever_words_the_batch_holds(model, conversations):
+    """ZeRO-3 gathers a module's parameters when it is called: ranks whose batches differ (one names a task,
+    the other not) must call the same modules in the same order, or their all-gathers differ and gloo aborts."""
+    calls: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: calls.append(name))
+             for name, m in model.named_modules() if name]
+    try:
+        def trace(b: dict) -> list[str]:
+            calls.clear()
+            model(**b)
+            return list(calls)
+
+        plain = batch(model, conversations[:2])  # attribute conversations: no word names gender or expression
+        gender = model.tokenizer(" gender", add_special_tokens=False)["input_ids"][-1]
+        assert not (plain["input_ids"] == gender).any()
+        ids = plain["input_ids"].clone()
+        ids[0, -2] = gender
+        assert trace(dict(plain, input_ids=ids)) == trace(plain)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_answer_heads_learn_rare_classes_with_their_class_weights(tokenizer, knowledge):
     """A rare expression (5% of faces) is learned by the weighted head; the loss skips faces without a label."""
     from model.knowledge_modules import class_weights
