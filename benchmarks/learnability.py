@@ -3,6 +3,7 @@
     python benchmarks/learnability.py                     # the default corpus (data/corpus), 3 minutes
     python benchmarks/learnability.py --render            # faces rendered now from params.yaml (no DAG)
     python benchmarks/learnability.py --minutes 1 --no-balance   # unweighted BCE, threshold 0
+    python benchmarks/learnability.py --render --only expression --minutes 1   # one head, its dataset's faces
 
 No Ray, no MLflow: `SpecialistCNN` on the train split, `--threads` torch threads, AdamW with a cosine
 schedule over the time budget, then the test split: per-attribute balanced accuracy, the mean over the
@@ -54,7 +55,13 @@ def corpus_rows(corpus: Path, split: str, size: int) -> list[dict]:
     return face_rows(corpus, split, size)
 
 
-def rendered_rows(params: dict, size: int, split: str, workers: int) -> list[dict]:
+# the dataset whose faces carry each head's label (--only)
+HEAD_DATASET = {"attributes": "celebamask_hq", "age": "utkface", "gender": "utkface", "race": "utkface",
+                "expression": "rafdb"}
+
+
+def rendered_rows(params: dict, size: int, split: str, workers: int, datasets: tuple[str, ...] | None = None
+                  ) -> list[dict]:
     from pipelines.synthetic.preview import render_rows
 
     ing = params["ingest"]
@@ -64,13 +71,20 @@ def rendered_rows(params: dict, size: int, split: str, workers: int) -> list[dic
     raf_share = 1 - cfg.rafdb_test_share if split == "train" else cfg.rafdb_test_share
     counts = {"celebamask_hq": round(cfg.celebamask_hq * celeba_share), "utkface": round(cfg.utkface * utk_share),
               "rafdb": round(cfg.rafdb * raf_share)}
+    counts = {k: v for k, v in counts.items() if datasets is None or k in datasets}
     seed = params["seed"] + (0 if split == "train" else 1)  # other faces than the train split's
     return render_rows(counts, seed, cfg, size, workers)
 
 
-def stack(rows: list[dict]) -> dict[str, torch.Tensor]:
+def stack(rows: list[dict], only: str | None = None) -> dict[str, torch.Tensor]:
+    """Images and labels; with `only`, the faces that carry that head's label and no other label (one loss)."""
+    if only:
+        rows = [r for r in rows if (r[only][0] if only == "attributes" else r[only]) >= 0]
     images = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).contiguous()
-    return {"image": images, **label_tensors(rows)}
+    labels = label_tensors(rows)
+    if only:
+        labels = {k: v if k == only else torch.full_like(v, -1) for k, v in labels.items()}
+    return {"image": images, **labels}
 
 
 def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, balance: bool, batch: int,
@@ -101,22 +115,24 @@ def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, 
 
 
 def scores(model: SpecialistCNN, data: dict[str, torch.Tensor]) -> dict:
+    """The test figures of every head whose labels the faces carry (--only leaves one)."""
     pred = model.predict(data["image"].permute(0, 2, 3, 1).numpy())
     out: dict = {}
     attrs = data["attributes"].numpy()
     has = attrs[:, 0] >= 0
-    per = attribute_metrics(pred["attributes"][has], attrs[has])["per_attribute"]
-    out["per_attribute"] = {a: per[a]["balanced_accuracy"] for a in CELEBA_ATTRIBUTES}
-    drawn = [out["per_attribute"][a] for a in DRAWN_ATTRIBUTES]
-    out["drawn_mean"], out["drawn_min"] = float(np.mean(drawn)), float(np.min(drawn))
-    out["all40_mean"] = float(np.mean(list(out["per_attribute"].values())))
+    if has.any():
+        per = attribute_metrics(pred["attributes"][has], attrs[has])["per_attribute"]
+        out["per_attribute"] = {a: per[a]["balanced_accuracy"] for a in CELEBA_ATTRIBUTES}
+        drawn = [out["per_attribute"][a] for a in DRAWN_ATTRIBUTES]
+        out["drawn_mean"], out["drawn_min"] = float(np.mean(drawn)), float(np.min(drawn))
+        out["all40_mean"] = float(np.mean(list(out["per_attribute"].values())))
     for k in ("gender", "race"):
-        m = data[k].numpy() >= 0
-        out[k] = float((pred[k][m] == data[k].numpy()[m]).mean())
-    m = data["age"].numpy() >= 0
-    out["age_mae"] = float(np.abs(pred["age"][m] - data["age"].numpy()[m]).mean())
-    m = data["expression"].numpy() >= 0
-    out["expression_uar"] = float(balanced_accuracy_score(data["expression"].numpy()[m], pred["expression"][m]))
+        if (m := data[k].numpy() >= 0).any():
+            out[k] = float((pred[k][m] == data[k].numpy()[m]).mean())
+    if (m := data["age"].numpy() >= 0).any():
+        out["age_mae"] = float(np.abs(pred["age"][m] - data["age"].numpy()[m]).mean())
+    if (m := data["expression"].numpy() >= 0).any():
+        out["expression_uar"] = float(balanced_accuracy_score(data["expression"].numpy()[m], pred["expression"][m]))
     return out
 
 
@@ -133,37 +149,46 @@ def main() -> None:
                     help="plain BCE and threshold 0 (no pos_weight, no per-attribute threshold from val)")
     ap.add_argument("--augment", action="store_true", help="random flips and shifts of the train images")
     ap.add_argument("--train-scores", action="store_true", help="also score 500 train faces (over-fitting)")
+    ap.add_argument("--only", choices=sorted(HEAD_DATASET),
+                    help="train one head on the faces that carry its label (is it the data or the multi-task mix?)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     size = params["train_specialist"]["model"]["image_size"]
     t0 = time.perf_counter()
+    datasets = (HEAD_DATASET[args.only],) if args.only else None
     if args.render:
-        rows = {s: rendered_rows(params, size, s, args.threads) for s in ("train", "val", "test")}
+        rows = {s: rendered_rows(params, size, s, args.threads, datasets) for s in ("train", "val", "test")}
     else:
         rows = {s: corpus_rows(args.corpus, s, size) for s in ("train", "val", "test")}
-    data = {s: stack(r) for s, r in rows.items()}
+    data = {s: stack(r, args.only) for s, r in rows.items()}
     print(f"CPU: {cpu_name()}; torch threads {args.threads}; faces train/val/test "
           f"{len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} ({'rendered' if args.render else args.corpus}, "
           f"{time.perf_counter() - t0:.0f} s to load)")
     cfg = build(SpecialistConfig, params["train_specialist"]["model"], "train_specialist.model")
     model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
                          args.augment)
-    if args.balance:
+    if args.balance and (data["val"]["attributes"][:, 0] >= 0).any():
         model.fit_thresholds(data["val"]["image"].permute(0, 2, 3, 1).numpy(), data["val"]["attributes"].numpy())
     if args.train_scores:
         some = torch.randperm(len(data["train"]["image"]), generator=torch.Generator().manual_seed(0))[:1500]
         t = scores(model, {k: v[some] for k, v in data["train"].items()})
-        print(f"train: drawn_mean {t['drawn_mean']:.3f} gender {t['gender']:.3f} "
-              f"expression_uar {t['expression_uar']:.3f}")
+        print("train: " + " ".join(f"{k} {t[k]:.3f}" for k in ("drawn_mean", "gender", "expression_uar", "age_mae")
+                                    if k in t))
     s = scores(model, data["test"])
     how = "pos_weight + val thresholds" if args.balance else "plain BCE"
     print(f"{steps} steps of {args.batch} in {args.minutes:g} min ({how}{', augmented' if args.augment else ''})")
-    print("balanced accuracy per attribute (test):")
-    for a, v in sorted(s["per_attribute"].items(), key=lambda kv: kv[1]):
-        print(f"  {a:22s} {v:.3f}{'  (latent)' if a not in DRAWN_ATTRIBUTES else ''}")
-    checks = {k: s[k] <= t if k == "age_mae" else s[k] >= t for k, t in TARGETS.items()}
-    for k in ("drawn_mean", "drawn_min", "all40_mean", "gender", "race", "age_mae", "expression_uar"):
+    if "per_attribute" in s:
+        print("balanced accuracy per attribute (test):")
+        for a, v in sorted(s["per_attribute"].items(), key=lambda kv: kv[1]):
+            print(f"  {a:22s} {v:.3f}{'  (latent)' if a not in DRAWN_ATTRIBUTES else ''}")
+    if "age_mae" in s:  # the bar an age head must clear: always answering the train split's median age
+        ages = data["train"]["age"][data["train"]["age"] >= 0].float()
+        test_ages = data["test"]["age"][data["test"]["age"] >= 0].float()
+        print(f"median-age MAE   {float((test_ages - ages.median()).abs().mean()):.3f}")
+    checks = {k: s[k] <= t if k == "age_mae" else s[k] >= t for k, t in TARGETS.items() if k in s}
+    for k in (k for k in ("drawn_mean", "drawn_min", "all40_mean", "gender", "race", "age_mae", "expression_uar")
+              if k in s):
         mark = "" if k not in checks else ("  ok" if checks[k] else f"  MISSES target {TARGETS[k]}")
         print(f"{k:16s} {s[k]:.3f}{mark}")
 
