@@ -17,6 +17,9 @@ SMOKE = {"celebamask_hq": 40, "utkface": 20, "rafdb": 20, "image_size": 128, "ma
          "utkface_size": 64, "rafdb_size": 96, "celeba_split": [0.8, 0.1, 0.1], "rafdb_test_share": 0.2}
 
 
+SMOKE_VISUAL_STEPS = 4
+
+
 def smoke_params(params: dict) -> dict:
     params["ingest"]["synthetic"].update(SMOKE)
     params["ingest"]["max_quarantine_share"] = 0.2  # the 3 crafted defects are a big share of 20 faces
@@ -24,6 +27,7 @@ def smoke_params(params: dict) -> dict:
     params["build_corpus"].update(faces_per_shard=25)
     for stage, steps in (("align", 16), ("finetune", 4), ("finetune_task", 4)):
         params[stage].update(max_steps=steps, batch_size=8, lr=0.003, warmup_steps=2, checkpoint_every=8)
+    params["align"]["visual_steps"] = SMOKE_VISUAL_STEPS  # the heads-only phase runs too
     params["train_specialist"].update(max_steps=12, batch_size=8, warmup_steps=2, checkpoint_every=12)
     # one variant runs the train_variant -> evaluate -> report path; each costs two Ray Train runs
     params["variants"] = {"no_map": params["variants"]["no_map"]}

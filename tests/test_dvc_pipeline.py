@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.smoke_repo import SMOKE, run, smoke_repo
+from tests.smoke_repo import SMOKE, SMOKE_VISUAL_STEPS, run, smoke_repo
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,12 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert (repo_copy / "models" / "tokenizer" / "tokenizer.json").exists()
     align = json.loads((repo_copy / "metrics" / "train_align.json").read_text())
     history = json.loads((repo_copy / "plots" / "train" / "align.json").read_text())
-    assert align["steps"] == 16 and len(history) == 16
+    assert align["steps"] == 16 + SMOKE_VISUAL_STEPS and len(history) == align["steps"]
+    visual, whole = history[:SMOKE_VISUAL_STEPS], history[SMOKE_VISUAL_STEPS:]
+    assert all("loss_lm" not in h and "loss_bce" in h for h in visual) and all("loss_lm" in h for h in whole)
     # it learns: the LM term (the summed loss also holds the answer heads' class-weighted cross-entropy, which
     # swings by 2x between batches of 8 faces: the summed loss's last step can sit within 20% of its first)
-    lm = [h["loss_lm"] for h in history]
+    lm = [h["loss_lm"] for h in whole]
     assert sum(lm[-4:]) / 4 < 0.8 * lm[0], lm
     registry = json.loads((repo_copy / "registry" / "faceinsight.json").read_text())
     assert registry["uri"] == "models:/faceinsight@candidate" and registry["version"] == "1"
@@ -72,7 +74,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert "| FaceInsight fine-tuned on the task (generated answers) |" in results
     assert "| FaceInsight without the parsing map |" in results and "**The parsing map helps.**" in results
     variant = json.loads((repo_copy / "metrics" / "train_variant" / "no_map.json").read_text())
-    assert variant["align"]["steps"] == 16 and variant["finetune"]["steps"] == 4
+    assert variant["align"]["steps"] == 16 + SMOKE_VISUAL_STEPS and variant["finetune"]["steps"] == 4
     verdict = json.loads((repo_copy / "metrics" / "report.json").read_text())
     assert verdict["champion"] or verdict["reasons"]  # promoted, or the report says why not
     assert ("is now `champion`" in results) == verdict["champion"]

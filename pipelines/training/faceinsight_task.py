@@ -16,6 +16,7 @@ from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
+from pipelines.training.schedule import Phase
 from pipelines.training.task import TrainTask
 from pipelines.training.validation import val_sample, val_scores
 
@@ -33,12 +34,17 @@ class TrainConfig(LoopConfig):
     kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
     tasks: tuple[str, ...] = ()  # record tasks (attributes, age_gender_race, expression); empty: all
     val_faces: int = 64  # val faces per task scored at every checkpoint (learning curve in MLflow); 0: none
+    # optimiser steps before max_steps in which the LM does not run: the image tower, map encoder and heads learn
+    # from the labels alone, ~5x cheaper a step (benchmarks/RESULTS.md); models without heads skip it
+    visual_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
+        if self.visual_steps < 0:
+            raise ValueError(f"train.visual_steps must be >= 0, got {self.visual_steps}")
 
         for key, allowed in (("tasks", TASKS.values()), ("kinds", KINDS)):
             unknown = set(getattr(self, key)) - set(allowed)
@@ -75,6 +81,12 @@ class FaceInsightTask(TrainTask):
     def trainable(self, core) -> dict[str, int]:
         return core.trainable_parameters()
 
+    def phases(self, core, steps: int) -> list[Phase]:
+        """`visual_steps` of the heads alone (where the model has heads), then `steps` of the whole loss."""
+        if self.cfg.visual_steps and core.has_heads:
+            return [Phase("visual", 0, self.cfg.visual_steps), Phase("main", self.cfg.visual_steps, steps)]
+        return [Phase("main", 0, steps)]
+
     def logged_params(self, core) -> dict[str, Any]:
         return {"model": core.cfg.to_dict()}
 
@@ -85,7 +97,8 @@ class FaceInsightTask(TrainTask):
         out = model(input_ids=batch["input_ids"], pixel_values=pixel_values,
                     seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch))
+                    attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch),
+                    visual_only=self.phase == "visual")
         terms = {f"loss_{k}": v.item() for k, v in out.losses.items()}
         if out.attribute_logits is not None:  # how often the attribute head is right, where labels exist
             known = batch["attribute_labels"] >= 0
@@ -178,7 +191,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
         tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
     encoder = encoder_kwargs(probe.cfg, tokenizer_dir, probe.image_tokens, probe.seg_tokens, cfg.max_tokens)
     # with max_steps, encode only the records those steps can consume (one pass)
-    limit = cfg.max_records or (cfg.max_steps * cfg.batch_size if cfg.max_steps else 0)
+    limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
     split = where.hand(stage, "corpus train split", inputs.corpus / "train")
     train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
     n_train = train.count()
@@ -194,6 +207,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
             **worker_counts(state),
             "optimizer_restored": bool(state.get("optimizer_restored")),
-            "first_loss": history[0]["loss"] if history else None,
+            # the first step of the whole loss: a visual phase's steps have no LM term and a smaller loss
+            "first_loss": next((h["loss"] for h in history if "loss_lm" in h), history[0]["loss"]) if history else None,
             "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,
             "history": history}

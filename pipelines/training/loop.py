@@ -30,7 +30,7 @@ import torch
 
 from pipelines.storage import arrow_filesystem, atomic_dir
 from pipelines.tracking import flatten, git_commit, start_stage_run, tracking_store_path, tracking_uri
-from pipelines.training.schedule import lr_at
+from pipelines.training.schedule import lr_at, phase_at
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -199,7 +199,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.load_state_dict(optimizer_state)
             state["optimizer_restored"] = True
     steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    phases = task.phases(core, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    total = phases[-1].end
     nodes = [None] * world  # where each rank runs (logged; the multi-node test checks it)
     node = ray.get_runtime_context().get_node_id()
     if world > 1:
@@ -221,9 +222,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for k, batch in enumerate(batches):
                 if k < skip * cfg.grad_accum:  # fast-forward to the checkpoint's data position
                     continue
-                if not accumulated:  # the LR of the optimiser step these micro-batches make
+                if not accumulated:  # the phase and LR of the optimiser step these micro-batches make
+                    phase = phase_at(phases, step)
+                    task.phase = phase.name
                     for group, spec in zip(optimizer.param_groups, groups, strict=True):
-                        group["lr"] = lr_at(step, total, cfg.warmup_steps, spec["base_lr"])
+                        group["lr"] = lr_at(step - phase.start, phase.steps, cfg.warmup_steps, spec["base_lr"])
                 terms, batch_tokens = _micro_step(task, model, core, batch, cfg, engine)
                 accumulated.append(terms)
                 samples += micro * world

@@ -9,6 +9,7 @@ import torch
 
 from pipelines.config import build
 from pipelines.training.loop import LoopConfig
+from pipelines.training.schedule import Phase
 
 
 class TrainTask:
@@ -20,6 +21,11 @@ class TrainTask:
     def __init__(self, config: dict[str, Any]):
         self.config = config
         self.cfg = build(self.config_class, config["train"], config["stage"])
+        self.phase = "main"  # the loop sets the phase of the step being taken (phases())
+
+    def phases(self, core: torch.nn.Module, steps: int) -> list[Phase]:
+        """The run's phases, in order; `steps` is what max_steps / epochs give. One phase unless a task adds some."""
+        return [Phase("main", 0, steps)]
 
     def build(self) -> torch.nn.Module:
         """The model, fresh or from the run's starting point (before any resume)."""

@@ -137,6 +137,25 @@ def test_forward_calls_the_same_modules_whatever_words_the_batch_holds(model, co
             h.remove()
 
 
+def test_a_visual_only_step_trains_the_heads_and_runs_no_language_model(model, conversations):
+    b = batch(model, conversations[:3])
+    calls: list[str] = []
+    hook = model.llm.get_decoder().register_forward_pre_hook(lambda *a: calls.append("llm"))
+    out = model(**b, visual_only=True)
+    hook.remove()
+    assert not calls and out.logits is None and set(out.losses) == {"bce", "answer", "constraint"}
+    full = model(**b)
+    for term in ("bce", "answer", "constraint"):  # the same terms as the whole loss computes
+        assert torch.isclose(out.losses[term], full.losses[term])
+    a = SMALL.alignment
+    assert torch.isclose(out.loss, a.lambda_bce * (out.losses["bce"] + out.losses["answer"])
+                         + a.lambda_constraint * out.losses["constraint"])
+    model.zero_grad()
+    out.loss.backward()
+    assert all(p.grad is None for p in model.llm.get_decoder().layers.parameters())  # its embeddings name the heads
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision.parameters())
+
+
 def test_answer_heads_learn_rare_classes_with_their_class_weights(tokenizer, knowledge):
     """A rare expression (5% of faces) is learned by the weighted head; the loss skips faces without a label."""
     from model.knowledge_modules import class_weights

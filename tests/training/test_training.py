@@ -32,6 +32,31 @@ def test_train_config_validates():
         TrainConfig(kinds=("captions",))
     with pytest.raises(ValueError, match="bf16 must be true, false or auto"):
         TrainConfig(bf16="yes")
+    with pytest.raises(ValueError, match="visual_steps must be >= 0"):
+        TrainConfig(visual_steps=-1)
+
+
+def test_a_visual_phase_comes_first_with_its_own_schedule_where_the_model_has_heads(corpus):
+    from model.config import AlignmentConfig
+    from model.faceinsight import FaceInsight
+    from model.tokenizer import load_tokenizer
+    from pipelines.training.faceinsight_task import FaceInsightTask
+    from pipelines.training.schedule import lr_at, phase_at
+
+    task = FaceInsightTask({"train": {"visual_steps": 30, "warmup_steps": 5, "lr": 0.01}, "stage": "align"})
+    tokenizer, knowledge = load_tokenizer(corpus["tokenizer"]), corpus["knowledge"]
+    phases = task.phases(FaceInsight(SMALL, tokenizer, knowledge), 100)
+    assert [(p.name, p.start, p.end) for p in phases] == [("visual", 0, 30), ("main", 30, 130)]
+    assert phase_at(phases, 29).name == "visual" and phase_at(phases, 30).name == "main"
+    assert phase_at(phases, 130).name == "main"  # past the end: the last phase
+    # each phase warms up and decays on its own: the first main step is a warm-up step, not the visual tail
+    main = phase_at(phases, 30)
+    assert lr_at(30 - main.start, main.steps, 5, 0.01) == pytest.approx(0.002)
+    assert lr_at(29, 30, 5, 0.01) < 0.001
+    no_heads = dataclasses.replace(SMALL, alignment=AlignmentConfig(
+        gcn_hidden=16, use_cooccurrence=False, use_constraints=False, answer_heads=False))
+    plain = task.phases(FaceInsight(no_heads, tokenizer, knowledge), 100)  # nothing to train without the LM
+    assert [(p.name, p.start, p.end) for p in plain] == [("main", 0, 100)]
 
 
 def test_bf16_auto_follows_the_hardware():
