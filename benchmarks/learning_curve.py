@@ -1,6 +1,7 @@
 """The tiny FaceInsight's learning curve on the default corpus: val numbers against optimiser steps.
 
     python benchmarks/learning_curve.py --steps 1500 --every 250      # the align recipe, params.yaml's lr
+    python benchmarks/learning_curve.py --steps 1000 --visual-steps 0 # no heads-only phase first
 
 A plain torch loop (no Ray), with the align stage's recipe, lr, warm-up, batch and max_tokens from
 params.yaml and bf16 as the stage would use it here: the batches are the corpus' train records in the
@@ -29,9 +30,9 @@ from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
 from pipelines.corpus.reader import shard_files
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
-from pipelines.training.faceinsight_task import TrainConfig, answer_labels, val_questions
+from pipelines.training.faceinsight_task import FaceInsightTask, TrainConfig, answer_labels, val_questions
 from pipelines.training.loop import bf16_enabled
-from pipelines.training.schedule import lr_at
+from pipelines.training.schedule import lr_at, phase_at
 from pipelines.training.validation import val_sample, val_scores
 
 
@@ -68,12 +69,16 @@ def main() -> None:
     ap.add_argument("--stage", default="align", help="the params section whose recipe, lr and batch are used")
     ap.add_argument("--lr", type=float, default=0.0, help="override the section's lr")
     ap.add_argument("--kinds", default="", help="comma-separated record kinds to train on (default: the section's)")
+    ap.add_argument("--visual-steps", type=int, default=-1,
+                    help="heads-only steps before --steps of the whole loss (default: the section's visual_steps)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     section = {k: v for k, v in params[args.stage].items() if k in TrainConfig.__dataclass_fields__}
     if args.kinds:
         section["kinds"] = tuple(args.kinds.split(","))
+    if args.visual_steps >= 0:
+        section["visual_steps"] = args.visual_steps
     cfg = build(TrainConfig, section, args.stage)
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
@@ -82,7 +87,9 @@ def main() -> None:
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
-    data = encoded_records(encoder, args.corpus / "train", args.steps * cfg.batch_size, cfg.kinds)
+    phases = FaceInsightTask({"train": section, "stage": args.stage}).phases(model, args.steps)  # as the stage runs
+    total = phases[-1].end
+    data = encoded_records(encoder, args.corpus / "train", total * cfg.batch_size, cfg.kinds)
     n = len(data["input_ids"])
     sample = val_sample(args.corpus, cfg.val_faces or 64, model.cfg.vision.image_size, model.cfg.seg.image_size,
                         params["seed"])
@@ -91,27 +98,30 @@ def main() -> None:
     opt = torch.optim.AdamW(params_, lr=lr, weight_decay=cfg.weight_decay)
     order = np.random.default_rng(params["seed"]).permutation(n)
     bf16 = bf16_enabled(cfg)
-    print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}")
+    print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}, phases "
+          + ", ".join(f"{p.name} {p.steps}" for p in phases))
     print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7} "
           f"{'head_gen':>8} {'expr_uar':>8} {'head_uar':>8}")
     start, losses = time.perf_counter(), []
     model.train()
-    for step in range(1, args.steps + 1):
+    for step in range(1, total + 1):
         idx = order[((step - 1) * cfg.batch_size + np.arange(cfg.batch_size)) % n]
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
+        phase = phase_at(phases, step - 1)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1, args.steps, cfg.warmup_steps, lr)
+            group["lr"] = lr_at(step - 1 - phase.start, phase.steps, cfg.warmup_steps, lr)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
                         seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,
                         attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),
-                        attribute_labels=batch["attribute_labels"].long(), answer_labels=answer_labels(batch))
+                        attribute_labels=batch["attribute_labels"].long(), answer_labels=answer_labels(batch),
+                        visual_only=phase.name == "visual")
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params_, cfg.grad_clip)
         opt.step()
         losses.append(out.loss.item())
-        if step % args.every == 0 or step == args.steps:
+        if step % args.every == 0 or step == total:
             per_step = (time.perf_counter() - start) / step
             model.eval()
             with torch.no_grad():
