@@ -4,7 +4,8 @@ What it trains comes from a task (`pipelines.training.task.TrainTask`, named in 
 "module:Class"): the model, its parameter groups, the loss of a batch, how its weights are saved and
 loaded, and what it evaluates at a checkpoint. The loop owns everything else. Per worker: the
 dataset shard (decoded by Ray Data), per-worker batch = global batch / world size, gradient
-accumulation, warm-up + cosine LR per group, clipping, seeds; DDP over gloo on CPUs or DeepSpeed
+accumulation, warm-up + cosine LR per group and per phase (a task's `phases`: FaceInsight may open with
+heads-only steps), clipping, seeds; DDP over gloo on CPUs or DeepSpeed
 ZeRO from infra/deepspeed/. Rank 0 logs to MLflow and writes the checkpoints (trained weights +
 optimiser state as safetensors + a JSON trainer state; under DeepSpeed every rank adds its ZeRO
 partition); every worker resumes from ray.train.get_checkpoint() at the same step, data position,
