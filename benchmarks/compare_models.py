@@ -24,6 +24,32 @@ from pipelines.evaluation.uncertainty import METRICS
 KEYS = [k for k in METRICS if k.split(".")[1] in ("mean_balanced_accuracy", "gender_accuracy", "age_mae", "uar")]
 
 
+def print_comparison(evals: dict, label_a: str, label_b: str) -> None:
+    """Each system's numbers (generated answers, heads; the majority class for scale), then a - b, paired."""
+    b = f"{VARIANT_PREFIX}b"
+    names = {"majority": "majority class", "faceinsight": label_a, b: label_b}
+    for key in KEYS:
+        task, metric = key.split(".")
+        systems = evals[task]["systems"]
+        for system, label in names.items():
+            for suffix, how in (("", "generated"), ("_head", "heads")):
+                value = systems.get(system + suffix, {}).get("summary", {}).get(metric)
+                if value is None or value != value:  # no such row, or nothing read (NaN)
+                    continue
+                ci = systems[system + suffix]["intervals"].get(metric)
+                width = f" ±{(ci['high'] - ci['low']) / 2:.3f}" if ci else ""
+                print(f"{key:38s} {label:>22s} ({how:9s}) {value:7.3f}{width}")
+        for suffix in ("", "_head"):
+            values = [systems.get(s + suffix, {}).get("summary", {}).get(metric) for s in ("faceinsight", b)]
+            judged = None if any(v is None or v != v for v in values) else compare(
+                evals, "faceinsight" + suffix, b + suffix, key)
+            if judged:
+                diff, verdict = judged
+                better = "lower" if key in LOWER_IS_BETTER else "higher"
+                print(f"{key:38s} a - b{' (heads)' if suffix else ''}: {diff.value:+.3f} [{diff.low:+.3f}, "
+                      f"{diff.high:+.3f}] ({better} is better): {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", type=Path, required=True, help="a FaceInsight checkpoint folder")
@@ -37,28 +63,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = build(EvalConfig, load_params(args.params).get("evaluate"), "evaluate")
     knowledge = json.loads(args.knowledge.read_text())
-    b = f"{VARIANT_PREFIX}b"
     evals = {task: evaluate_task(task, args.corpus, args.a, knowledge, cfg, variants={"b": (args.label_b, args.b)})
              for task in TASKS}
-    names = {"faceinsight": args.label_a, b: args.label_b}
-    for key in KEYS:
-        task = key.split(".")[0]
-        systems = evals[task]["systems"]
-        for system, label in names.items():
-            for suffix, how in (("", "generated"), ("_head", "heads")):
-                summary = systems.get(system + suffix, {}).get("summary", {})
-                value = summary.get(key.split(".")[1])
-                if value is not None:
-                    half = systems[system + suffix]["intervals"].get(key.split(".")[1], {})
-                    width = (half["high"] - half["low"]) / 2 if half else float("nan")
-                    print(f"{key:38s} {label:>20s} ({how:9s}) {value:7.3f} ±{width:.3f}")
-        for suffix in ("", "_head"):
-            judged = compare(evals, "faceinsight" + suffix, b + suffix, key)
-            if judged:
-                diff, verdict = judged
-                better = "lower" if key in LOWER_IS_BETTER else "higher"
-                print(f"{key:38s} a - b{' (heads)' if suffix else ''}: {diff.value:+.3f} [{diff.low:+.3f}, "
-                      f"{diff.high:+.3f}] ({better} is better): {verdict}")
+    print_comparison(evals, args.label_a, args.label_b)
     if args.out:
         args.out.write_text(json.dumps(evals))
 
