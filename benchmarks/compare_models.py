@@ -24,6 +24,12 @@ from pipelines.evaluation.uncertainty import METRICS
 KEYS = [k for k in METRICS if k.split(".")[1] in ("mean_balanced_accuracy", "gender_accuracy", "age_mae", "uar")]
 
 
+def number(systems: dict, system: str, metric: str) -> float | None:
+    """A system's headline number; None where the system has no such row or read nothing (NaN)."""
+    value = systems.get(system, {}).get("summary", {}).get(metric)
+    return None if value is None or value != value else value
+
+
 def print_comparison(evals: dict, label_a: str, label_b: str) -> None:
     """Each system's numbers (generated answers, heads; the majority class for scale), then a - b, paired."""
     b = f"{VARIANT_PREFIX}b"
@@ -33,16 +39,15 @@ def print_comparison(evals: dict, label_a: str, label_b: str) -> None:
         systems = evals[task]["systems"]
         for system, label in names.items():
             for suffix, how in (("", "generated"), ("_head", "heads")):
-                value = systems.get(system + suffix, {}).get("summary", {}).get(metric)
-                if value is None or value != value:  # no such row, or nothing read (NaN)
+                value = number(systems, system + suffix, metric)
+                if value is None:
                     continue
                 ci = systems[system + suffix]["intervals"].get(metric)
                 width = f" ±{(ci['high'] - ci['low']) / 2:.3f}" if ci else ""
                 print(f"{key:38s} {label:>22s} ({how:9s}) {value:7.3f}{width}")
         for suffix in ("", "_head"):
-            values = [systems.get(s + suffix, {}).get("summary", {}).get(metric) for s in ("faceinsight", b)]
-            judged = None if any(v is None or v != v for v in values) else compare(
-                evals, "faceinsight" + suffix, b + suffix, key)
+            both = all(number(systems, s + suffix, metric) is not None for s in ("faceinsight", b))
+            judged = compare(evals, "faceinsight" + suffix, b + suffix, key) if both else None
             if judged:
                 diff, verdict = judged
                 better = "lower" if key in LOWER_IS_BETTER else "higher"

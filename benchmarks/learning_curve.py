@@ -32,7 +32,7 @@ from pipelines.corpus.reader import shard_files
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
 from pipelines.training.faceinsight_task import FaceInsightTask, TrainConfig, answer_labels, val_questions
 from pipelines.training.loop import bf16_enabled
-from pipelines.training.schedule import lr_at, phase_at
+from pipelines.training.schedule import phase_at
 from pipelines.training.validation import val_sample, val_scores
 
 
@@ -109,7 +109,7 @@ def main() -> None:
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
         phase = phase_at(phases, step - 1)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1 - phase.start, phase.steps, cfg.warmup_steps, lr)
+            group["lr"] = phase.lr(step - 1, cfg.warmup_steps, lr)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
                         seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,

@@ -31,7 +31,7 @@ import torch
 
 from pipelines.storage import arrow_filesystem, atomic_dir
 from pipelines.tracking import flatten, git_commit, start_stage_run, tracking_store_path, tracking_uri
-from pipelines.training.schedule import lr_at, phase_at
+from pipelines.training.schedule import phase_at
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -227,7 +227,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     phase = phase_at(phases, step)
                     task.phase = phase.name
                     for group, spec in zip(optimizer.param_groups, groups, strict=True):
-                        group["lr"] = lr_at(step - phase.start, phase.steps, cfg.warmup_steps, spec["base_lr"])
+                        group["lr"] = phase.lr(step, cfg.warmup_steps, spec["base_lr"])
                 terms, batch_tokens = _micro_step(task, model, core, batch, cfg, engine)
                 accumulated.append(terms)
                 samples += micro * world

@@ -26,6 +26,10 @@ class Phase:
     def end(self) -> int:
         return self.start + self.steps
 
+    def lr(self, step: int, warmup: int, base: float) -> float:
+        """The LR of run step `step` (0-based): this phase's own warm-up and cosine, counted from its start."""
+        return lr_at(step - self.start, self.steps, warmup, base)
+
 
 def phase_at(phases: list[Phase], step: int) -> Phase:
     """The phase that optimiser step `step` (0-based) belongs to; past the end, the last."""

@@ -51,8 +51,8 @@ def test_a_visual_phase_comes_first_with_its_own_schedule_where_the_model_has_he
     assert phase_at(phases, 130).name == "main"  # past the end: the last phase
     # each phase warms up and decays on its own: the first main step is a warm-up step, not the visual tail
     main = phase_at(phases, 30)
-    assert lr_at(30 - main.start, main.steps, 5, 0.01) == pytest.approx(0.002)
-    assert lr_at(29, 30, 5, 0.01) < 0.001
+    assert main.lr(30, 5, 0.01) == pytest.approx(0.002) == lr_at(0, 100, 5, 0.01)
+    assert phase_at(phases, 29).lr(29, 5, 0.01) == lr_at(29, 30, 5, 0.01) < 0.001
     no_heads = dataclasses.replace(SMALL, alignment=AlignmentConfig(
         gcn_hidden=16, use_cooccurrence=False, use_constraints=False, answer_heads=False))
     plain = task.phases(FaceInsight(no_heads, tokenizer, knowledge), 100)  # nothing to train without the LM
