@@ -91,25 +91,26 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
         + 0.006 * float(np.clip(f.weight, -2, 2)) + j(0.005)
     b = 0.285 + 0.035 * at["Oval_Face"] - 0.008 * at["Chubby"] + j(0.005)
     growth = min(f.age, 16) / 16.0  # children's faces are smaller and rounder, growing to adult size
-    a, b = a * (0.9 + 0.1 * growth), b * (0.8 + 0.2 * growth)
+    aged = float(np.clip((f.age - 30) / 50, 0, 1))  # 0 at 30, 1 at 80: adult ageing cues scale with it
+    a, b = a * (0.76 + 0.24 * growth), b * (0.66 + 0.34 * growth)
     cx, cy = 0.5, 0.47
     expr = f.expression
     # Each expression is a distinct combination of eye opening, brow lift / inner-brow tilt and mouth shape.
-    eye_open = {EXPR["Surprise"]: 1.55, EXPR["Fear"]: 1.4, EXPR["Happiness"]: 0.6,
-                EXPR["Disgust"]: 0.55, EXPR["Anger"]: 0.72, EXPR["Sadness"]: 0.85}.get(expr, 1.0)
-    eye_w = (0.3 - 0.04 * growth) * a + j(0.002)
+    eye_open = {EXPR["Surprise"]: 1.9, EXPR["Fear"]: 1.7, EXPR["Happiness"]: 0.5,
+                EXPR["Disgust"]: 0.45, EXPR["Anger"]: 0.65, EXPR["Sadness"]: 0.8}.get(expr, 1.0)
+    eye_w = (0.4 - 0.14 * growth) * a + j(0.002)
     eye_h = 0.5 * eye_w * eye_open * (0.45 if at["Narrow_Eyes"] else 1.0)
     eye_y = cy - 0.05 * growth + j(0.003)
-    brow_lift = {EXPR["Surprise"]: 0.045, EXPR["Fear"]: 0.022, EXPR["Anger"]: -0.014,
-                 EXPR["Disgust"]: -0.012}.get(expr, 0.0)
-    brow_inner = {EXPR["Anger"]: 0.036, EXPR["Disgust"]: 0.016, EXPR["Sadness"]: -0.032,
-                  EXPR["Fear"]: -0.026}.get(expr, 0.0)
-    corner = {EXPR["Happiness"]: -0.05, EXPR["Sadness"]: 0.034, EXPR["Anger"]: 0.012,
-              EXPR["Disgust"]: 0.024, EXPR["Fear"]: 0.012}.get(expr, 0.0)
+    brow_lift = {EXPR["Surprise"]: 0.06, EXPR["Fear"]: 0.035, EXPR["Anger"]: -0.02,
+                 EXPR["Disgust"]: -0.018}.get(expr, 0.0)
+    brow_inner = {EXPR["Anger"]: 0.05, EXPR["Disgust"]: 0.02, EXPR["Sadness"]: -0.045,
+                  EXPR["Fear"]: -0.04}.get(expr, 0.0)
+    corner = {EXPR["Happiness"]: -0.065, EXPR["Sadness"]: 0.05, EXPR["Anger"]: 0.015,
+              EXPR["Disgust"]: 0.03, EXPR["Fear"]: 0.012}.get(expr, 0.0)
     mouth_scale = {EXPR["Happiness"]: 1.25, EXPR["Surprise"]: 0.72, EXPR["Fear"]: 1.2,
                    EXPR["Anger"]: 0.85}.get(expr, 1.0)
     lip_scale = (1.8 if at["Big_Lips"] else 1.0) * (0.6 if expr == EXPR["Anger"] else 1.0) \
-        * (1.2 if not f.male else 1.0)
+        * (1.2 if not f.male else 1.0) * (1.0 - 0.35 * aged)  # lips thin with age
     gap = 0.0
     if at["Mouth_Slightly_Open"]:
         gap = 0.034 + float(rng.uniform(0, 0.016)) + (0.035 if expr == EXPR["Surprise"] else 0.0)
@@ -120,10 +121,10 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
         jaw_exponent=(2.0 + (1.4 if f.male else 0.0) * (0.4 + 0.6 * growth)) - 0.5 * at["Chubby"],
         eye_y=eye_y, eye_dx=0.44 * a, eye_w=eye_w, eye_h=eye_h, gaze=j(0.15),
         brow_y=eye_y - 0.062 - brow_lift + j(0.003),
-        brow_half_thickness=(0.019 if at["Bushy_Eyebrows"] else 0.01) + 0.005 * f.male,
+        brow_half_thickness=(0.026 if at["Bushy_Eyebrows"] else 0.013) + 0.005 * f.male,
         brow_arch=0.03 if at["Arched_Eyebrows"] else 0.003,
         brow_inner_dy=brow_inner,
-        nose_tip_y=cy + 0.085 + 0.02 * growth + 0.018 * at["Big_Nose"] + j(0.003),
+        nose_tip_y=cy + 0.065 + 0.04 * growth + 0.018 * at["Big_Nose"] + j(0.003),
         nose_w=(0.032 + 0.008 * growth) * (1.6 if at["Big_Nose"] else 1.0) * (0.75 if at["Pointy_Nose"] else 1.0),
         nose_pointy=at["Pointy_Nose"],
         mouth_y=cy + 0.16 + 0.018 * growth + j(0.003),

@@ -143,6 +143,9 @@ class _Painter:
         at = f.attributes
         skin = np.array(SKIN_TONES[f.race], dtype=float) + rng.normal(0, 8, 3)
         self.skin_rgb = 0.35 * skin + 0.65 * PALE_SKIN if at["Pale_Skin"] else skin
+        self.aged = float(np.clip((f.age - 30) / 50, 0, 1))  # 0 at 30, 1 at 80 (as layout_face)
+        # skin loses colour with age: a global cue that survives the resize to 64 px
+        self.skin_rgb = self.skin_rgb + 0.45 * self.aged * (self.skin_rgb.mean() - self.skin_rgb)
         colour = next((c for name, c in HAIR_COLOURS.items() if at[name]), None)
         if colour is None:
             colour = OTHER_HAIR[int(rng.integers(len(OTHER_HAIR)))]
@@ -200,8 +203,12 @@ class _Painter:
                        self.skin_rgb * 0.5)
         lines = self._wrinkles()
         if lines:  # darker with age, so age reads as a continuous cue
-            depth = 0.45 + 0.4 * float(np.clip((self.f.age - 25) / 50, 0, 1))
-            _blend(layer, depth * self.strokes(lines, 0.011), self.skin_rgb * 0.5)
+            depth = 0.5 + 0.45 * float(np.clip((self.f.age - 25) / 50, 0, 1))
+            _blend(layer, depth * self.strokes(lines, 0.015), self.skin_rgb * 0.45)
+        for k in range(max(0, (self.f.age - 44) // 6)):  # age spots: one more every 6 years from 50
+            side = 1 if k % 2 else -1
+            self.dab(layer, 0.8, L.cx + side * (0.3 + 0.1 * (k % 3)) * L.a, L.eye_y + (-0.09, 0.06, 0.1)[k % 3],
+                     0.014, 0.014, self.skin_rgb * 0.55)
         if at["5_o_Clock_Shadow"]:
             jaw = (v > L.nose_tip_y + 0.01) & ((v > L.mouth_y - 0.035) | (np.abs(u - L.cx) > 0.55 * L.a))
             dots = self.rng.random((self.size, self.size)) < 0.55
@@ -228,7 +235,7 @@ class _Painter:
         f, L = self.f, self.L
         lines: list[np.ndarray] = []
         # forehead lines: none under 25, then one more a decade (the 40-year Young boundary: 2 -> 3)
-        n_forehead = int(np.clip((f.age - 15) // 10, 0, 5))
+        n_forehead = int(np.clip((f.age - 15) // 10, 0, 6))
         xs = np.linspace(L.cx - 0.55 * L.a, L.cx + 0.55 * L.a, 9)
         for k in range(n_forehead):
             y = L.brow_y - 0.035 - 0.022 * k
@@ -242,6 +249,10 @@ class _Painter:
                 x0 = ex + side * (L.eye_w + 0.008)
                 for dy in (-0.012, 0.0, 0.012):
                     lines.append(np.array([(x0, ey), (x0 + side * 0.035, ey + 2 * dy)]))
+        if f.age >= 55:  # marionette lines from the mouth corners down
+            for side in (-1, 1):
+                x0 = L.cx + side * L.mouth_w
+                lines.append(np.array([(x0, L.mouth_y + 0.01), (x0 - side * 0.01, L.mouth_y + 0.06)]))
         if f.expression == EXPR["Disgust"]:  # a wrinkled nose bridge
             for k in range(3):
                 y = L.eye_y + 0.012 + 0.016 * k
@@ -261,6 +272,8 @@ class _Painter:
         layer *= (1 + 0.28 * tex)[..., None]
         if at["Gray_Hair"]:
             _blend(layer, 0.5 * (tex > 0.5), (235, 235, 235))
+        elif self.f.age > 35:  # salt and pepper: some strands grey with age, the colour still reads
+            _blend(layer, 0.4 * float(np.clip((self.f.age - 35) / 45, 0, 1)) * (tex > 0.5), (205, 205, 205))
         return np.clip(layer, 0, 255)
 
     def eyes(self) -> np.ndarray:
