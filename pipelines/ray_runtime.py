@@ -7,6 +7,27 @@ import os
 
 log = logging.getLogger(__name__)
 
+# What a worker on another node needs to reach MLflow as the pipeline's user. It travels in the job's runtime
+# environment only: never in a train config, an MLflow param, tag or artifact. Local workers inherit the driver's.
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# Ray Train's placement-group cleaner asks the State API, which needs the dashboard (off here), every few seconds,
+# and warns each time it cannot: hundreds of lines per training pass on the user's terminal, none actionable
+NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process at start (runtime_env worker_process_setup_hook)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def job_runtime_env(joining_a_cluster: bool) -> dict:
+    env: dict = {"worker_process_setup_hook": quiet_worker_logs}
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if joining_a_cluster and forwarded:
+        env["env_vars"] = forwarded
+    return env
+
 
 def init_ray(dashboard: bool = False) -> None:
     """Idempotent ray.init(); the dashboard stays off unless asked for (it costs memory and a port)."""
@@ -15,7 +36,7 @@ def init_ray(dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs = {"include_dashboard": dashboard, "log_to_driver": True}
+    kwargs = {"include_dashboard": dashboard, "log_to_driver": True, "runtime_env": job_runtime_env(bool(address))}
     if address:
         ray.init(address=address, **kwargs)
     else:

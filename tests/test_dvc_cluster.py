@@ -2,8 +2,10 @@
 
 Real local stand-ins for the cloud: moto_server is S3 (raw data, the cluster storage that holds staged
 inputs, corpus scratch and Ray Train runs, MLflow's artifact store, the DVC remote); `mlflow server
---serve-artifacts` is the tracking server; the second Ray node registers at 127.0.0.2, so to the pipeline
-it is another machine and no stage may hand it a path of this one.
+--serve-artifacts` is the tracking server, behind MLflow's basic-auth app as a team runs it (the pipeline's user
+and password only in the driver's environment: the nodes get them from the job, and no MLflow param, tag or
+artifact may hold them); the second Ray node registers at 127.0.0.2, so to the pipeline it is another machine and
+no stage may hand it a path of this one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 from tests.conftest import REPO, SEED
 from tests.ray_cluster import cluster_env, two_node_cluster
 from tests.smoke_repo import SMOKE, commit, git, run, smoke_repo
-from tests.training.mlflow_server import mlflow_server
+from tests.training.mlflow_server import AUTH_ADMIN, auth_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +38,27 @@ def on_s3(params: dict, roots: dict[str, str]) -> None:
     params["build_corpus"]["workers"] = 2
     for stage in RAY_STAGES:  # one training worker per node: 2 CPUs each, 2 per node
         params[stage].update(num_workers=2, cpus_per_worker=2)
+
+
+PIPELINE_USER = ("pipeline", "pipeline-pass-for-tests-only")
+
+
+def credential_leaks(uri: str, secrets: tuple[str, ...], scratch: Path) -> list[str]:
+    """Every param, tag and artifact of every run on the server that holds one of `secrets`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client, found = MlflowClient(uri), []
+    for experiment in client.search_experiments():
+        for r in client.search_runs([experiment.experiment_id], max_results=1000):
+            fields = {**{f"param {k}": v for k, v in r.data.params.items()},
+                      **{f"tag {k}": v for k, v in r.data.tags.items()}}
+            found += [f"{r.info.run_name}: {name}" for name, v in fields.items() if any(s in v for s in secrets)]
+            local = Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="",
+                                                             dst_path=str(scratch / r.info.run_id)))
+            found += [f"{r.info.run_name}: artifact {f.relative_to(local)}" for f in local.rglob("*")
+                      if f.is_file() and any(s.encode() in f.read_bytes() for s in secrets)]
+    return found
 
 
 def checksums(root: Path, rels: list[str]) -> dict[str, str]:
@@ -52,7 +75,7 @@ def lock_outs(repo: Path) -> list[str]:
     return sorted({o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])})
 
 
-def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_path):
+def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_path, monkeypatch):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     for bucket in ("raw", "cluster", "mlflow-artifacts", "dvc-remote"):
         s3.create_bucket(Bucket=bucket)
@@ -66,9 +89,10 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
     # the nodes' own environment: the code, and S3's endpoint and keys (an instance profile in the cloud)
     node_env = {**cluster_env(), "PYTHONPATH": str(REPO)}
     with two_node_cluster(node_env, second_ip="127.0.0.2") as head, \
-            mlflow_server(tmp_path / "mlflow", artifacts="s3://mlflow-artifacts/mlflow",
-                          env={"MLFLOW_S3_ENDPOINT_URL": s3_server}) as tracking:
-        env = {**node_env, "RAY_ADDRESS": head, "MLFLOW_TRACKING_URI": tracking}
+            auth_mlflow_server(tmp_path / "mlflow", dict([PIPELINE_USER]), artifacts="s3://mlflow-artifacts/mlflow",
+                               env={"MLFLOW_S3_ENDPOINT_URL": s3_server}) as tracking:
+        env = {**node_env, "RAY_ADDRESS": head, "MLFLOW_TRACKING_URI": tracking,
+               "MLFLOW_TRACKING_USERNAME": PIPELINE_USER[0], "MLFLOW_TRACKING_PASSWORD": PIPELINE_USER[1]}
 
         # without cluster storage the first Ray stage stops at start-up and names what the far node can't see
         failed = subprocess.run([sys.executable, "-m", "dvc", "repro", "build_corpus"], cwd=repo, env=env,
@@ -81,7 +105,11 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
 
         env["FACEINSIGHT_CLUSTER_STORAGE"] = "s3://cluster/faceinsight"
         out = run([sys.executable, "-m", "dvc", "repro"], repo, env=env, timeout=1800)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_USER[1])
+        leaks = credential_leaks(tracking, (PIPELINE_USER[1], AUTH_ADMIN[1]), tmp_path / "scan")
     assert "Running stage 'report'" in out
+    assert not leaks, leaks
 
     manifest = json.loads((repo / "metrics" / "ingest.json").read_text())
     assert manifest["total"]["kept"] == sum(SMOKE[k] for k in ("celebamask_hq", "utkface", "rafdb"))

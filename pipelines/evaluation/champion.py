@@ -5,6 +5,9 @@ how results are judged and written."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +27,43 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
         return False, [f"{registry}: no registered version to promote"], None
     entry = json.loads(Path(registry).read_text())
     client = MlflowClient(tracking_uri)
-    champion = alias_metrics(client, "champion")
-    if champion and champion.pop("_version") == entry["version"]:
-        champion = None  # this version already is the champion: judge it on the thresholds alone
-    passed, reasons = gate(results, cfg, champion)
-    if passed:
-        promote(client, entry["version"])
+    with refused_access_named(tracking_uri):
+        champion = alias_metrics(client, "champion")
+        if champion and champion.pop("_version") == entry["version"]:
+            champion = None  # this version already is the champion: judge it on the thresholds alone
+        passed, reasons = gate(results, cfg, champion)
+        if passed:
+            promote(client, entry["version"])
     return passed, reasons, entry
+
+
+@contextmanager
+def refused_access_named(tracking_uri: str) -> Iterator[None]:
+    """An MLflow that refuses this user (401: no or wrong credentials, 403: no permission) becomes one line that
+    says so and what to set, not a traceback nor, worse, a champion judged as absent."""
+    try:
+        yield
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 401:
+            raise RuntimeError(f"MLflow at {tracking_uri} refused the login of "
+                               f"{repr(user) if user else 'an anonymous client'} (401): set MLFLOW_TRACKING_USERNAME "
+                               "and MLFLOW_TRACKING_PASSWORD to the pipeline's user") from None
+        if status == 403:
+            raise RuntimeError(f"MLflow at {tracking_uri}: user {user!r} may not change the registered model "
+                               f"{MODEL_NAME!r} (403): run as the pipeline's user, or have an admin grant this one "
+                               "MANAGE on it") from None
+        raise
 
 
 def alias_metrics(client, alias: str, prefix: str = "eval.", system: str = "faceinsight") -> dict[str, float] | None:
     """The evaluation numbers ("task.metric") of the version `alias` points at, or None if no version has it."""
     try:
         version = client.get_model_version_by_alias(MODEL_NAME, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):  # refused, not absent: the caller names it
+            raise
         return None
     out = {}
     for key, value in client.get_run(version.run_id).data.metrics.items():

@@ -69,11 +69,20 @@ def test_kuberay_schema_refuses_what_the_crd_refuses():
             jsonschema.validate(bad, kuberay_schema())
 
 
-def test_mlflow_deployment_serves_artifacts_from_s3_with_postgres():
+def test_mlflow_deployment_serves_artifacts_from_s3_with_postgres_behind_basic_auth():
     compose = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yaml").read_text())
-    command = compose["services"]["mlflow"]["command"]
-    assert "--serve-artifacts" in command and "postgresql://" in command and "--artifacts-destination" in command
+    mlflow = compose["services"]["mlflow"]
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    for name in ("MLFLOW_ARTIFACTS", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name].startswith("${") and ":?" in env[name], name  # from the environment, or no start
     assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${")
+    # built from pinned versions, not installed at start
+    assert mlflow["build"]["dockerfile"] == "infra/mlflow/Dockerfile" and "command" not in mlflow
+    dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
+    assert "-c /opt/faceinsight/constraints.txt" in dockerfile and "Flask-WTF" in dockerfile
+    serve = (INFRA / "mlflow" / "serve.sh").read_text()
+    assert "--app-name basic-auth" in serve and "--serve-artifacts" in serve and "pip install" not in serve
 
 
 SECRET_PATTERNS = {

@@ -22,12 +22,22 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     exe = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", backend or f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", artifacts or str(root / "artifacts"), "--serve-artifacts"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, **(env or {})})
+    command = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", backend or f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", artifacts or str(root / "artifacts"), "--serve-artifacts"]
+    with serving(command, root / "server.log", port, env) as url:
+        yield url
+
+
+@contextmanager
+def serving(command: list[str], log: Path, port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Runs `command` (an MLflow server on 127.0.0.1:`port`) in its own session until /health answers; yields its
+    URL; stops it and every child it started."""
+    venv_bin = str(Path(sys.executable).parent)  # `mlflow` of this environment for scripts that call it by name
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{venv_bin}{os.pathsep}{full_env.get('PATH', '')}"
+    proc = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=full_env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -37,8 +47,7 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    log = (root / "server.log").read_text()[-2000:]
-                    raise RuntimeError(f"mlflow server did not start: {log}") from None
+                    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -50,3 +59,31 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+AUTH_ADMIN = ("admin", "admin-pass-for-tests-only")
+AUTH_SECRET_KEY = "csrf-key-for-tests-only"
+
+
+@contextmanager
+def auth_mlflow_server(root: Path, users: dict[str, str], backend: str | None = None, artifacts: str | None = None,
+                       env: dict[str, str] | None = None) -> Iterator[str]:
+    """The team deployment's launcher (infra/mlflow/serve.sh: MLflow's basic-auth app) on 127.0.0.1, SQLite and an
+    artifact folder under `root` unless named; its admin creates `users` (name: password), who read everything
+    (default permission READ) and change what they create."""
+    import requests
+
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    serve = Path(__file__).resolve().parents[2] / "infra" / "mlflow" / "serve.sh"
+    server_env = {"MLFLOW_BACKEND_STORE_URI": backend or f"sqlite:///{root / 'mlflow.db'}",
+                  "MLFLOW_ARTIFACTS": artifacts or str(root / "artifacts"), "MLFLOW_HOST": "127.0.0.1",
+                  "MLFLOW_PORT": str(port), "MLFLOW_AUTH_ADMIN_USERNAME": AUTH_ADMIN[0],
+                  "MLFLOW_AUTH_ADMIN_PASSWORD": AUTH_ADMIN[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": AUTH_SECRET_KEY,
+                  **(env or {})}
+    with serving(["bash", str(serve), "--workers", "1"], root / "server.log", port, server_env) as url:
+        for name, password in users.items():
+            done = requests.post(f"{url}/api/2.0/mlflow/users/create", json={"username": name, "password": password},
+                                 auth=AUTH_ADMIN, timeout=30)
+            assert done.status_code == 200, done.text
+        yield url

@@ -1,0 +1,29 @@
+"""pipelines/ray_runtime: what every Ray worker of a stage gets from the job (quiet logs, MLflow credentials)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.ray_runtime import FORWARDED_ENV, NOISY_LOGGERS, job_runtime_env, quiet_worker_logs
+
+
+def test_mlflow_credentials_travel_to_a_cluster_only_in_the_job_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pass")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    assert job_runtime_env(True)["env_vars"] == {"MLFLOW_TRACKING_USERNAME": "pipeline",
+                                                 "MLFLOW_TRACKING_PASSWORD": "s3cret-pass"}
+    assert "env_vars" not in job_runtime_env(False)  # local workers inherit the driver's environment
+    for name in FORWARDED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert "env_vars" not in job_runtime_env(True)  # nothing set: nothing to forward
+
+
+def test_the_setup_hook_quiets_ray_trains_state_api_warnings_in_every_worker(ray_local):
+    assert job_runtime_env(False)["worker_process_setup_hook"] is quiet_worker_logs
+
+    @ray_local.remote(num_cpus=0)
+    def levels() -> dict[str, int]:
+        return {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+
+    assert ray_local.get(levels.remote()) == {name: logging.ERROR for name in NOISY_LOGGERS}
