@@ -55,7 +55,7 @@ def credential_leaks(uri: str, secrets: tuple[str, ...], scratch: Path) -> list[
                       **{f"tag {k}": v for k, v in r.data.tags.items()}}
             found += [f"{r.info.run_name}: {name}" for name, v in fields.items() if any(s in v for s in secrets)]
             local = Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="",
-                                                             dst_path=str(scratch / r.info.run_id)))
+                                                             dst_path=str(scratch / r.info.run_id), tracking_uri=uri))
             found += [f"{r.info.run_name}: artifact {f.relative_to(local)}" for f in local.rglob("*")
                       if f.is_file() and any(s.encode() in f.read_bytes() for s in secrets)]
     return found

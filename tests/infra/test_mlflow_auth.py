@@ -134,6 +134,17 @@ def test_only_the_pipelines_user_registers_versions_and_moves_champion(s3_server
                                        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
                    for who, env in (("wrong", client_env("pipeline", "not-the-password")),
                                     ("viewer", client_env("viewer")))}
+        # the README's rotation: the user changes its own password; the old one stops working at once
+        import requests
+
+        new = "pipeline-pass-rotated"
+        rotated = requests.patch(f"{url}/api/2.0/mlflow/users/update-password", auth=("pipeline", USERS["pipeline"]),
+                                 json={"username": "pipeline", "password": new,
+                                       "current_password": USERS["pipeline"]}, timeout=30)
+        old_login = requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                 auth=("pipeline", USERS["pipeline"]), timeout=30)
+        new_login = requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", auth=("pipeline", new),
+                                 timeout=30)
 
     assert viewer["read_run"] == ["ok", "finetune"] and viewer["read_champion"] == ["ok", logged["version"]]
     for action in ("register_version", "move_champion", "delete_run"):
@@ -147,6 +158,7 @@ def test_only_the_pipelines_user_registers_versions_and_moves_champion(s3_server
         done = reports[who]
         message = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 1 and len(message) == 1 and says in message[0], done.stderr[-2000:]
+    assert rotated.status_code == 200 and old_login.status_code == 401 and new_login.status_code == 200
     log = (tmp_path / "server.log").read_text()
     for secret in (AUTH_ADMIN[1], AUTH_SECRET_KEY, *USERS.values()):
         assert secret not in log
