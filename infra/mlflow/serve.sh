@@ -45,5 +45,4 @@ server=$!
 trap 'kill -TERM "$server" 2>/dev/null' TERM INT
 wait "$server" || status=$?
 wait "$server" 2>/dev/null || true
-rm -rf "$conf"
 exit "${status:-0}"

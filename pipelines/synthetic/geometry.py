@@ -82,6 +82,11 @@ class FaceLayout:
     male: bool = False
 
 
+def adult_ageing(age: float) -> float:
+    """0 up to 30, 1 from 80: how far the adult ageing cues (thin lips, faded skin) have gone."""
+    return float(np.clip((age - 30) / 50, 0, 1))
+
+
 def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
     at = f.attributes
     kid = f.age < 13
@@ -91,7 +96,6 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
         + 0.006 * float(np.clip(f.weight, -2, 2)) + j(0.005)
     b = 0.285 + 0.035 * at["Oval_Face"] - 0.008 * at["Chubby"] + j(0.005)
     growth = min(f.age, 16) / 16.0  # children's faces are smaller and rounder, growing to adult size
-    aged = float(np.clip((f.age - 30) / 50, 0, 1))  # 0 at 30, 1 at 80: adult ageing cues scale with it
     a, b = a * (0.76 + 0.24 * growth), b * (0.66 + 0.34 * growth)
     cx, cy = 0.5, 0.47
     expr = f.expression
@@ -110,7 +114,7 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
     mouth_scale = {EXPR["Happiness"]: 1.25, EXPR["Surprise"]: 0.72, EXPR["Fear"]: 1.2,
                    EXPR["Anger"]: 0.85}.get(expr, 1.0)
     lip_scale = (1.8 if at["Big_Lips"] else 1.0) * (0.6 if expr == EXPR["Anger"] else 1.0) \
-        * (1.2 if not f.male else 1.0) * (1.0 - 0.35 * aged)  # lips thin with age
+        * (1.2 if not f.male else 1.0) * (1.0 - 0.35 * adult_ageing(f.age))  # lips thin with age
     gap = 0.0
     if at["Mouth_Slightly_Open"]:
         gap = 0.034 + float(rng.uniform(0, 0.016)) + (0.035 if expr == EXPR["Surprise"] else 0.0)

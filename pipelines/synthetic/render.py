@@ -17,7 +17,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from model.labels import EXPRESSIONS, PART_LABEL
 from pipelines.label_maps import compose_label_map
-from pipelines.synthetic.geometry import FaceLayout, Polygon, eye_centres, layout_face, lip_curves, part_shapes
+from pipelines.synthetic.geometry import (
+    FaceLayout,
+    Polygon,
+    adult_ageing,
+    eye_centres,
+    layout_face,
+    lip_curves,
+    part_shapes,
+)
 from pipelines.synthetic.latent import FaceFactors
 
 # Parts that are drawn later in the official order but sit behind others physically.
@@ -143,9 +151,8 @@ class _Painter:
         at = f.attributes
         skin = np.array(SKIN_TONES[f.race], dtype=float) + rng.normal(0, 8, 3)
         self.skin_rgb = 0.35 * skin + 0.65 * PALE_SKIN if at["Pale_Skin"] else skin
-        self.aged = float(np.clip((f.age - 30) / 50, 0, 1))  # 0 at 30, 1 at 80 (as layout_face)
         # skin loses colour with age: a global cue that survives the resize to 64 px
-        self.skin_rgb = self.skin_rgb + 0.45 * self.aged * (self.skin_rgb.mean() - self.skin_rgb)
+        self.skin_rgb = self.skin_rgb + 0.45 * adult_ageing(f.age) * (self.skin_rgb.mean() - self.skin_rgb)
         colour = next((c for name, c in HAIR_COLOURS.items() if at[name]), None)
         if colour is None:
             colour = OTHER_HAIR[int(rng.integers(len(OTHER_HAIR)))]
