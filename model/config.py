@@ -38,6 +38,10 @@ class VisionConfig:
     layers: int = 2
     heads: int = 4
     conv_stem: bool = True  # tiny: two strided 3x3 convolutions before the patch projection
+    # tiny, conv_stem: 3x3 convolutions added at each resolution of the stem (0: the two strided ones only) and the
+    # first resolution's width (doubled at each stride; 0: hidden // 4): a small CNN body under the transformer
+    stem_depth: int = 0
+    stem_width: int = 0
     feature_layer: int = -1  # which hidden layer's patch tokens feed the projector (LLaVA-1.5: -2)
 
     def __post_init__(self) -> None:
@@ -47,6 +51,9 @@ class VisionConfig:
                f"must divide image_size {self.image_size}, got {self.patch_size}")
         _check(self.hidden % self.heads == 0, "vision.heads", f"must divide hidden {self.hidden}")
         _check(self.layers >= 1, "vision.layers", "must be >= 1")
+        _check(self.stem_depth >= 0 and self.stem_width >= 0, "vision.stem_depth", "stem_depth, stem_width >= 0")
+        _check(self.stem_depth == 0 or self.patch_size & (self.patch_size - 1) == 0, "vision.stem_depth",
+               f"a deep stem strides by 2 to the patch: patch_size must be a power of 2, got {self.patch_size}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class FaceInsightOutput:
     logits: torch.Tensor | None  # None from a visual-only step
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # each term, for logging
     attribute_logits: torch.Tensor | None = None
-    answer_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # gender / race / expression heads
+    answer_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # gender / race / expression / age heads
     past_key_values: Any = None
 
 
@@ -307,6 +307,7 @@ class FaceInsight(Checkpointable, nn.Module):
                 known = y >= 0
                 truth = (y.to(logits.dtype) * 2 - 1) * 6.0
             else:  # one class: +6 for the true one, -6 for the rest
+                y = self.answer_embedding.classes(name, y)
                 known = (y >= 0)[:, None]
                 truth = nn.functional.one_hot(y.long().clamp(min=0), logits.shape[-1]).to(logits.dtype) * 12.0 - 6.0
             forced = (torch.rand(len(logits), 1, device=logits.device) < share) & known
@@ -340,7 +341,7 @@ class FaceInsight(Checkpointable, nn.Module):
     @torch.inference_mode()
     def answer_probabilities(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None
                              ) -> dict[str, torch.Tensor]:
-        """The answer heads' class probabilities per task (gender, race, expression), no decoding."""
+        """The answer heads' class probabilities per task (gender, race, expression, age bins), no decoding."""
         if self.answer_embedding is None:
             raise ValueError("this model has no answer heads (alignment.answer_heads is off)")
         verdicts = self.encode_visual(pixel_values, seg_maps)[1]

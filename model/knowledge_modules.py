@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -15,12 +16,24 @@ from torch.nn import functional as F
 from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 EXCLUSION, IMPLICATION = 0, 1
+# age as five-year classes (0-4, 5-9, ..., 75-79, 80+), each answered with its middle year: the LM copies a number
+# word as it copies "female" (generated ages, left to the LM, were 21 years off, worse than the median's 18)
+AGE_EDGES: tuple[int, ...] = tuple(range(5, 85, 5))
+AGE_WORDS: tuple[str, ...] = tuple(str(e - 3) for e in AGE_EDGES) + ("85",)
 # the single-label tasks the answer heads cover: their class words, as the corpus' answers write them
-ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK_RACES, "expression": EXPRESSIONS}
+ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK_RACES, "expression": EXPRESSIONS,
+                                              "age": AGE_WORDS}
 # the words that name each task in the templates' questions ("What is this person's gender?", "How does this
-# person feel ...") and answers ("the expression is"): there the head's answer word is written
+# person feel ...", "How old is ...") and answers ("the expression is"): there the head's answer word is written
 ANSWER_KEYS: dict[str, tuple[str, ...]] = {"gender": ("gender",), "race": ("race",),
-                                           "expression": ("expression", "feel")}
+                                           "expression": ("expression", "feel"), "age": ("old", "age")}
+# tasks whose labels are values, not classes: the bins' upper edges (a label in years -> its class)
+ANSWER_BINS: dict[str, tuple[int, ...]] = {"age": AGE_EDGES}
+
+
+def answer_value(task: str, classes: np.ndarray) -> np.ndarray:
+    """The answer heads' class indices -> the label they stand for (age: the class's middle year; others: as is)."""
+    return np.array([int(w) for w in ANSWER_CLASSES[task]])[classes] if task in ANSWER_BINS else classes
 
 
 class CooccurrenceGraph(nn.Module):
@@ -115,8 +128,8 @@ class KnowledgeEmbedding(nn.Module):
 
 
 class AnswerEmbedding(nn.Module):
-    """Heads for the single-label tasks (gender, race, expression) on the pooled visual feature, read as the
-    knowledge embedding reads the attribute head: the words of a text that name a task ("gender") carry the
+    """Heads for the single-label tasks (gender, race, expression, age in bins) on the pooled visual feature, read
+    as the knowledge embedding reads the attribute head: the words of a text that name a task ("gender") carry the
     embedding of the head's answer word, E(word_argmax). The LM's output layer is tied to its embeddings, so the
     answer is one copy from the question away. An open gender or expression question has
     no attribute name to carry a verdict, and the LM alone did not learn them from visual tokens (gender 0.08,
@@ -134,6 +147,15 @@ class AnswerEmbedding(nn.Module):
                                                                  for i in word_ids[t]], dtype=torch.float32))
             self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))
             self.register_buffer(f"{t}_class_weight", class_weights[t].float().clone())
+            if t in ANSWER_BINS:
+                self.register_buffer(f"{t}_edges", torch.tensor(ANSWER_BINS[t], dtype=torch.float32))
+
+    def classes(self, task: str, labels: torch.Tensor) -> torch.Tensor:
+        """A task's labels as class indices (-1 stays unknown): values (age in years) fall into their bin."""
+        if task not in ANSWER_BINS:
+            return labels
+        binned = torch.bucketize(labels.float(), getattr(self, f"{task}_edges"), right=True)
+        return torch.where(labels >= 0, binned, torch.full_like(binned, -1))
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, width) -> logits per task, (B, classes)."""
@@ -165,10 +187,21 @@ class AnswerEmbedding(nn.Module):
             y = labels.get(task)
             if y is None or not (y >= 0).any():
                 continue
+            y = self.classes(task, y)
             known = y >= 0
+            if task in ANSWER_BINS:  # ordered classes: a neighbour of the true bin is less wrong than a far one
+                soft = ordinal_targets(y[known], task_logits.shape[-1])
+                total = total + F.cross_entropy(task_logits[known].float(), soft)
+                continue
             total = total + F.cross_entropy(task_logits[known].float(), y[known].long(),
                                             weight=getattr(self, f"{task}_class_weight"))
         return total
+
+
+def ordinal_targets(classes: torch.Tensor, n: int, sigma: float = 1.0) -> torch.Tensor:
+    """Soft targets for ordered classes: a Gaussian over the class index around the true one (DLDL, Gao et al. 2017)."""
+    d = torch.arange(n, device=classes.device)[None].float() - classes[:, None].float()
+    return torch.softmax(-0.5 * (d / sigma) ** 2, dim=-1)
 
 
 def class_weights(counts: list[int] | None, classes: int, max_weight: float = 20.0) -> torch.Tensor:

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.faceinsight import FaceInsight
-from model.knowledge_modules import rules_tensor
+from model.knowledge_modules import answer_value, rules_tensor
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, TASKS, UTK_GENDERS, UTK_RACES
 from model.specialist import HEADS, load_specialist
 from pipelines.corpus.reader import load_faces
@@ -188,8 +188,8 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
 
 def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, targets: list[str], batch: int
                             ) -> dict[str, np.ndarray]:
-    """The answer heads' class per face for the targets they cover (gender, race, expression); a target no head
-    predicts (age) is UNREAD, so its cells stay empty."""
+    """The answer heads' label per face for the targets they cover (gender, race, expression, age as its bin's
+    middle year); a target no head predicts is UNREAD, so its cells stay empty."""
     import torch
 
     classes: dict[str, list[np.ndarray]] = {}
@@ -197,7 +197,7 @@ def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, 
         sl = slice(start, start + batch)
         m = None if maps is None else torch.as_tensor(maps[sl])
         for task, probs in model.answer_probabilities(model.preprocess(images[sl]), m).items():
-            classes.setdefault(task, []).append(probs.argmax(-1).numpy())
+            classes.setdefault(task, []).append(answer_value(task, probs.argmax(-1).numpy()))
     return {t: np.concatenate(classes[t]) if t in classes else np.full(len(images), UNREAD) for t in targets}
 
 

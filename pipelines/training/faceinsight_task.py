@@ -106,7 +106,7 @@ class FaceInsightTask(TrainTask):
                 right = (out.attribute_logits.detach() > 0).long() == batch["attribute_labels"]
                 terms["attribute_accuracy"] = float(right[known].float().mean())
         for task, logits in out.answer_logits.items():  # the answer heads' accuracy, where labels exist
-            y = batch[f"{task}_label"]
+            y = core.answer_embedding.classes(task, batch[f"{task}_label"])
             if (y >= 0).any():
                 terms[f"{task}_accuracy"] = float((logits.detach().argmax(-1) == y)[y >= 0].float().mean())
         return out.loss, terms, int(batch["attention_mask"].sum())
