@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pipelines.provenance import git_commit
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "faceinsight"
@@ -33,16 +33,6 @@ def tracking_store_path(uri: str) -> str | None:
     if uri.startswith("file:"):
         return urlparse(uri).path
     return None if "://" in uri else uri
-
-
-def git_commit() -> str:
-    """HEAD of the checkout this code runs from (not of the working directory: a Ray worker's is its session
-    folder, where every stage run was tagged `unknown`); "unknown" outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -77,8 +67,8 @@ def pipeline_run_id(uri: str, commit: str | None = None) -> str:
 
 def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
                     commit: str | None = None):
-    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training). `commit`: the
-    driver's, handed to a worker that may run where there is no checkout (a cluster node)."""
+    """A stage's run, a child of the pipeline run; `run_id` reopens a run (a restarted training). `commit` and
+    `tags` (pipelines/provenance.py): the driver's, handed to a worker that may run where there is no checkout."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -89,17 +79,6 @@ def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mappi
     commit = commit or git_commit()
     return mlflow.start_run(run_name=stage, parent_run_id=pipeline_run_id(uri, commit), log_system_metrics=True,
                             tags={"dvc.stage": stage, "git.commit": commit, **(tags or {})})
-
-
-@contextmanager
-def mlflow_run(uri: str, run_name: str, stage: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Open a stage's run (child of the pipeline run) with the stage's params and the git commit as tags."""
-    import mlflow
-
-    with start_stage_run(uri, stage, tags=tags) as run:
-        mlflow.log_params(flatten(params))
-        yield run
 
 
 def log_eval_metrics(task: str, result: dict[str, Any], registry: Path, tracking_uri: str) -> str | None:

@@ -79,6 +79,8 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert verdict["champion"] or verdict["reasons"]  # promoted, or the report says why not
     assert ("is now `champion`" in results) == verdict["champion"]
 
+    runs_name_what_produced_them(repo_copy)
+
     again = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
     assert "Running stage" not in again and "up to date" in again
 
@@ -108,3 +110,24 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
     assert counts["expression"] == before["expression"] and sum(counts["race"]) > sum(before["race"])
     metrics = json.loads((repo_copy / "metrics" / "ingest.json").read_text())
     assert metrics["datasets"]["utkface"]["kept"] == 25
+
+
+def runs_name_what_produced_them(repo: Path) -> None:
+    """Every MLflow run of the DAG names the commit (clean), its DVC stage with the hashes dvc.lock recorded for that
+    stage's deps, the machine and the dtype; no tag says `unknown` (issue 19)."""
+    from mlflow import MlflowClient
+
+    from pipelines.provenance import host_tags
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    head = run(["git", "rev-parse", "HEAD"], repo).strip()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    stages = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(stages) >= 8 and not [r.info.run_name for r in runs if "unknown" in r.data.tags.values()]
+    for r in stages:
+        tags = r.data.tags
+        assert tags["git.commit"] == head and tags["git.dirty"] == "false", (r.info.run_name, tags)
+        locked = {f"dvc.dep.{d['path']}": d["md5"] for d in lock[tags["dvc.stage"]]["deps"]}
+        assert locked == {k: v for k, v in tags.items() if k.startswith("dvc.dep.")}, r.info.run_name
+        assert tags["host.cpu"] == host_tags()["host.cpu"] and tags["train.dtype"] in ("bf16", "fp32")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.tracking import git_commit, start_stage_run
+from pipelines.provenance import NO_GIT, NOT_DVC, code_tags, git_commit, host_tags
+from pipelines.tracking import start_stage_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,9 +25,66 @@ def test_a_stage_run_carries_the_commit_it_is_handed(tmp_path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with start_stage_run(uri, "align", commit="0123abcd" * 5) as run:
+    handed = {"dvc.stage": "train_variant@no_map", "dvc.dep.model": "ab" * 16 + ".dir", "git.dirty": "false"}
+    with start_stage_run(uri, "variant-no_map-align", commit="0123abcd" * 5, tags=handed) as run:
         run_id = run.info.run_id
     tags = MlflowClient(uri).get_run(run_id).data.tags
-    assert tags["git.commit"] == "0123abcd" * 5 and tags["dvc.stage"] == "align"
+    assert tags["git.commit"] == "0123abcd" * 5 and handed.items() <= tags.items()
     parent = MlflowClient(uri).get_run(tags["mlflow.parentRunId"]).data.tags
     assert parent["pipeline.commit"] == "0123abcd" * 5
+
+
+def _sh(cwd: Path, *cmd: str) -> str:
+    return subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def test_code_tags_hash_a_stages_deps_as_dvc_lock_records_them_and_say_when_its_inputs_are_dirty(tmp_path,
+                                                                                                  monkeypatch):
+    """The tags a training stage's run gets (resolved on the driver): DVC's own hashes of the stage's deps, equal to
+    what dvc.lock writes for the same run; git.dirty only for the stage's own inputs."""
+    import sys
+
+    import yaml
+
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "b.txt").write_text("not a dependency\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x.txt").write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": {
+        "cmd": "cp a.txt out.txt", "deps": ["a.txt", "folder"], "outs": ["out.txt"]}}}))
+    _sh(tmp_path, "git", "init", "-q")
+    _sh(tmp_path, sys.executable, "-m", "dvc", "init", "-q")
+    _sh(tmp_path, "git", "add", "-A")
+    _sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setenv("DVC_STAGE", "copy")
+    tags = code_tags(tmp_path)
+    assert tags["git.commit"] == _sh(tmp_path, "git", "rev-parse", "HEAD").strip()
+    assert tags["dvc.stage"] == "copy" and tags["git.dirty"] == "false" and "git.dirty_paths" not in tags
+    _sh(tmp_path, sys.executable, "-m", "dvc", "repro", "-q")
+    locked = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["copy"]["deps"]
+    assert {f"dvc.dep.{d['path']}": d["md5"] for d in locked} == {k: v for k, v in tags.items()
+                                                                   if k.startswith("dvc.dep.")}
+    assert tags["dvc.dep.folder"].endswith(".dir")
+
+    (tmp_path / "b.txt").write_text("changed, but no input of the stage\n")
+    assert code_tags(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "a.txt").write_text("changed\n")
+    dirty = code_tags(tmp_path)
+    assert dirty["git.dirty"] == "true" and dirty["git.dirty_paths"] == "a.txt"
+    assert dirty["dvc.dep.a.txt"] != tags["dvc.dep.a.txt"]
+
+    monkeypatch.delenv("DVC_STAGE")  # a stage module run by hand says so, and the whole tree decides dirtiness
+    by_hand = code_tags(tmp_path)
+    assert by_hand["dvc.stage"] == NOT_DVC and by_hand["git.dirty"] == "true"
+    assert not any(k.startswith("dvc.dep.") for k in by_hand)
+    (tmp_path / "plain").mkdir()  # no checkout at all: said so
+    _sh(tmp_path / "plain", "git", "init", "-q")
+    assert code_tags(tmp_path / "plain")["git.commit"] == NO_GIT
+
+
+def test_host_tags_name_the_cpu_and_its_bf16_support():
+    tags = host_tags()
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    assert tags["host.cpu"] and tags["host.gpu"] == "none"
+    assert tags["host.cpu_bf16"] == (",".join(f for f in ("amx_bf16", "avx512_bf16") if f in flags) or "none")

@@ -34,6 +34,9 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
         passed, reasons = gate(results, cfg, champion)
         if passed:
             promote(client, entry["version"])
+        # what made the version (commit, CPU, dtype), for the report: numbers differ between machines
+        tags = client.get_run(entry["run_id"]).data.tags if entry.get("run_id") else {}
+        entry = entry | {"provenance": {k: v for k, v in tags.items() if k.startswith(("git.", "host.", "train."))}}
     return passed, reasons, entry
 
 

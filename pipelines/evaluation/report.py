@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation import uncertainty
+from pipelines.provenance import code_tags
 
 # (task, metric, column title, higher is better)
 COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
@@ -150,13 +150,21 @@ def _fmt(v: float | None, key: str, ci: dict[str, float] | None = None) -> str:
 
 
 def pipeline_state() -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
+    """The commit the report is written from, and whether the stage's inputs differ from it (dvc repro itself
+    rewrites dvc.lock and the git-tracked metrics as it goes, so the whole tree is no measure)."""
+    tags = code_tags()
+    return {"commit": tags["git.commit"][:7],
+            "dirty": {"true": "yes", "false": "no"}.get(tags.get("git.dirty", ""), "n/a")}
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": "yes" if git("status", "--porcelain") else "no"}
+
+def trained_on(tags: dict[str, str]) -> str:
+    """The registered model's run tags (pipelines/provenance.py) as a sentence: numbers differ between CPUs."""
+    if not tags:
+        return ""
+    dirty = {"true": " (with uncommitted changes to its inputs)", "false": ""}.get(tags.get("git.dirty", ""), "")
+    return (f" Trained from git `{tags.get('git.commit', '?')[:7]}`{dirty} on {tags.get('host.cpu', '?')} "
+            f"(bf16 instructions: {tags.get('host.cpu_bf16', '?')}; GPU: {tags.get('host.gpu', '?')}), "
+            f"{tags.get('train.dtype', '?')}.")
 
 
 def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
@@ -245,13 +253,15 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
     lines = ["# FaceInsight — results", ""]
     state = pipeline_state()
     faces = ", ".join(f"{t}: {e['faces']} {e['split']} faces" for t, e in evals.items())
-    lines += [f"Pipeline state: git `{state['commit']}` (uncommitted changes: {state['dirty']}); seed {seed}; "
+    lines += [f"Pipeline state: git `{state['commit']}` (uncommitted changes to the report's inputs: "
+              f"{state['dirty']}); seed {seed}; "
               f"evaluated on {faces}; maps made by the face parser (sources: "
               f"{', '.join(sorted({s for e in evals.values() for s in e.get('map_sources', [])}))})."]
     if corpus:
         lines += ["", "Corpus: " + ", ".join(f"{k}: {v}" for k, v in corpus.items()) + "."]
     if registry:
-        lines += ["", f"Model: `{registry.get('version_uri')}` (run `{registry.get('run_id')}`)."]
+        lines += ["", f"Model: `{registry.get('version_uri')}` (run `{registry.get('run_id')}`)."
+                  + trained_on(registry.get("provenance", {}))]
     header = ["| System | " + " | ".join(title for _, _, title, _ in COLUMNS) + " |",
               "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
 

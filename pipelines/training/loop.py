@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from pipelines.provenance import code_tags, host_tags
 from pipelines.storage import arrow_filesystem, atomic_dir
-from pipelines.tracking import flatten, git_commit, start_stage_run, tracking_store_path, tracking_uri
+from pipelines.tracking import flatten, start_stage_run, tracking_store_path, tracking_uri
 from pipelines.training.schedule import phase_at
 
 log = logging.getLogger(__name__)
@@ -295,8 +296,10 @@ def _open_mlflow(config, task, core, trainable: dict[str, int], state: dict):
     import mlflow
 
     # a restarted run continues its MLflow run; a new one is a child of the pipeline's run
-    run = start_stage_run(config["tracking_uri"], config["stage"], state.get("mlflow_run_id"),
-                          commit=config.get("git_commit"))
+    provenance = config.get("provenance", {})
+    tags = provenance | host_tags(task.cfg.use_gpu) | {"train.dtype": "bf16" if bf16_enabled(task.cfg) else "fp32"}
+    run = start_stage_run(config["tracking_uri"], config["stage"], state.get("mlflow_run_id"), tags=tags,
+                          commit=provenance.get("git.commit"))
     if not state.get("mlflow_run_id"):
         mlflow.log_params(flatten({config["stage"]: config["train"]} | task.logged_params(core)))
         mlflow.log_params({f"trainable.{k}": v for k, v in trainable.items()} | {"bf16.used": bf16_enabled(task.cfg)})
@@ -364,7 +367,7 @@ def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_c
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "task": task, "train": asdict(cfg), "tracking_uri": tracking_uri(),
-                           "git_commit": git_commit(), "storage_path": storage_path, **loop_config},
+                           "provenance": code_tags(), "storage_path": storage_path, **loop_config},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(**ray_storage(storage_path), name=name,

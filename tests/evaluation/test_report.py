@@ -48,7 +48,9 @@ def _register(client, tmp_path: Path, numbers: dict[str, float]) -> str:
     (tmp_path / "src").mkdir(exist_ok=True)
     (tmp_path / "src" / "MLmodel").write_text("stand-in: the gate reads only the run's metrics\n")
     exp = client.get_experiment_by_name("faceinsight") or client.get_experiment(client.create_experiment("faceinsight"))
-    run = client.create_run(exp.experiment_id)
+    run = client.create_run(exp.experiment_id, tags={"git.commit": "0123abcd" * 5, "git.dirty": "false",
+                                                     "host.cpu": "AMD EPYC", "host.cpu_bf16": "avx512_bf16",
+                                                     "host.gpu": "none", "train.dtype": "bf16", "other": "x"})
     for key, v in numbers.items():
         task, metric = key.split(".")
         client.log_metric(run.info.run_id, f"eval.{task}.faceinsight.{metric}", v)
@@ -218,6 +220,7 @@ def test_judge_champion_without_a_stage(tmp_path):
     from mlflow import MlflowClient
 
     from pipelines.evaluation.champion import judge_champion
+    from pipelines.evaluation.report import results_markdown
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -230,6 +233,14 @@ def test_judge_champion_without_a_stage(tmp_path):
     registry.write_text(json.dumps({"version": v1, "run_id": r1}))
     moved, reasons, entry = judge_champion(evals(), cfg, registry, uri)
     assert moved and reasons == [] and entry["version"] == v1
+    # what made the version travels to the report: the numbers differ between CPUs and dtypes
+    assert entry["provenance"] == {"git.commit": "0123abcd" * 5, "git.dirty": "false", "host.cpu": "AMD EPYC",
+                                   "host.cpu_bf16": "avx512_bf16", "host.gpu": "none", "train.dtype": "bf16"}
+    md = results_markdown(evals(), {}, 0, {"version_uri": "models:/faceinsight/1", "run_id": r1} | entry,
+                          (True, []), True)
+    assert ("Trained from git `0123abc` on AMD EPYC (bf16 instructions: avx512_bf16; GPU: none), bf16."
+            in md.split("Model: ")[1].splitlines()[0])
+    assert "(uncommitted changes to the report's inputs: " in md
     assert client.get_model_version_by_alias("faceinsight", "champion").version == v1
     v2, r2 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.58, "age_gender_race.age_mae": 9.0,
                                           "expression.uar": 0.25})
