@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_DVC = "(not run by dvc repro)"  # a stage module run by hand: said so, never "unknown"
 NO_GIT = "(not a git checkout)"
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -47,10 +46,11 @@ def stage_deps(stage: str, root: Path = ROOT) -> dict[str, str]:
 
 def code_tags(root: Path = ROOT) -> dict[str, str]:
     """git.commit, git.dirty (a dependency of this stage, dvc.yaml or params.yaml differs from the commit; outside
-    dvc repro, any tracked file), dvc.stage, and dvc.dep.<path> per dependency."""
+    dvc repro, any tracked file), dvc.repro, dvc.stage and dvc.dep.<path> per dependency."""
     commit = git_commit(root)
     stage = os.environ.get("DVC_STAGE")
-    tags = {"git.commit": commit, "dvc.stage": stage or NOT_DVC}
+    # dvc.stage only under dvc repro (DVC_STAGE); a stage module run by hand keeps the name its code gives the run
+    tags = {"git.commit": commit, "dvc.repro": "true" if stage else "false"} | ({"dvc.stage": stage} if stage else {})
     deps: dict[str, str] = {}
     try:
         deps = stage_deps(stage, root) if stage else {}

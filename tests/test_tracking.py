@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.provenance import NO_GIT, NOT_DVC, code_tags, git_commit, host_tags
+from pipelines.provenance import NO_GIT, code_tags, git_commit, host_tags
 from pipelines.tracking import start_stage_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def test_code_tags_hash_a_stages_deps_as_dvc_lock_records_them_and_say_when_its_
     monkeypatch.setenv("DVC_STAGE", "copy")
     tags = code_tags(tmp_path)
     assert tags["git.commit"] == _sh(tmp_path, "git", "rev-parse", "HEAD").strip()
-    assert tags["dvc.stage"] == "copy" and tags["git.dirty"] == "false" and "git.dirty_paths" not in tags
+    assert tags["dvc.stage"] == "copy" and tags["dvc.repro"] == "true"
+    assert tags["git.dirty"] == "false" and "git.dirty_paths" not in tags
     _sh(tmp_path, sys.executable, "-m", "dvc", "repro", "-q")
     locked = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["copy"]["deps"]
     assert {f"dvc.dep.{d['path']}": d["md5"] for d in locked} == {k: v for k, v in tags.items()
@@ -75,7 +76,7 @@ def test_code_tags_hash_a_stages_deps_as_dvc_lock_records_them_and_say_when_its_
 
     monkeypatch.delenv("DVC_STAGE")  # a stage module run by hand says so, and the whole tree decides dirtiness
     by_hand = code_tags(tmp_path)
-    assert by_hand["dvc.stage"] == NOT_DVC and by_hand["git.dirty"] == "true"
+    assert by_hand["dvc.repro"] == "false" and "dvc.stage" not in by_hand and by_hand["git.dirty"] == "true"
     assert not any(k.startswith("dvc.dep.") for k in by_hand)
     (tmp_path / "plain").mkdir()  # no checkout at all: said so
     _sh(tmp_path / "plain", "git", "init", "-q")
