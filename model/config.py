@@ -186,6 +186,24 @@ class FaceInsightConfig:
             _check(self.vision.hidden == self.seg.hidden or self.vision.kind != "tiny", "projector.shared",
                    "a shared projector needs vision.hidden == seg.hidden")
 
+    def visual_token_counts(self) -> tuple[int, int]:
+        """(image tokens with the knowledge tokens, map tokens) a prompt holds, from the config alone: a driver
+        that encodes records need not build the model (for a 7B preset, load 7B weights) to count them."""
+        vision = self.vision
+        if vision.kind == "tiny":
+            side = vision.image_size // vision.patch_size
+        else:  # the tower's own config file, no weights; CLIP's class token is dropped, SigLIP has none
+            from transformers import AutoConfig
+
+            tower = AutoConfig.from_pretrained(vision.path)
+            tower = getattr(tower, "vision_config", tower)
+            side = tower.image_size // tower.patch_size
+        knowledge = 0
+        if self.alignment.use_cooccurrence and self.alignment.knowledge_tokens != "none":
+            knowledge = 1 if self.alignment.knowledge_tokens == "pooled" else self.alignment.num_attributes
+        seg = (self.seg.image_size // self.seg.patch_size) ** 2 if self.use_seg_map else 0
+        return side * side + knowledge, seg
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

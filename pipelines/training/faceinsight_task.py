@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from model.config import RECIPES, FaceInsightConfig
+from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.cluster import placement
 from pipelines.corpus.records import KINDS, TASKS
@@ -58,8 +60,6 @@ class FaceInsightTask(TrainTask):
 
     def build(self):
         """Fresh from the config, or from the previous stage's checkpoint; the recipe decides what trains."""
-        from model.faceinsight import FaceInsight
-
         config = self.config  # paths here are what the driver handed over: local, shared or s3://
         if config.get("init_from"):
             model = FaceInsight.from_pretrained(local_copy(config["init_from"]))
@@ -127,8 +127,6 @@ class FaceInsightTask(TrainTask):
     def load(self, core, path: Path) -> None:
         from safetensors.torch import load_file
 
-        from model.checkpoint import WEIGHTS_FILE
-
         core.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
 
 
@@ -175,29 +173,26 @@ def pretrained_path(model: dict[str, Any]) -> str | None:
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
-    from model.faceinsight import FaceInsight
-
     where = placement()
     storage_path = training_storage(stage, storage_path, where)  # fails here, not after the data work
     where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
     # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
     init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
-    if inputs.init_from is not None:
-        probe = FaceInsight.from_pretrained(inputs.init_from)
+    if inputs.init_from is not None:  # the previous stage's config and tokenizer (saved beside its weights)
+        model_cfg = FaceInsightConfig.load(Path(inputs.init_from) / CONFIG_FILE)
         tokenizer_dir = init_from
     else:
-        probe = FaceInsight(FaceInsightConfig.from_dict(inputs.model), load_tokenizer(inputs.tokenizer_dir),
-                            inputs.knowledge)
+        model_cfg = FaceInsightConfig.from_dict(inputs.model)
         tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
-    encoder = encoder_kwargs(probe.cfg, tokenizer_dir, probe.image_tokens, probe.seg_tokens, cfg.max_tokens)
+    # the counts from the config: no model is built here (for a 7B preset that loaded 7B weights on the driver)
+    encoder = encoder_kwargs(model_cfg, tokenizer_dir, *model_cfg.visual_token_counts(), cfg.max_tokens)
     # with max_steps, encode only the records those steps can consume (one pass)
     limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
     split = where.hand(stage, "corpus train split", inputs.corpus / "train")
     train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
     n_train = train.count()
-    val = val_sample(inputs.corpus, cfg.val_faces, probe.cfg.vision.image_size, probe.cfg.seg.image_size,
+    val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
                      seed) if cfg.val_faces else {}
-    del probe
     result = fit(stage, TASK, cfg, {"train": train},
                  {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
                   "init_from": init_from, "n_train": n_train, "val": val, "val_questions": val_questions()},

@@ -75,3 +75,17 @@ def test_prompt_round_trips_to_the_rendered_text(tokenizer):
     assert text == "<s><|user|>\nIs this person smiling?<|end|>\n<|assistant|>"
     assert ids.count(IMAGE_TOKEN_ID) == 4 and SEG_TOKEN_ID not in ids
     assert chat.stop_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_seg_map": False}, {"alignment": {"knowledge_tokens": "per_attribute"}},
+                                       {"alignment": {"knowledge_tokens": "none"}},
+                                       {"alignment": {"use_cooccurrence": False, "use_constraints": False}},
+                                       {"vision": {"patch_size": 16}, "seg": {"patch_size": 8}}])
+def test_visual_token_counts_from_the_config_are_the_models(overrides, tokenizer, knowledge):
+    """The training driver counts a prompt's visual tokens from the config, without building the model."""
+    from model.config import model_config
+    from model.faceinsight import FaceInsight
+
+    cfg = model_config(overrides)
+    model = FaceInsight(cfg, tokenizer, knowledge)
+    assert cfg.visual_token_counts() == (model.image_tokens, model.seg_tokens)
