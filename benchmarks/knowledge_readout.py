@@ -30,7 +30,7 @@ from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
-from pipelines.training.faceinsight_task import TrainConfig
+from pipelines.training.faceinsight_training import TrainConfig
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import lr_at
 

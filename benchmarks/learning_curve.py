@@ -30,7 +30,7 @@ from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
 from pipelines.corpus.reader import shard_files
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
-from pipelines.training.faceinsight_task import FaceInsightTask, TrainConfig, answer_labels, val_questions
+from pipelines.training.faceinsight_training import FaceInsightLearner, TrainConfig, answer_labels, val_questions
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import phase_at
 from pipelines.training.validation import val_sample, val_scores
@@ -87,7 +87,7 @@ def main() -> None:
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
-    phases = FaceInsightTask({"train": section, "stage": args.stage}).phases(model, args.steps)  # as the stage runs
+    phases = FaceInsightLearner({"train": section, "stage": args.stage}).phases(model, args.steps)  # as the stage runs
     total = phases[-1].end
     data = encoded_records(encoder, args.corpus / "train", total * cfg.batch_size, cfg.kinds)
     n = len(data["input_ids"])

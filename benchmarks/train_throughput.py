@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.config import load_params
-from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
+from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from model.labels import PARSING_CLASSES
 from pipelines.cluster import placement
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import augment_batch, load_parsing_example
+from pipelines.training.learner import Learner
 from pipelines.training.loop import (
     TRAINER_STATE,
     LoopConfig,
@@ -28,10 +29,9 @@ from pipelines.training.loop import (
     training_storage,
     worker_counts,
 )
-from pipelines.training.task import TrainTask
 
 log = logging.getLogger(__name__)
-TASK = "pipelines.parser_training:ParserTask"
+LEARNER = "pipelines.parser_training:ParserLearner"
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _images(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     return batch["image"].permute(0, 3, 1, 2).float() / 255.0, batch["label"].long()
 
 
-class ParserTask(TrainTask):
+class ParserLearner(Learner):
     """The face parser on the shared loop: CE + soft Dice; val mIoU at every checkpoint, test at the end."""
 
     config_class = ParserTrainConfig
@@ -100,38 +100,38 @@ class ParserTask(TrainTask):
     def build(self) -> FaceParser:
         return FaceParser(self.cfg.parser)
 
-    def loss(self, model, core, batch):
+    def loss(self, wrapped, module, batch):
         images, labels = _images(batch)
-        logits = model(images)
+        logits = wrapped(images)
         ce = F.cross_entropy(logits, labels)
         dice = soft_dice_loss(logits, labels)
         return ce + self.cfg.dice_weight * dice, {"loss_ce": ce.item(), "loss_dice": dice.item()}, len(images)
 
-    def save(self, core, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
-        save_parser(core, path, state_dict=weights)
+    def save(self, module, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        save_parser(module, path, state_dict=weights)
 
-    def load(self, core, path: Path) -> None:
-        core.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    def load(self, module, path: Path) -> None:
+        module.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
 
-    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+    def evaluate(self, wrapped, module, final: bool) -> dict[str, Any]:
         import ray.train
 
         splits = ("val", "test") if final else ("val",)  # test is looked at once, at the end
-        scores = {s: segmentation_scores(self._confusion(core, ray.train.get_dataset_shard(s)).numpy())
+        scores = {s: segmentation_scores(self._confusion(module, ray.train.get_dataset_shard(s)).numpy())
                   for s in splits}
         out: dict[str, Any] = {f"{s}_miou": v["miou"] for s, v in scores.items()}
         out["val_pixel_accuracy"] = scores["val"]["pixel_accuracy"]
         return out | scores
 
-    def _confusion(self, core, shard) -> torch.Tensor:
+    def _confusion(self, module, shard) -> torch.Tensor:
         n = self.cfg.parser.num_classes
         confusion = torch.zeros(n, n, dtype=torch.long)
-        core.eval()
+        module.eval()
         with torch.no_grad():
             for batch in shard.iter_torch_batches(batch_size=64):
                 images, labels = _images(batch)
-                confusion += confusion_matrix(core(images).argmax(1), labels, n)
-        core.train()
+                confusion += confusion_matrix(module(images).argmax(1), labels, n)
+        module.train()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(confusion)  # each rank saw its own part of the split
         return confusion
@@ -167,7 +167,7 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
                 "test": _dataset(by_split["test"], size, False, seed)}
     name = run_name("train_parser", {"train": asdict(cfg), "seed": seed,
                                      "records": {s: [(r.id, r.image) for r in rows] for s, rows in by_split.items()}})
-    result = fit("train_parser", TASK, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])},
+    result = fit("train_parser", LEARNER, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])},
                  storage_path, name)
 
     def check(folder: Path) -> None:

@@ -13,10 +13,10 @@ from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, s
 from pipelines.cluster import placement
 from pipelines.corpus.reader import load_faces
 from pipelines.images import decode_image
+from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
-from pipelines.training.task import TrainTask
 
-TASK = "pipelines.specialist_training:SpecialistTask"
+LEARNER = "pipelines.specialist_training:SpecialistLearner"
 LABELS = ("attributes", "age", "gender", "race", "expression")
 
 
@@ -72,7 +72,7 @@ def val_scores(model: SpecialistCNN, images: np.ndarray, labels: dict[str, np.nd
     return out
 
 
-class SpecialistTask(TrainTask):
+class SpecialistLearner(Learner):
     config_class = SpecialistTrainConfig
     artifact_path = "specialist"
 
@@ -82,28 +82,28 @@ class SpecialistTask(TrainTask):
         self.gen = torch.Generator().manual_seed(self.config["seed"] + 17)
         return SpecialistCNN(self.cfg.model)
 
-    def loss(self, model, core, batch):
+    def loss(self, wrapped, module, batch):
         images = batch["image"].permute(0, 3, 1, 2).float() / 255.0
         if self.cfg.augment:
             images = mirror_and_shift(images, self.gen)
-        out = model(images)  # through the DDP wrapper where there is one: it syncs the gradients
-        loss, terms = core.losses(out, {k: batch[k].long() for k in LABELS}, self.weights)
+        out = wrapped(images)  # through the DDP wrapper where there is one: it syncs the gradients
+        loss, terms = module.losses(out, {k: batch[k].long() for k in LABELS}, self.weights)
         return loss, terms, len(images)
 
-    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+    def evaluate(self, wrapped, module, final: bool) -> dict[str, Any]:
         val = self.config.get("val")
         if not val:
             return {}
-        core.eval()
-        scores = val_scores(core, np.asarray(val["image"]), {k: np.asarray(val[k]) for k in LABELS})
-        core.train()
+        module.eval()
+        scores = val_scores(module, np.asarray(val["image"]), {k: np.asarray(val[k]) for k in LABELS})
+        module.train()
         return scores
 
-    def save(self, core, path: Path, weights) -> None:
-        save_specialist(core, path, state_dict=weights)
+    def save(self, module, path: Path, weights) -> None:
+        save_specialist(module, path, state_dict=weights)
 
-    def load(self, core, path: Path) -> None:
-        core.load_state_dict(load_specialist(path).state_dict())
+    def load(self, module, path: Path) -> None:
+        module.load_state_dict(load_specialist(path).state_dict())
 
 
 def face_rows(corpus: Path, split: str, size: int) -> list[dict[str, Any]]:
@@ -136,7 +136,7 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     weights = ({k: v.tolist() for k, v in SpecialistCNN.balance_weights(label_tensors(rows)).items()}
                if cfg.balance else None)
     name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train", corpus / "val"])
-    result = fit("train_specialist", TASK, cfg, {"train": train},
+    result = fit("train_specialist", LEARNER, cfg, {"train": train},
                  {"seed": seed, "n_train": len(rows), "balance_weights": weights, "val": val}, storage_path, name)
 
     def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights

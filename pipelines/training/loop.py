@@ -1,10 +1,10 @@
 """The one Ray Train loop: `train_loop_per_worker`, shared by align, finetune, the parser and task fine-tunes.
 
-What it trains comes from a task (`pipelines.training.task.TrainTask`, named in the loop config as
+What it trains comes from a learner (`pipelines.training.learner.Learner`, named in the loop config as
 "module:Class"): the model, its parameter groups, the loss of a batch, how its weights are saved and
 loaded, and what it evaluates at a checkpoint. The loop owns everything else. Per worker: the
 dataset shard (decoded by Ray Data), per-worker batch = global batch / world size, gradient
-accumulation, warm-up + cosine LR per group and per phase (a task's `phases`: FaceInsight may open with
+accumulation, warm-up + cosine LR per group and per phase (a learner's `phases`: FaceInsight may open with
 heads-only steps), clipping, seeds; DDP over gloo on CPUs or DeepSpeed
 ZeRO from infra/deepspeed/. Rank 0 logs to MLflow and writes the checkpoints (trained weights +
 optimiser state as safetensors + a JSON trainer state; under DeepSpeed every rank adds its ZeRO
@@ -149,9 +149,9 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: LoopConfig, ds_config: dic
 
 # -- the worker ------------------------------------------------------------------------------------------
 
-def load_task(config: dict[str, Any]):
-    """The task named "module:Class" in the loop config, built from that config."""
-    module, _, name = config["task"].partition(":")
+def load_learner(config: dict[str, Any]):
+    """The learner named "module:Class" in the loop config, built from that config."""
+    module, _, name = config["learner"].partition(":")
     return getattr(importlib.import_module(module), name)(config)
 
 
@@ -160,25 +160,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    task = load_task(config)
-    cfg = task.cfg
+    learner = load_learner(config)
+    cfg = learner.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"] + cfg.seed_offset)  # the same initial weights on every rank
     torch.set_num_threads(cfg.torch_threads)
-    core = model = task.build()
+    module = wrapped = learner.build()
     micro = cfg.batch_size // world // cfg.grad_accum
     state = {"step": 0, "mlflow_run_id": None, "history": []}
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume: weights (before any wrapping), step, data position, LR and the MLflow run
         with checkpoint.as_directory() as ckpt:
-            task.load(core, Path(ckpt))
+            learner.load(module, Path(ckpt))
             state = json.loads((Path(ckpt) / TRAINER_STATE).read_text())
             if (Path(ckpt) / OPTIMIZER_FILE).exists():  # DDP checkpoints have it; ZeRO ones keep partitions
                 optimizer_state = read_optimizer_state(Path(ckpt))
-    groups = task.param_groups(core)
-    trainable = task.trainable(core)  # before ZeRO-3 partitions the parameters away
+    groups = learner.param_groups(module)
+    trainable = learner.trainable(module)  # before ZeRO-3 partitions the parameters away
     ds_config = deepspeed_config(cfg, micro) if cfg.deepspeed else None
     optimizer = make_optimizer([{k: v for k, v in g.items() if k != "base_lr"} | {"lr": g["base_lr"]}
                                 for g in groups], cfg, ds_config)
@@ -186,8 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.deepspeed:  # ZeRO partitions optimiser state (2) and parameters (3) across the workers
         import deepspeed
 
-        engine, optimizer, _, _ = deepspeed.initialize(model=core, optimizer=optimizer, config=ds_config)
-        model = engine
+        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        wrapped = engine
         if checkpoint:  # the moments live partitioned across ranks: each rank loads its own partition
             with checkpoint.as_directory() as ckpt:
                 if (Path(ckpt) / DEEPSPEED_STATE).exists():
@@ -196,12 +196,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     state["optimizer_restored"] = True
     else:
         kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if world > 1 else {}
-        model = ray.train.torch.prepare_model(model, **kwargs)
+        wrapped = ray.train.torch.prepare_model(wrapped, **kwargs)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
             state["optimizer_restored"] = True
     steps_per_epoch = max(1, config["n_train"] // cfg.batch_size)
-    phases = task.phases(core, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    phases = learner.phases(module, cfg.max_steps or cfg.epochs * steps_per_epoch)
     total = phases[-1].end
     nodes = [None] * world  # where each rank runs (logged; the multi-node test checks it)
     node = ray.get_runtime_context().get_node_id()
@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state["worker_nodes"] = nodes
     torch.manual_seed(config["seed"] + cfg.seed_offset + 1000 * rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
-    run = _open_mlflow(config, task, core, trainable, state) if rank == 0 else None
+    run = _open_mlflow(config, learner, module, trainable, state) if rank == 0 else None
     step, started = state["step"], time.perf_counter()
     samples = tokens = 0
     try:
@@ -226,10 +226,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     continue
                 if not accumulated:  # the phase and LR of the optimiser step these micro-batches make
                     phase = phase_at(phases, step)
-                    task.phase = phase.name
+                    learner.phase = phase.name
                     for group, spec in zip(optimizer.param_groups, groups, strict=True):
                         group["lr"] = phase.lr(step, cfg.warmup_steps, spec["base_lr"])
-                terms, batch_tokens = _micro_step(task, model, core, batch, cfg, engine)
+                terms, batch_tokens = _micro_step(learner, wrapped, module, batch, cfg, engine)
                 accumulated.append(terms)
                 samples += micro * world
                 tokens += batch_tokens * world
@@ -254,13 +254,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _maybe_fail(config, cfg, step)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     final = step == total
-                    evaluation = task.evaluate(model, core, final)  # every rank: it may all-reduce
+                    evaluation = learner.evaluate(wrapped, module, final)  # every rank: it may all-reduce
                     scalars = {k2: v for k2, v in evaluation.items() if isinstance(v, int | float)}
                     if evaluation:
                         state["evaluation"] = evaluation
                         if run is not None:
                             run.log_metrics(scalars, step=step)
-                    _report(task, core, optimizer, engine, state | {"step": step}, metrics | scalars, rank, run,
+                    _report(learner, module, optimizer, engine, state | {"step": step}, metrics | scalars, rank, run,
                             final=final)
                 if step >= total:
                     break
@@ -271,10 +271,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             mlflow.end_run()
 
 
-def _micro_step(task, model, core, batch: dict[str, torch.Tensor], cfg: LoopConfig, engine
+def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: LoopConfig, engine
                 ) -> tuple[dict[str, float], int]:
     with torch.autocast("cuda" if cfg.use_gpu else "cpu", dtype=torch.bfloat16, enabled=bf16_enabled(cfg)):
-        loss, terms, tokens = task.loss(model, core, batch)
+        loss, terms, tokens = learner.loss(wrapped, module, batch)
     if engine is not None:
         engine.backward(loss)  # scales by 1 / gradient_accumulation_steps itself
         engine.step()  # a no-op except at the accumulation boundary
@@ -292,37 +292,38 @@ def _maybe_fail(config: dict[str, Any], cfg: LoopConfig, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
 
 
-def _open_mlflow(config, task, core, trainable: dict[str, int], state: dict):
+def _open_mlflow(config, learner, module, trainable: dict[str, int], state: dict):
     import mlflow
 
     # a restarted run continues its MLflow run; a new one is a child of the pipeline's run
     provenance = config.get("provenance", {})
-    tags = provenance | host_tags(task.cfg.use_gpu) | {"train.dtype": "bf16" if bf16_enabled(task.cfg) else "fp32"}
+    bf16 = bf16_enabled(learner.cfg)
+    tags = provenance | host_tags(learner.cfg.use_gpu) | {"train.dtype": "bf16" if bf16 else "fp32"}
     run = start_stage_run(config["tracking_uri"], config["stage"], state.get("mlflow_run_id"), tags=tags,
                           commit=provenance.get("git.commit"))
     if not state.get("mlflow_run_id"):
-        mlflow.log_params(flatten({config["stage"]: config["train"]} | task.logged_params(core)))
-        mlflow.log_params({f"trainable.{k}": v for k, v in trainable.items()} | {"bf16.used": bf16_enabled(task.cfg)})
+        mlflow.log_params(flatten({config["stage"]: config["train"]} | learner.logged_params(module)))
+        mlflow.log_params({f"trainable.{k}": v for k, v in trainable.items()} | {"bf16.used": bf16})
     state["mlflow_run_id"] = run.info.run_id
     return mlflow
 
 
-def _report(task, core, optimizer, engine, state: dict, metrics: dict, rank: int, run, final: bool) -> None:
+def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank: int, run, final: bool) -> None:
     import ray.train
 
     weights = None
     if engine is not None and engine.zero_optimization_stage() == 3:
         # every rank takes part in gathering the partitioned parameters; rank 0 receives them
-        weights = core.state_dict() | (engine._zero3_consolidated_16bit_state_dict() or {})
+        weights = module.state_dict() | (engine._zero3_consolidated_16bit_state_dict() or {})
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:  # the trained parts are small and identical on every rank: rank 0 saves them
-            task.save(core, Path(tmp), weights)
+            learner.save(module, Path(tmp), weights)
             if engine is None:  # DDP: the whole state; ZeRO's partitions are written by every rank below
                 save_optimizer(optimizer, Path(tmp))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state) + "\n")
             if final and run is not None:  # the model, before DeepSpeed's partitions join the folder
-                run.log_artifacts(tmp, artifact_path=task.artifact_path)
+                run.log_artifacts(tmp, artifact_path=learner.artifact_path)
         if engine is not None:  # collective: every rank writes its optimiser partition; Ray merges the folders
             engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_STATE), tag="state", exclude_frozen_parameters=True)
         if rank == 0 or engine is not None:
@@ -357,16 +358,16 @@ def training_storage(stage: str, storage_path: str, where) -> str:
     return where.train_storage(stage, storage_path)
 
 
-def fit(stage: str, task: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
+def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
         storage_path: str, name: str):
-    """One Ray Train run of `train_loop_per_worker` for `task`; its result (with a final checkpoint).
+    """One Ray Train run of `train_loop_per_worker` for `learner`; its result (with a final checkpoint).
     `storage_path` is what `training_storage` returned at the stage's start."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"stage": stage, "task": task, "train": asdict(cfg), "tracking_uri": tracking_uri(),
+        train_loop_config={"stage": stage, "learner": learner, "train": asdict(cfg), "tracking_uri": tracking_uri(),
                            "provenance": code_tags(), "storage_path": storage_path, **loop_config},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),

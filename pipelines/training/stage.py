@@ -10,7 +10,7 @@ from model.config import merge_overrides, model_config
 from pipelines.config import build
 from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.training.corpus_data import knowledge_file
-from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
+from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
 from pipelines.training.variants import variant_config
 
 

@@ -14,7 +14,7 @@ import torch
 
 from model.config import RECIPES
 from pipelines.corpus.records import encode_png
-from pipelines.training.faceinsight_task import TrainConfig, TrainInputs, run_training
+from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
 from pipelines.training.loop import bf16_enabled, load_optimizer, save_optimizer
 from tests.model.conftest import SMALL
 
@@ -40,10 +40,10 @@ def test_a_visual_phase_comes_first_with_its_own_schedule_where_the_model_has_he
     from model.config import AlignmentConfig
     from model.faceinsight import FaceInsight
     from model.tokenizer import load_tokenizer
-    from pipelines.training.faceinsight_task import FaceInsightTask
+    from pipelines.training.faceinsight_training import FaceInsightLearner
     from pipelines.training.schedule import lr_at, phase_at
 
-    task = FaceInsightTask({"train": {"visual_steps": 30, "warmup_steps": 5, "lr": 0.01}, "stage": "align"})
+    task = FaceInsightLearner({"train": {"visual_steps": 30, "warmup_steps": 5, "lr": 0.01}, "stage": "align"})
     tokenizer, knowledge = load_tokenizer(corpus["tokenizer"]), corpus["knowledge"]
     phases = task.phases(FaceInsight(SMALL, tokenizer, knowledge), 100)
     assert [(p.name, p.start, p.end) for p in phases] == [("visual", 0, 30), ("main", 30, 130)]
@@ -268,7 +268,7 @@ def test_finetune_registers_a_model_that_answers_in_a_fresh_process(ray_local, c
 
 
 def test_run_name_changes_with_the_inputs_only(corpus, tmp_path):
-    from pipelines.training.faceinsight_task import faceinsight_run_name as run_name
+    from pipelines.training.faceinsight_training import faceinsight_run_name as run_name
 
     inputs = TrainInputs(corpus=corpus["root"], tokenizer_dir=corpus["tokenizer"], knowledge=corpus["knowledge"],
                          model=MODEL)

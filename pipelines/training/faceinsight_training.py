@@ -17,12 +17,12 @@ from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
+from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
 from pipelines.training.schedule import Phase
-from pipelines.training.task import TrainTask
 from pipelines.training.validation import val_sample, val_scores
 
-TASK = "pipelines.training.faceinsight_task:FaceInsightTask"
+LEARNER = "pipelines.training.faceinsight_training:FaceInsightLearner"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TrainConfig(LoopConfig):
         super().__post_init__()
 
 
-class FaceInsightTask(TrainTask):
+class FaceInsightLearner(Learner):
     config_class = TrainConfig
 
     def build(self):
@@ -70,32 +70,32 @@ class FaceInsightTask(TrainTask):
         model.apply_recipe(self.recipe)
         return model
 
-    def param_groups(self, core) -> list[dict[str, Any]]:
-        projector = {id(p) for m in core.components()["projector"] for p in m.parameters()}
-        trainable = [p for p in core.parameters() if p.requires_grad]
+    def param_groups(self, module) -> list[dict[str, Any]]:
+        projector = {id(p) for m in module.components()["projector"] for p in m.parameters()}
+        trainable = [p for p in module.parameters() if p.requires_grad]
         groups = [{"params": [p for p in trainable if id(p) not in projector], "base_lr": self.cfg.lr, "name": "main"},
                   {"params": [p for p in trainable if id(p) in projector],
                    "base_lr": self.cfg.projector_lr or self.cfg.lr, "name": "projector"}]
         return [g for g in groups if g["params"]]
 
-    def trainable(self, core) -> dict[str, int]:
-        return core.trainable_parameters()
+    def trainable(self, module) -> dict[str, int]:
+        return module.trainable_parameters()
 
-    def phases(self, core, steps: int) -> list[Phase]:
+    def phases(self, module, steps: int) -> list[Phase]:
         """`visual_steps` of the heads alone (where the model has heads), then `steps` of the whole loss."""
-        if self.cfg.visual_steps and core.has_heads:
+        if self.cfg.visual_steps and module.has_heads:
             return [Phase("visual", 0, self.cfg.visual_steps), Phase("main", self.cfg.visual_steps, steps)]
         return [Phase("main", 0, steps)]
 
-    def logged_params(self, core) -> dict[str, Any]:
-        return {"model": core.cfg.to_dict()}
+    def logged_params(self, module) -> dict[str, Any]:
+        return {"model": module.cfg.to_dict()}
 
-    def loss(self, model, core, batch):
+    def loss(self, wrapped, module, batch):
         batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels")
                      or k.endswith("_label") else v) for k, v in batch.items()}
-        pixel_values = core.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
-        out = model(input_ids=batch["input_ids"], pixel_values=pixel_values,
-                    seg_maps=batch["seg_map"] if core.seg_encoder is not None else None,
+        pixel_values = module.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
+        out = wrapped(input_ids=batch["input_ids"], pixel_values=pixel_values,
+                    seg_maps=batch["seg_map"] if module.seg_encoder is not None else None,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
                     attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch),
                     visual_only=self.phase == "visual")
@@ -106,28 +106,28 @@ class FaceInsightTask(TrainTask):
                 right = (out.attribute_logits.detach() > 0).long() == batch["attribute_labels"]
                 terms["attribute_accuracy"] = float(right[known].float().mean())
         for task, logits in out.answer_logits.items():  # the answer heads' accuracy, where labels exist
-            y = core.answer_embedding.classes(task, batch[f"{task}_label"])
+            y = module.answer_embedding.classes(task, batch[f"{task}_label"])
             if (y >= 0).any():
                 terms[f"{task}_accuracy"] = float((logits.detach().argmax(-1) == y)[y >= 0].float().mean())
         return out.loss, terms, int(batch["attention_mask"].sum())
 
-    def evaluate(self, model, core, final: bool) -> dict[str, Any]:
+    def evaluate(self, wrapped, module, final: bool) -> dict[str, Any]:
         sample = self.config.get("val")
         if not sample:
             return {}
-        core.eval()
+        module.eval()
         with torch.no_grad():
-            scores = val_scores(core, sample, self.config["val_questions"])
-        core.train()
+            scores = val_scores(module, sample, self.config["val_questions"])
+        module.train()
         return scores
 
-    def save(self, core, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
-        core.save_pretrained(path, self.recipe, state_dict=weights)
+    def save(self, module, path: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        module.save_pretrained(path, self.recipe, state_dict=weights)
 
-    def load(self, core, path: Path) -> None:
+    def load(self, module, path: Path) -> None:
         from safetensors.torch import load_file
 
-        core.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+        module.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
 
 
 def answer_labels(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -193,7 +193,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     n_train = train.count()
     val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
                      seed) if cfg.val_faces else {}
-    result = fit(stage, TASK, cfg, {"train": train},
+    result = fit(stage, LEARNER, cfg, {"train": train},
                  {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
                   "init_from": init_from, "n_train": n_train, "val": val, "val_questions": val_questions()},
                  storage_path, faceinsight_run_name(stage, cfg, inputs, seed))
