@@ -158,13 +158,14 @@ def pipeline_state() -> dict[str, str]:
 
 
 def trained_on(tags: dict[str, str]) -> str:
-    """The registered model's run tags (pipelines/provenance.py) as a sentence: numbers differ between CPUs."""
-    if not tags:
+    """The registered model's run tags (pipelines/provenance.py) as a sentence: numbers differ between CPUs. A run
+    from before these tags existed says only what it has."""
+    if "git.commit" not in tags:
         return ""
     dirty = {"true": " (with uncommitted changes to its inputs)", "false": ""}.get(tags.get("git.dirty", ""), "")
-    return (f" Trained from git `{tags.get('git.commit', '?')[:7]}`{dirty} on {tags.get('host.cpu', '?')} "
-            f"(bf16 instructions: {tags.get('host.cpu_bf16', '?')}; GPU: {tags.get('host.gpu', '?')}), "
-            f"{tags.get('train.dtype', '?')}.")
+    machine = (f" on {tags['host.cpu']} (bf16 instructions: {tags.get('host.cpu_bf16', '?')}; GPU: "
+               f"{tags.get('host.gpu', '?')}), {tags.get('train.dtype', '?')}") if "host.cpu" in tags else ""
+    return f" Trained from git `{tags['git.commit'][:7]}`{dirty}{machine}."
 
 
 def claims(evals: dict[str, dict[str, Any]]) -> list[str]:

@@ -220,7 +220,7 @@ def test_judge_champion_without_a_stage(tmp_path):
     from mlflow import MlflowClient
 
     from pipelines.evaluation.champion import judge_champion
-    from pipelines.evaluation.report import results_markdown
+    from pipelines.evaluation.report import results_markdown, trained_on
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -241,6 +241,8 @@ def test_judge_champion_without_a_stage(tmp_path):
     assert ("Trained from git `0123abc` on AMD EPYC (bf16 instructions: avx512_bf16; GPU: none), bf16."
             in md.split("Model: ")[1].splitlines()[0])
     assert "(uncommitted changes to the report's inputs: " in md
+    assert trained_on({"git.commit": "0123abcd" * 5}) == " Trained from git `0123abc`."  # a run from before the tags
+    assert trained_on({}) == ""
     assert client.get_model_version_by_alias("faceinsight", "champion").version == v1
     v2, r2 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.58, "age_gender_race.age_mae": 9.0,
                                           "expression.uar": 0.25})
