@@ -40,8 +40,8 @@ def stage_deps(stage: str, root: Path = ROOT) -> dict[str, str]:
     path, _, name = stage.rpartition(":")  # DVC_STAGE: "name", or "sub/dvc.yaml:name" for a nested dvc.yaml
     with Repo(str(root)) as repo:  # the target is named by path: collect() reads it relative to the cwd
         (found,) = repo.stage.collect(f"{root / (path or 'dvc.yaml')}:{name}")
-        return {dep.def_path: str(dep.get_hash().value) for dep in found.deps
-                if dep.get_hash().name != "params"}
+        hashes = {dep.def_path: dep.get_hash() for dep in found.deps}  # each dep hashed once
+        return {path: str(h.value) for path, h in hashes.items() if h.name != "params"}
 
 
 def code_tags(root: Path = ROOT) -> dict[str, str]:
