@@ -144,11 +144,12 @@ def run_ingest(cfg: IngestConfig, seed: int, paths: IngestPaths = IngestPaths())
     check_quarantine(results, cfg.max_quarantine_share)
     records = [r for name in DATASETS for r in results[name].records]
     quarantined = [q for name in DATASETS for q in results[name].quarantined]
+    # the sheet reads images (from S3 too): before any other output, so a store that stops answering leaves none
+    write_contact_sheet(results["celebamask_hq"].records, paths.contact_sheet, cfg.contact_sheet_faces)
     with atomic_dir(paths.manifest) as tmp:
         tmp.mkdir()
         pq.write_table(manifest_table(records), tmp / "manifest.parquet")
         pq.write_table(quarantine_table(quarantined), tmp / "quarantine.parquet")
     metrics = ingest_metrics(results)
     write_json_atomic(paths.metrics, metrics)
-    write_contact_sheet(results["celebamask_hq"].records, paths.contact_sheet, cfg.contact_sheet_faces)
     return metrics

@@ -23,9 +23,40 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def _s3_options() -> dict:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = _s3_endpoint()
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+class StorageUnavailable(RuntimeError):
+    """A remote store that did not answer (endpoint down, network, credentials refused) after the S3 client's
+    own retries. The stage stops: a file it could not read is not a bad file, so nothing is quarantined for it."""
+
+
+@contextmanager
+def answering(url: str) -> Iterator[None]:
+    """Turns a remote store's failure (anything but a missing file) into one StorageUnavailable that names the
+    endpoint, the object and what to do."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        if not is_remote(url):
+            raise
+        raise unavailable(url, exc) from exc
+
+
+def unavailable(url: str, exc: BaseException) -> StorageUnavailable:
+    endpoint = (_s3_endpoint() or "AWS's default endpoint") if str(url).startswith("s3://") else "its server"
+    return StorageUnavailable(
+        f"{url}: the object store at {endpoint} did not answer ({type(exc).__name__}: {exc}). Nothing was written "
+        "and nothing was quarantined for it; check that the endpoint is up and reachable from here "
+        "(AWS_ENDPOINT_URL, credentials), then rerun the stage.")
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -58,18 +89,20 @@ class Store:
         return fs_path[len(self.base) + 1:] if fs_path.startswith(self.base + "/") else fs_path
 
     def exists(self, rel: str = "") -> bool:
-        return self.fs.exists(f"{self.base}/{rel}" if rel else self.base)
+        with answering(self.url(rel) if rel else self.root):
+            return self.fs.exists(f"{self.base}/{rel}" if rel else self.base)
 
     def list(self, rel: str = "", recursive: bool = True) -> dict[str, StoredFile]:
         """Files under `rel`, keyed by their path relative to the root; empty when `rel` is absent."""
         path = f"{self.base}/{rel}".rstrip("/")
         self.fs.invalidate_cache(path)  # a listing must see the bucket as it is now, not as it was cached
-        if not self.fs.exists(path):
-            return {}
-        if recursive:
-            infos = self.fs.find(path, detail=True)
-        else:
-            infos = {i["name"]: i for i in self.fs.ls(path, detail=True) if i["type"] == "file"}
+        with answering(self.url(rel).rstrip("/")):
+            if not self.fs.exists(path):
+                return {}
+            if recursive:
+                infos = self.fs.find(path, detail=True)
+            else:
+                infos = {i["name"]: i for i in self.fs.ls(path, detail=True) if i["type"] == "file"}
         out = {}
         for name, info in infos.items():
             if info.get("type", "file") != "file":
@@ -80,15 +113,20 @@ class Store:
         return out
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(f"{self.base}/{rel}")
+        with answering(self.url(rel)):
+            return self.fs.cat_file(f"{self.base}/{rel}")
 
     def read_many(self, rels: list[str]) -> dict[str, bytes]:
-        """Read many files at once (concurrent requests on S3)."""
+        """Read many files at once (concurrent requests on S3). A file gone since the listing reads as empty (the
+        caller quarantines it); a store that does not answer raises StorageUnavailable."""
         paths = [f"{self.base}/{rel}" for rel in rels]
-        data = self.fs.cat(paths, on_error="return")
+        with answering(self.url(rels[0]) if rels else self.root):
+            data = self.fs.cat(paths, on_error="return")
         out = {}
         for rel, path in zip(rels, paths, strict=True):
             value = data.get(path)
+            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                raise unavailable(self.url(rel), value) from value
             out[rel] = value if isinstance(value, bytes) else b""
         return out
 
@@ -98,7 +136,8 @@ class Store:
 
 def read_url(url: str) -> bytes:
     fs, path = filesystem(url)
-    return fs.cat_file(path)
+    with answering(url):
+        return fs.cat_file(path)
 
 
 def md5(data: bytes) -> str:

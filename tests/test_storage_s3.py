@@ -8,9 +8,10 @@ from pipelines.datasets.common import read_manifest
 from pipelines.datasets.rafdb import read_rafdb
 from pipelines.datasets.utkface import read_utkface
 from pipelines.ingest import DatasetRoots, IngestConfig, IngestPaths, run_ingest
-from pipelines.storage import Store, read_url, upload_dir
+from pipelines.storage import StorageUnavailable, Store, read_url, upload_dir
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 from tests.conftest import SEED
+from tests.faults import Relay
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,41 @@ def test_ingest_from_s3_roots(s3_roots, tmp_path):
     records = read_manifest(p.manifest / "manifest.parquet")
     assert records and all(r.image.startswith("s3://faces/raw/") for r in records)
     assert p.contact_sheet.exists()
+
+
+def test_an_s3_outage_stops_ingest_with_one_message_and_a_rerun_completes(s3_server, s3_roots, tmp_path, monkeypatch):
+    """Issue 19: the endpoint stops answering at the stage's start, then mid-stage: each time one message that names
+    the endpoint and the object, no output written and no record quarantined for it; once it answers again the rerun
+    gives the clean run's manifest."""
+    relay = Relay(("127.0.0.1", int(s3_server.rsplit(":", 1)[1]))).up()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", relay.url)
+    cfg = IngestConfig(source="real", roots=DatasetRoots(**s3_roots), contact_sheet_faces=2)
+
+    def paths(name: str) -> IngestPaths:
+        return IngestPaths(tmp_path / name / "raw", tmp_path / name / "manifest", tmp_path / name / "ingest.json",
+                           tmp_path / name / "sheet.png")
+
+    clean = run_ingest(cfg, SEED, paths("clean"))
+    served = relay.bytes_back
+    relay.down()
+    said = rf"s3://faces/raw/\S+: the object store at {relay.url} did not answer .* rerun the stage"
+    with pytest.raises(StorageUnavailable, match=said) as at_start:
+        run_ingest(cfg, SEED, paths("run"))
+    before = relay.bytes_back
+    relay.cut_after = before + served // 2  # half of what a whole run reads
+    relay.up()
+    with pytest.raises(StorageUnavailable, match=said) as mid_stage:
+        run_ingest(cfg, SEED, paths("run"))
+    assert not relay.is_up and relay.bytes_back > before  # it answered for a while, then stopped
+    for failure in (at_start, mid_stage):
+        assert "\n" not in str(failure.value) and isinstance(failure.value, RuntimeError)  # run_stage's one line
+    run = paths("run")
+    outputs = (run.manifest, run.metrics, run.contact_sheet, run.manifest.with_name("manifest.tmp"))
+    assert not any(p.exists() for p in outputs)
+
+    relay.cut_after = 0
+    relay.up()
+    assert run_ingest(cfg, SEED, run) == clean  # counts, splits, reasons: nothing was quarantined for the outage
+    manifest = "manifest.parquet"
+    assert read_manifest(run.manifest / manifest) == read_manifest(paths("clean").manifest / manifest)
+    relay.down()
