@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,52 @@ from pipelines.provenance import git_commit
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "faceinsight"
 MODEL_NAME = "faceinsight"  # the registered model: versions, and the `candidate` / `champion` aliases
+
+
+# How MLflow's client retries a request that gets no answer (its defaults: 7 retries, the wait doubling from 2 s, a
+# few minutes in all): the driver's settings travel to the training workers, which log from processes of their own.
+RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow server did not answer within the client's retries: the stage stops with this one message."""
+
+
+def retry_settings() -> dict[str, str]:
+    """The MLflow client's retry settings this process has (RETRY_ENV), to hand to workers."""
+    return {k: os.environ[k] for k in RETRY_ENV if os.environ.get(k)}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow client error means the server did not answer (down, restarting, the network), not that it
+    refused the request (a bad value, a permission): MLflow wraps the connection error it gave up on."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError
+                      | ConnectionError | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def reaching(uri: str, then: Callable[[], str]) -> Iterator[None]:
+    """An MLflow call; a server that does not answer becomes TrackingUnavailable, ending with `then()` (where the
+    caller stands and what to do)."""
+    try:
+        yield
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {uri} did not answer (MLflow's client gave up after "
+            f"MLFLOW_HTTP_REQUEST_MAX_RETRIES={MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries: {type(exc).__name__}); "
+            f"{then()}") from exc
 
 
 def tracking_uri() -> str:

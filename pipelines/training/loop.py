@@ -14,6 +14,7 @@ LR, optimiser moments and MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -31,7 +32,15 @@ import torch
 
 from pipelines.provenance import code_tags, host_tags
 from pipelines.storage import arrow_filesystem, atomic_dir
-from pipelines.tracking import flatten, start_stage_run, tracking_store_path, tracking_uri
+from pipelines.tracking import (
+    TrackingUnavailable,
+    flatten,
+    reaching,
+    retry_settings,
+    start_stage_run,
+    tracking_store_path,
+    tracking_uri,
+)
 from pipelines.training.schedule import phase_at
 
 log = logging.getLogger(__name__)
@@ -212,8 +221,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state["worker_nodes"] = nodes
     torch.manual_seed(config["seed"] + cfg.seed_offset + 1000 * rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
-    run = _open_mlflow(config, learner, module, trainable, state) if rank == 0 else None
-    step, started = state["step"], time.perf_counter()
+    step = saved = state["step"]
+
+    def tracked():  # rank 0's MLflow calls: a server that stops answering stops the stage with one message
+        return reaching(config["tracking_uri"], lambda: _outage_note(config, state, step, saved))
+
+    run = None
+    if rank == 0:
+        with tracked():
+            run = _open_mlflow(config, learner, module, trainable, state)
+    started = time.perf_counter()
     samples = tokens = 0
     try:
         while step < total:
@@ -249,8 +266,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 elapsed = time.perf_counter() - started
                 metrics.update(samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed)
                 state["history"].append({"step": step, **{k2: round(v, 6) for k2, v in metrics.items()}})
-                if run is not None:
-                    run.log_metrics({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step=step)
+                if run is not None:  # blocks while MLflow's client retries: a server restart is ridden out
+                    with tracked():
+                        run.log_metrics({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step=step)
                 _maybe_fail(config, cfg, step)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     final = step == total
@@ -259,16 +277,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     if evaluation:
                         state["evaluation"] = evaluation
                         if run is not None:
-                            run.log_metrics(scalars, step=step)
-                    _report(learner, module, optimizer, engine, state | {"step": step}, metrics | scalars, rank, run,
-                            final=final)
+                            with tracked():
+                                run.log_metrics(scalars, step=step)
+                    _report(learner, module, optimizer, engine, state | {"step": step}, metrics | scalars, rank,
+                            run, final=final, tracked=tracked)
+                    saved = step
                 if step >= total:
                     break
-    finally:
-        if run is not None:
-            import mlflow
+    except BaseException:
+        if run is not None:  # the server may be why we are here: the rerun reopens the run and ends it
+            with contextlib.suppress(Exception):
+                run.end_run(status="FAILED")
+        raise
+    if run is not None:
+        with tracked():
+            run.end_run()
 
-            mlflow.end_run()
+
+def _outage_note(config: dict[str, Any], state: dict, step: int, saved: int) -> str:
+    """What a stage stopped by an MLflow outage tells its user."""
+    where = f"its last checkpoint is step {saved}" if saved else "before its first checkpoint"
+    into = f" and logs into MLflow run {state['mlflow_run_id']}" if state.get("mlflow_run_id") else ""
+    return (f"{config['stage']} stopped at step {step} ({where}). When the server answers again, rerun the stage: it "
+            f"resumes from that checkpoint{into}.")
 
 
 def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: LoopConfig, engine
@@ -308,7 +339,8 @@ def _open_mlflow(config, learner, module, trainable: dict[str, int], state: dict
     return mlflow
 
 
-def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank: int, run, final: bool) -> None:
+def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank: int, run, final: bool,
+            tracked: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
     import ray.train
 
     weights = None
@@ -323,7 +355,8 @@ def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank
                 save_optimizer(optimizer, Path(tmp))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state) + "\n")
             if final and run is not None:  # the model, before DeepSpeed's partitions join the folder
-                run.log_artifacts(tmp, artifact_path=learner.artifact_path)
+                with tracked():
+                    run.log_artifacts(tmp, artifact_path=learner.artifact_path)
         if engine is not None:  # collective: every rank writes its optimiser partition; Ray merges the folders
             engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_STATE), tag="state", exclude_frozen_parameters=True)
         if rank == 0 or engine is not None:
@@ -362,8 +395,10 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
         storage_path: str, name: str):
     """One Ray Train run of `train_loop_per_worker` for `learner`; its result (with a final checkpoint).
     `storage_path` is what `training_storage` returned at the stage's start."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
+
+    retries = retry_settings()
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -373,10 +408,18 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(**ray_storage(storage_path), name=name,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             worker_runtime_env={"env_vars": retries} if retries else None),
         datasets=datasets,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks
+        outage = next((e for e in getattr(exc, "worker_failures", {}).values()
+                       if isinstance(e, TrackingUnavailable)), None)
+        if outage is None:
+            raise
+        raise TrackingUnavailable(f"{stage}: {outage}") from None
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint; see the Ray Train logs above")
     return result

@@ -21,44 +21,75 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
     """Defaults: SQLite and an artifact folder under `root`; `backend`/`artifacts` name others (postgresql://, s3://)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    exe = Path(sys.executable).with_name("mlflow")
-    command = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", backend or f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", artifacts or str(root / "artifacts"), "--serve-artifacts"]
-    with serving(command, root / "server.log", port, env) as url:
+    with serving(server_command(root, port, backend, artifacts), root / "server.log", port, env) as url:
         yield url
+
+
+def server_command(root: Path, port: int, backend: str | None = None, artifacts: str | None = None) -> list[str]:
+    exe = Path(sys.executable).with_name("mlflow")
+    return [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", backend or f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", artifacts or str(root / "artifacts"), "--serve-artifacts"]
 
 
 @contextmanager
 def serving(command: list[str], log: Path, port: int, env: dict[str, str] | None = None) -> Iterator[str]:
     """Runs `command` (an MLflow server on 127.0.0.1:`port`) in its own session until /health answers; yields its
     URL; stops it and every child it started."""
+    proc = start(command, log, port, env)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def start(command: list[str], log: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`command` started in its own session, once http://127.0.0.1:`port`/health answers."""
     venv_bin = str(Path(sys.executable).parent)  # `mlflow` of this environment for scripts that call it by name
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{venv_bin}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    proc = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=full_env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        # its own session: the signal reaches the server and its worker children, nothing else
-        if proc.poll() is None:  # it may have died at start-up
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                stop(proc)
+                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """The server and every child it started (its own session: the signal reaches nothing else)."""
+    if proc.poll() is None:  # it may have died at start-up
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class RestartableServer:
+    """`mlflow server` on one port and one store, which a test stops (workers and all) and starts again."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RestartableServer:
+        self.proc = start(server_command(self.root, self.port), self.root / "server.log", self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
 
 
 AUTH_ADMIN = ("admin", "admin-pass-for-tests-only")
