@@ -52,17 +52,30 @@ def read_split(out: Path, split: str) -> list[dict]:
     return [row for f in sorted((out / split).glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
 
 
-def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs, tmp_path):
-    first, second = tmp_path / "a" / "corpus", tmp_path / "b" / "corpus"
-    metrics = build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], CFG, 7,
-                           first)
-    build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], CFG, 7, second)
+def build(inputs: dict, out: Path) -> dict:
+    return build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], CFG, 7, out)
 
+
+@pytest.fixture(scope="module")
+def clean(ray_local, inputs, tmp_path_factory) -> tuple[Path, dict]:
+    """One build of the inputs, nothing going wrong: its folder and metrics."""
+    out = tmp_path_factory.mktemp("clean") / "corpus"
+    return out, build(inputs, out)
+
+
+def assert_same_files(first: Path, second: Path) -> list[Path]:
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    assert any(str(f).startswith("train/part-") for f in files) and Path("quarantine.parquet") in files
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    return files
+
+
+def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs, clean, tmp_path):
+    (first, metrics), second = clean, tmp_path / "b" / "corpus"
+    build(inputs, second)
+    files = assert_same_files(first, second)
+    assert any(str(f).startswith("train/part-") for f in files) and Path("quarantine.parquet") in files
     assert not first.with_name("corpus.tmp").exists()
 
     # every manifest face is in the corpus or in the quarantine, with its reason
@@ -122,3 +135,42 @@ def test_too_many_broken_faces_fail_and_leave_the_old_corpus(ray_local, inputs, 
         build_corpus(inputs["records"], inputs["quarantine"], inputs["knowledge"], inputs["parser"], strict, 7, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
     assert (out / "old.txt").read_text() == "the previous corpus"
+
+
+def test_a_worker_process_killed_mid_build_changes_nothing(ray_local, inputs, clean, tmp_path):
+    """Issue 19: SIGKILL to a ShardBuilder actor's process while it builds a shard. Ray Data restarts the actor and
+    retries its shard (Ray Data's actor defaults: max_restarts=-1, max_task_retries=-1); the corpus is the clean
+    build's, byte for byte, so its record counts and content hashes too."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    out, built, failed = tmp_path / "killed" / "corpus", {}, []
+
+    def run() -> None:
+        try:
+            built["metrics"] = build(inputs, out)
+        except BaseException as exc:  # the assertion below says what went wrong
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    victim, deadline = None, time.time() + 300
+    while victim is None and thread.is_alive() and time.time() < deadline:
+        for proc in psutil.process_iter(["pid", "cmdline"]):  # Ray titles an actor's process after its class
+            title = " ".join(proc.info["cmdline"] or [])
+            if "ShardBuilder" in title and ".submit" in title:  # busy with a shard, not starting up
+                victim = proc
+                break
+        time.sleep(0.05)
+    assert victim is not None, "no ShardBuilder actor was seen building a shard"
+    building = thread.is_alive()
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert building and not failed, failed
+    assert_same_files(clean[0], out)
+    assert {k: v for k, v in built["metrics"].items() if k != "throughput"} == {
+        k: v for k, v in clean[1].items() if k != "throughput"}
