@@ -116,8 +116,14 @@ class FaceInsight(Checkpointable, nn.Module):
         self.lora_applied = False
 
     def build_answer_embedding(self, width: int, knowledge: dict[str, Any] | None) -> AnswerEmbedding:
-        def ids(word: str) -> list[int]:  # with a leading space, as inside a sentence (" female", " Happiness")
-            return self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        def tokens(text: str) -> list[int]:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        def ids(word: str) -> list[int]:
+            # both forms the answers write: opening an answer ("Happiness.", its own token) and inside a sentence
+            # (" Happiness"); with the output layer tied to the embeddings, the carried word then raises the logit
+            # of the very token the open answer starts with, not a look-alike the LM must learn to map over
+            return tokens(word) + tokens(" " + word)
 
         counts = (knowledge or {}).get("class_counts") or {}  # a loaded checkpoint's weights come from its buffers
         return AnswerEmbedding(width, {t: [ids(w) for w in words] for t, words in ANSWER_CLASSES.items()},

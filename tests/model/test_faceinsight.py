@@ -113,6 +113,13 @@ def test_answer_embedding_writes_the_heads_answer_word_into_the_word_naming_the_
     assert torch.allclose(moved[0, 0], words["gender"][1], atol=1e-5)  # ' female', nothing of ' male'
     assert torch.allclose(moved[0, 1], words["expression"][EXPRESSIONS.index("Happiness")], atol=1e-5)
     assert torch.equal(moved[0, 2], torch.zeros_like(moved[0, 2]))
+    # the carried word is made of both forms an answer writes it in: opening an open answer ("Happiness.", the
+    # token the LM must emit first) and inside a sentence (" Happiness"); the output layer is tied to this table
+    buffers = model.answer_embedding.expression_word_ids, model.answer_embedding.expression_word_mask
+    for k, word in enumerate(EXPRESSIONS):
+        carried = buffers[0][k][buffers[1][k] > 0].tolist()
+        both = [model.tokenizer(form, add_special_tokens=False)["input_ids"] for form in (word, " " + word)]
+        assert carried == both[0] + both[1], word
 
 
 def test_forward_calls_the_same_modules_whatever_words_the_batch_holds(model, conversations):
