@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -12,6 +13,7 @@ from tests.training.mlflow_server import RestartableServer
 from tests.training.test_training import CFG, runs, train
 
 pytestmark = pytest.mark.slow
+LONG = dataclasses.replace(CFG, max_steps=40)  # room between the step that takes the server down and the last
 
 
 def logged_steps(uri: str) -> list[int]:
@@ -57,14 +59,14 @@ def test_training_rides_out_an_mlflow_restart(ray_local, corpus, tmp_path, monke
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     try:
-        seen = outage(server, after_step=6, down_s=3)
-        result = train(corpus, tmp_path)
+        seen = outage(server, after_step=3, down_s=3)
+        result = train(corpus, tmp_path, LONG)
         seen["thread"].join(timeout=120)
-        assert seen.get("restarted") and seen["stopped_after"] < CFG.max_steps  # down mid-training, then back
-        assert result["steps"] == CFG.max_steps
+        assert seen.get("restarted") and seen["stopped_after"] < LONG.max_steps  # down mid-training, then back
+        assert result["steps"] == LONG.max_steps
         [run] = runs(server.url)
         assert run.info.run_id == result["mlflow_run_id"] and run.info.status == "FINISHED"
-        assert logged_steps(server.url) == list(range(1, CFG.max_steps + 1))  # each step once, none lost
+        assert logged_steps(server.url) == list(range(1, LONG.max_steps + 1))  # each step once, none lost
     finally:
         server.stop()
 
@@ -78,7 +80,7 @@ def test_a_longer_outage_stops_training_with_one_message_and_the_rerun_resumes_i
     try:
         seen = outage(server, after_step=CFG.checkpoint_every + 2, down_s=None)  # after the first checkpoint
         with pytest.raises(TrackingUnavailable) as stopped:
-            train(corpus, tmp_path)
+            train(corpus, tmp_path, LONG)
         seen["thread"].join(timeout=60)
         said = str(stopped.value)
         assert said.startswith(f"align: the MLflow tracking server at {server.url} did not answer (MLflow's client "
@@ -87,13 +89,13 @@ def test_a_longer_outage_stops_training_with_one_message_and_the_rerun_resumes_i
         assert "\n" not in said  # run_stage prints it as one line
         server.start()
         before = logged_steps(server.url)
-        assert before and before[-1] < CFG.max_steps
-        result = train(corpus, tmp_path)  # the same inputs: the same Ray Train run, resumed
-        assert result["steps"] == CFG.max_steps
-        assert [h["step"] for h in result["history"]] == list(range(1, CFG.max_steps + 1))
+        assert before and before[-1] < LONG.max_steps
+        result = train(corpus, tmp_path, LONG)  # the same inputs: the same Ray Train run, resumed
+        assert result["steps"] == LONG.max_steps
+        assert [h["step"] for h in result["history"]] == list(range(1, LONG.max_steps + 1))
         [run] = runs(server.url)  # the resumed training logged into the run it had opened
         assert run.info.run_id == result["mlflow_run_id"] and run.info.run_id in said
         assert run.info.status == "FINISHED"
-        assert set(logged_steps(server.url)) == set(range(1, CFG.max_steps + 1))
+        assert set(logged_steps(server.url)) == set(range(1, LONG.max_steps + 1))
     finally:
         server.stop()
