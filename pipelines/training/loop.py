@@ -367,13 +367,20 @@ def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank
 
 # -- the driver ------------------------------------------------------------------------------------------
 
-def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = ()) -> str:
-    """The Ray Train run name: the stage plus a fingerprint of everything the run learns from.
+# the code a training run executes: a rerun of a stage whose code changed must not resume the old run's checkpoint
+# (it would republish the old weights as the new stage's, or fail to load them into a changed model)
+CODE_ROOTS: tuple[Path, ...] = tuple(Path(__file__).resolve().parents[2] / name for name in ("model", "pipelines"))
 
-    Restarting the same stage on the same inputs finds the same name and resumes from its last
-    checkpoint; a changed config or input starts a fresh run (resuming an old run's weights into a
-    changed model would fail, or silently mix runs)."""
+
+def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = (),
+             code: tuple[Path, ...] = CODE_ROOTS) -> str:
+    """The Ray Train run name: the stage plus a fingerprint of everything the run learns from and runs.
+
+    Restarting the same stage on the same inputs and code finds the same name and resumes from its last
+    checkpoint; a changed config, input or source file (`code`: every .py below these folders) starts a fresh
+    run (resuming an old run's weights into a changed model would fail, or silently mix runs)."""
     digest = hashlib.sha256(json.dumps({"stage": stage, **payload}, sort_keys=True, default=str).encode())
+    digest.update(code_fingerprint(code).encode())
     for folder in folders:
         for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
             digest.update(path.name.encode())
@@ -381,6 +388,16 @@ def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = ()) 
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     digest.update(chunk)
     return f"{stage}-{digest.hexdigest()[:12]}"
+
+
+def code_fingerprint(roots: tuple[Path, ...]) -> str:
+    """sha256 over the relative path and bytes of every .py file below `roots`."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def training_storage(stage: str, storage_path: str, where) -> str:

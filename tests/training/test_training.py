@@ -284,6 +284,24 @@ def test_run_name_changes_with_the_inputs_only(corpus, tmp_path):
     assert run_name("align", CFG, dataclasses.replace(inputs, tokenizer_dir=tok), 0) != name
 
 
+def test_a_change_to_the_code_gives_a_fresh_training_run(tmp_path):
+    """A stage rerun after a code change must not resume (and republish) the old run's checkpoint: the name
+    fingerprints every source file the run executes."""
+    from pipelines.training.loop import CODE_ROOTS, run_name
+
+    assert {p.name for p in CODE_ROOTS} == {"model", "pipelines"}
+    code = tmp_path / "model"
+    code.mkdir()
+    (code / "heads.py").write_text("WORDS = ('female',)\n")
+    name = run_name("align", {"lr": 0.1}, code=(code,))
+    assert name == run_name("align", {"lr": 0.1}, code=(code,))  # the same code: a restart resumes
+    (code / "heads.py").write_text("WORDS = ('female', ' female')\n")
+    changed = run_name("align", {"lr": 0.1}, code=(code,))
+    assert changed != name
+    (code / "notes.txt").write_text("not code")
+    assert run_name("align", {"lr": 0.1}, code=(code,)) == changed
+
+
 def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_path):
     """Reproducible training needs the same rows in the same order (and `limit` the same rows) on every run,
     whichever Ray actor finishes first: here 4 shards, read by parallel tasks, must come back in file order."""
