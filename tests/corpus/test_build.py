@@ -148,29 +148,30 @@ def test_a_worker_process_killed_mid_build_changes_nothing(ray_local, inputs, cl
 
     import psutil
 
-    out, built, failed = tmp_path / "killed" / "corpus", {}, []
-
-    def run() -> None:
-        try:
-            built["metrics"] = build(inputs, out)
-        except BaseException as exc:  # the assertion below says what went wrong
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    victim, deadline = None, time.time() + 300
-    while victim is None and thread.is_alive() and time.time() < deadline:
+    def busy_shard_builder() -> psutil.Process | None:
         for proc in psutil.process_iter(["pid", "cmdline"]):  # Ray titles an actor's process after its class
             title = " ".join(proc.info["cmdline"] or [])
             if "ShardBuilder" in title and ".submit" in title:  # busy with a shard, not starting up
-                victim = proc
-                break
-        time.sleep(0.05)
-    assert victim is not None, "no ShardBuilder actor was seen building a shard"
-    building = thread.is_alive()
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(timeout=600)
-    assert building and not failed, failed
+                return proc
+        return None
+
+    out, built, killed = tmp_path / "killed" / "corpus", {}, False
+    for _attempt in range(3):  # a build can end before a busy actor is seen (a fast machine): build again
+        built.clear()
+        thread = threading.Thread(target=lambda: built.update(metrics=build(inputs, out)), daemon=True)
+        thread.start()
+        victim = None
+        while victim is None and thread.is_alive():
+            victim = busy_shard_builder()
+            time.sleep(0.05)
+        if victim is not None and thread.is_alive():
+            os.kill(victim.pid, signal.SIGKILL)
+            killed = True
+        thread.join(timeout=600)
+        if killed:
+            break
+    assert killed, "no ShardBuilder actor was seen building a shard in three builds"
+    assert "metrics" in built, "the build did not complete after the kill (see the log above)"
     assert_same_files(clean[0], out)
     assert {k: v for k, v in built["metrics"].items() if k != "throughput"} == {
         k: v for k, v in clean[1].items() if k != "throughput"}
