@@ -296,10 +296,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _outage_note(config: dict[str, Any], state: dict, step: int, saved: int) -> str:
     """What a stage stopped by an MLflow outage tells its user."""
-    where = f"its last checkpoint is step {saved}" if saved else "before its first checkpoint"
+    where, then = ((f"its last checkpoint is step {saved}", "resumes from that checkpoint") if saved
+                   else ("before its first checkpoint", "starts again from step 0"))
     into = f" and logs into MLflow run {state['mlflow_run_id']}" if state.get("mlflow_run_id") else ""
     return (f"{config['stage']} stopped at step {step} ({where}). When the server answers again, rerun the stage: it "
-            f"resumes from that checkpoint{into}.")
+            f"{then}{into}.")
 
 
 def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: LoopConfig, engine
@@ -340,7 +341,7 @@ def _open_mlflow(config, learner, module, trainable: dict[str, int], state: dict
 
 
 def _report(learner, module, optimizer, engine, state: dict, metrics: dict, rank: int, run, final: bool,
-            tracked: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+            tracked: Callable[[], contextlib.AbstractContextManager]) -> None:
     import ray.train
 
     weights = None
@@ -382,11 +383,7 @@ def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = (),
     digest = hashlib.sha256(json.dumps({"stage": stage, **payload}, sort_keys=True, default=str).encode())
     digest.update(code_fingerprint(code).encode())
     for folder in folders:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            digest.update(path.name.encode())
-            with path.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+        _digest_files(digest, ((p.name, p) for p in sorted(Path(folder).rglob("*")) if p.is_file()))
     return f"{stage}-{digest.hexdigest()[:12]}"
 
 
@@ -394,10 +391,18 @@ def code_fingerprint(roots: tuple[Path, ...]) -> str:
     """sha256 over the relative path and bytes of every .py file below `roots`."""
     digest = hashlib.sha256()
     for root in roots:
-        for path in sorted(Path(root).rglob("*.py")):
-            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}".encode())
-            digest.update(path.read_bytes())
+        _digest_files(digest, ((f"{root.name}/{p.relative_to(root).as_posix()}", p)
+                               for p in sorted(Path(root).rglob("*.py"))))
     return digest.hexdigest()
+
+
+def _digest_files(digest, files: Iterable[tuple[str, Path]]) -> None:
+    """Each file's name, then its bytes (read in chunks: corpus shards are large), into `digest`."""
+    for name, path in files:
+        digest.update(name.encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
 
 
 def training_storage(stage: str, storage_path: str, where) -> str:
@@ -412,7 +417,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
         storage_path: str, name: str):
     """One Ray Train run of `train_loop_per_worker` for `learner`; its result (with a final checkpoint).
     `storage_path` is what `training_storage` returned at the stage's start."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
     retries = retry_settings()
@@ -431,9 +436,8 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     )
     try:
         result = trainer.fit()
-    except TrainingFailedError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks
-        outage = next((e for e in getattr(exc, "worker_failures", {}).values()
-                       if isinstance(e, TrackingUnavailable)), None)
+    except WorkerGroupError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks
+        outage = next((e for e in exc.worker_failures.values() if isinstance(e, TrackingUnavailable)), None)
         if outage is None:
             raise
         raise TrackingUnavailable(f"{stage}: {outage}") from None
