@@ -56,6 +56,24 @@ def face_arrays(corpus: Path, split: str, size: int, seg_size: int, max_faces: i
     return out
 
 
+def record_stream(celeba: np.ndarray, batch: int, buffer: int, rng: np.random.Generator):
+    """Face indices as the stage's loop draws them (an endless iterator of batches): the corpus holds each face's
+    records side by side (a CelebA face ~7: five kinds and ~2.4 yes/no records; the others five), read in order
+    through Ray Data's local shuffle buffer (fill to `buffer`, draw a batch at random, refill)."""
+    while True:
+        order = rng.permutation(len(celeba))
+        stream = iter(np.repeat(order, np.where(celeba[order], 7, 5)))
+        pool: list[int] = []
+        for face in stream:
+            pool.append(int(face))
+            if len(pool) >= buffer + batch:
+                picks = rng.choice(len(pool), batch, replace=False)
+                yield np.array([pool[k] for k in picks])
+                for k in sorted(picks, reverse=True):
+                    pool[k] = pool[-1]
+                    pool.pop()
+
+
 def mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
     """Balanced accuracy / UAR over the faces with a label."""
     known = truth >= 0
@@ -114,6 +132,10 @@ def main() -> None:
     ap.add_argument("--val-faces", type=int, default=300, help="val faces per task")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stream-buffer", type=int, default=0,
+                    help="draw batches as the stage's record stream does: each face's records side by side (7 a "
+                         "CelebA face, 5 the others), through a local shuffle buffer of this many records "
+                         "(0: faces drawn uniformly)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -135,12 +157,15 @@ def main() -> None:
     bf16 = native_bf16(False) if align.get("bf16", "auto") == "auto" else bool(align["bf16"])
     rng = np.random.default_rng(args.seed)
     budget, step = args.minutes * 60, 0
+    batches = record_stream(train["attributes"][:, 0] >= 0, batch, args.stream_buffer, rng) \
+        if args.stream_buffer else None
     print(f"visual phase, {args.minutes} min: {len(train['image'])} train faces, lr {lr}, batch {batch}, bf16 {bf16}, "
+          f"stream buffer {args.stream_buffer or 'none (uniform faces)'}, "
           f"vision {model.cfg.vision}, tower {sum(p.numel() for p in model.vision.parameters()):,} parameters")
     model.train()
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < budget:
-        idx = rng.integers(0, len(train["image"]), batch)
+        idx = next(batches) if batches else rng.integers(0, len(train["image"]), batch)
         for group in opt.param_groups:  # the stage's warm-up and cosine, over time instead of steps
             group["lr"] = lr_at(int(elapsed / budget * 10_000), 10_000, 0, lr) * min(1.0, (step + 1) / 25)
         labels = {k: torch.from_numpy(train[k][idx]) for k in ("gender", "race", "expression", "age")}

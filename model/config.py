@@ -136,9 +136,14 @@ class AlignmentConfig:
     # gender, race and expression heads on the pooled visual feature; the question words that name the task carry
     # their answer word (model/knowledge_modules.AnswerEmbedding). Independent of use_cooccurrence
     answer_heads: bool = True
+    # the heads' logits: the mean of their per-token scores plus this times their max over tokens (CSRA; 0: the mean
+    # alone, a linear head on the mean-pooled tokens as ML-GCN has it). benchmarks/RESULTS.md ("class-specific
+    # pooling"): 0.5 beat 0, 1 and 3 on attributes, race and age in the visual phase
+    head_max_weight: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(self.head_max_weight >= 0, "alignment.head_max_weight", f">= 0, got {self.head_max_weight}")
         _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
         _check(self.knowledge_tokens in KNOWLEDGE_TOKENS, "alignment.knowledge_tokens",
                f"one of {KNOWLEDGE_TOKENS}, got {self.knowledge_tokens!r}")

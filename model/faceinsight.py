@@ -184,14 +184,15 @@ class FaceInsight(Checkpointable, nn.Module):
             if seg_maps is None:
                 raise ValueError("this model uses the parsing map (use_seg_map): pass seg_maps")
             seg = self.seg_projector(self.seg_encoder(seg_maps))
-        pooled = torch.cat([image] + ([seg] if seg is not None else []), dim=1).mean(dim=1)
+        visual = torch.cat([image] + ([seg] if seg is not None else []), dim=1)
+        lam = self.cfg.alignment.head_max_weight
         verdicts: dict[str, torch.Tensor] = {}
         names = None
         if self.cooccurrence is not None:
             names = self.attribute_names()
-            verdicts["attributes"] = self.cooccurrence(names, pooled)
+            verdicts["attributes"] = self.cooccurrence(names, visual, lam)
         if self.answer_embedding is not None:
-            verdicts.update(self.answer_embedding(pooled))
+            verdicts.update(self.answer_embedding(visual, lam))
         tokens = [image]
         if self.knowledge_tokens is not None:
             tokens.append(self.knowledge_tokens(torch.sigmoid(verdicts["attributes"]), names).to(image.dtype))

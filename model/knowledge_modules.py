@@ -31,6 +31,13 @@ ANSWER_KEYS: dict[str, tuple[str, ...]] = {"gender": ("gender",), "race": ("race
 ANSWER_BINS: dict[str, tuple[int, ...]] = {"age": AGE_EDGES}
 
 
+def class_pooling(scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """Per-token class scores (B, N, C) -> logits (B, C): their mean (the score of the mean token) plus `lam` times
+    their max over tokens (CSRA, Zhu & Wu 2021), so a class can answer from the few tokens that show it (a hat, the
+    mouth's corners) instead of a mean over every token of the face and its background."""
+    return scores.mean(1) + lam * scores.amax(1) if lam else scores.mean(1)
+
+
 def answer_value(task: str, classes: np.ndarray) -> np.ndarray:
     """The answer heads' class indices -> the label they stand for (age: the class's middle year; others: as is)."""
     return np.array([int(w) for w in ANSWER_CLASSES[task]])[classes] if task in ANSWER_BINS else classes
@@ -55,9 +62,9 @@ class CooccurrenceGraph(nn.Module):
         h = F.leaky_relu(a @ self.w1(text_embeddings), 0.2)
         return a @ self.w2(h)
 
-    def forward(self, text_embeddings: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """(N, text_dim), (B, visual_dim) -> logits (B, N)."""
-        return visual @ self.classifiers(text_embeddings).to(visual.dtype).T
+    def forward(self, text_embeddings: torch.Tensor, visual: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
+        """(N, text_dim), visual tokens (B, T, visual_dim) -> logits (B, N), pooled by `class_pooling`."""
+        return class_pooling(visual @ self.classifiers(text_embeddings).to(visual.dtype).T, lam)
 
 
 class KnowledgeTokens(nn.Module):
@@ -128,7 +135,7 @@ class KnowledgeEmbedding(nn.Module):
 
 
 class AnswerEmbedding(nn.Module):
-    """Heads for the single-label tasks (gender, race, expression, age in bins) on the pooled visual feature, read
+    """Heads for the single-label tasks (gender, race, expression, age in bins) on the visual tokens, read
     as the knowledge embedding reads the attribute head: the words of a text that name a task ("gender") carry the
     embedding of the head's answer word, E(word_argmax). The LM's output layer is tied to its embeddings, so the
     answer is one copy from the question away. An open gender or expression question has
@@ -157,9 +164,9 @@ class AnswerEmbedding(nn.Module):
         binned = torch.bucketize(labels.float(), getattr(self, f"{task}_edges"), right=True)
         return torch.where(labels >= 0, binned, torch.full_like(binned, -1))
 
-    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, width) -> logits per task, (B, classes)."""
-        return {t: head(pooled.to(head.weight.dtype)) for t, head in self.heads.items()}
+    def forward(self, visual: torch.Tensor, lam: float = 0.0) -> dict[str, torch.Tensor]:
+        """Visual tokens (B, T, width) -> logits per task, (B, classes), pooled by `class_pooling`."""
+        return {t: class_pooling(head(visual.to(head.weight.dtype)), lam) for t, head in self.heads.items()}
 
     def words(self, table: nn.Module, task: str) -> torch.Tensor:
         """(classes, width): each class word's mean token embedding."""

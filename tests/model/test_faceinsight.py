@@ -177,16 +177,16 @@ def test_answer_heads_learn_rare_classes_with_their_class_weights(tokenizer, kno
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(200, generator=g) < 0.05).long()
     x = torch.randn(200, model.llm.config.hidden_size, generator=g) * 0.1
-    x[:, 0] += y * 0.3  # a weak cue
+    x[:, 0] += y * 0.3  # a weak cue (one visual token a face)
     opt = torch.optim.Adam(head.heads.parameters(), lr=0.05)
     for _ in range(150):
-        loss = head.loss(head(x), {"expression": y, "gender": torch.full((200,), -1)})
+        loss = head.loss(head(x[:, None]), {"expression": y, "gender": torch.full((200,), -1)})
         opt.zero_grad()
         loss.backward()
         opt.step()
-    pred = head(x)["expression"].argmax(-1)
+    pred = head(x[:, None])["expression"].argmax(-1)
     assert (pred[y == 1] == 1).float().mean() > 0.8 and (pred[y == 0] == 0).float().mean() > 0.8
-    unknown = head.loss(head(x), {"expression": torch.full((200,), -1)})
+    unknown = head.loss(head(x[:, None]), {"expression": torch.full((200,), -1)})
     assert float(unknown.detach()) == 0.0 and unknown.requires_grad
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from model.knowledge_modules import EXCLUSION, IMPLICATION, CooccurrenceGraph, constraint_loss, masked_bce
+from model.knowledge_modules import (
+    EXCLUSION,
+    IMPLICATION,
+    CooccurrenceGraph,
+    class_pooling,
+    constraint_loss,
+    masked_bce,
+)
 
 
 def test_graph_network_on_a_three_attribute_graph():
@@ -19,8 +26,22 @@ def test_graph_network_on_a_three_attribute_graph():
     # A H1 W2^T: rows 0,1 = [0.5, 1]; row 2 = [-0.2, 0]
     expected = torch.tensor([[0.5, 1.0], [0.5, 1.0], [-0.2, 0.0]])
     assert torch.allclose(graph.classifiers(e), expected)
-    visual = torch.tensor([[2.0, 1.0]])
+    visual = torch.tensor([[[2.0, 1.0]]])  # one face, one visual token
     assert torch.allclose(graph(e, visual), torch.tensor([[2.0, 2.0, -0.4]]))
+    # two tokens: the mean of their scores is the score of their mean token; the max term adds the best token's
+    two = torch.tensor([[[2.0, 1.0], [0.0, -1.0]]])
+    assert torch.allclose(graph(e, two), graph(e, two.mean(1, keepdim=True)))
+    assert torch.allclose(graph(e, two, lam=0.5), torch.tensor([[0.5 + 1.0, 0.5 + 1.0, -0.2 + 0.0]]))
+
+
+def test_class_pooling_lets_a_class_answer_from_the_one_token_that_shows_it():
+    """A cue in 1 of 64 tokens moves the mean by 1/64; with the max term the class's logit moves by the cue itself."""
+    scores = torch.zeros(2, 64, 3)
+    scores[1, 17, 0] = 4.0  # face 1 shows class 0 in one token
+    mean_only, with_max = class_pooling(scores, 0.0), class_pooling(scores, 1.0)
+    assert torch.allclose(mean_only[1, 0] - mean_only[0, 0], torch.tensor(4.0 / 64))
+    assert torch.allclose(with_max[1, 0] - with_max[0, 0], torch.tensor(4.0 + 4.0 / 64))
+    assert torch.equal(with_max[:, 1:], torch.zeros(2, 2))
 
 
 def test_constraint_loss_is_zero_on_consistent_predictions_and_signed_otherwise():
