@@ -16,19 +16,10 @@ from torch.nn import functional as F
 
 from model.face_parser import WEIGHTS_FILE, FaceParser, FaceParserConfig, load_parser, save_parser
 from model.labels import PARSING_CLASSES
-from pipelines.cluster import placement
 from pipelines.datasets.common import Record
 from pipelines.parsing_data import augment_batch, load_parsing_example
 from pipelines.training.learner import Learner
-from pipelines.training.loop import (
-    TRAINER_STATE,
-    LoopConfig,
-    fit,
-    publish,
-    run_name,
-    training_storage,
-    worker_counts,
-)
+from pipelines.training.loop import TRAINER_STATE, LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 
 log = logging.getLogger(__name__)
 LEARNER = "pipelines.parser_training:ParserLearner"
@@ -150,25 +141,23 @@ def _dataset(records: list[Record], size: int, augment: bool, seed: int):
 def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Fit the parser on the train split, choose nothing on test; copy the final checkpoint to `out_dir`."""
-    where = placement()
-    storage_path = training_storage("train_parser", storage_path, where)  # fails here, not after the data work
-    by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
-                for s in ("train", "val", "test")}
-    if cfg.max_train_records:
-        by_split["train"] = by_split["train"][: cfg.max_train_records]
-    for split, rows in by_split.items():
-        if not rows:
-            raise ValueError(f"no CelebAMask-HQ {split} records with masks in the manifest; check `ingest`")
-    where.require_files("train_parser", "manifest images and masks",
-                        (p for rows in by_split.values() for r in rows for p in (r.image, *r.masks)))
-    size = cfg.parser.image_size
-    datasets = {"train": _dataset(by_split["train"], size, cfg.augment, seed),
-                "val": _dataset(by_split["val"], size, False, seed),
-                "test": _dataset(by_split["test"], size, False, seed)}
-    name = run_name("train_parser", {"train": asdict(cfg), "seed": seed,
-                                     "records": {s: [(r.id, r.image) for r in rows] for s, rows in by_split.items()}})
-    result = fit("train_parser", LEARNER, cfg, datasets, {"seed": seed, "n_train": len(by_split["train"])},
-                 storage_path, name)
+    def prepare(where) -> TrainingPass:
+        by_split = {s: [r for r in records if r.dataset == "celebamask_hq" and r.split == s and r.masks]
+                    for s in ("train", "val", "test")}
+        if cfg.max_train_records:
+            by_split["train"] = by_split["train"][: cfg.max_train_records]
+        for split, rows in by_split.items():
+            if not rows:
+                raise ValueError(f"no CelebAMask-HQ {split} records with masks in the manifest; check `ingest`")
+        where.require_files("train_parser", "manifest images and masks",
+                            (p for rows in by_split.values() for r in rows for p in (r.image, *r.masks)))
+        size = cfg.parser.image_size
+        datasets = {"train": _dataset(by_split["train"], size, cfg.augment, seed),
+                    "val": _dataset(by_split["val"], size, False, seed),
+                    "test": _dataset(by_split["test"], size, False, seed)}
+        records_by_split = {s: [(r.id, r.image) for r in rows] for s, rows in by_split.items()}
+        name = run_name("train_parser", {"train": asdict(cfg), "seed": seed, "records": records_by_split})
+        return TrainingPass(LEARNER, datasets, {"seed": seed, "n_train": len(by_split["train"])}, name, check)
 
     def check(folder: Path) -> None:
         load_parser(folder)  # refuse to publish a checkpoint that does not load
@@ -177,9 +166,9 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
             raise RuntimeError(f"the parser reached val mIoU {val['miou']:.3f}, below train_parser."
                                f"min_val_miou={cfg.min_val_miou}; train longer (epochs) or lower the gate")
 
-    state = publish(result, out_dir, check)
+    job, state = train_and_publish("train_parser", cfg, storage_path, out_dir, prepare)
     scores, history = state["evaluation"], state["history"]
-    return {"epochs": cfg.epochs, "steps": state["step"], "train_records": len(by_split["train"]),
+    return {"epochs": cfg.epochs, "steps": state["step"], "train_records": job.loop_config["n_train"],
             **worker_counts(state),
             "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
             "val_miou": scores["val"]["miou"], "val_pixel_accuracy": scores["val"]["pixel_accuracy"],

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
-from pipelines.cluster import placement
 from pipelines.corpus.reader import load_faces
 from pipelines.images import decode_image
 from pipelines.training.learner import Learner
-from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
+from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 
 LEARNER = "pipelines.specialist_training:SpecialistLearner"
 LABELS = ("attributes", "age", "gender", "race", "expression")
@@ -122,32 +121,32 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
                      ) -> dict[str, Any]:
     import ray
 
-    # the rows travel in the object store: no path reaches a worker but Ray Train's storage
-    storage_path = training_storage("train_specialist", storage_path, placement())
-    rows = face_rows(corpus, "train", cfg.model.image_size)
-    # a seeded mix of the three datasets: in load order every batch held one task's faces, and each epoch
-    # ended on expression faces only (the heads took turns instead of learning together)
-    rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
-    train = ray.data.from_items(rows)
-    val_rows = face_rows(corpus, "val", cfg.model.image_size)
-    # the val faces are small (64 px): they travel in the loop config and every checkpoint scores them
-    val = ({"image": np.stack([r["image"] for r in val_rows])} | {k: np.array([r[k] for r in val_rows]) for k in LABELS}
-           if val_rows else None)
-    weights = ({k: v.tolist() for k, v in SpecialistCNN.balance_weights(label_tensors(rows)).items()}
-               if cfg.balance else None)
-    name = run_name("train_specialist", {"train": asdict(cfg), "seed": seed}, [corpus / "train", corpus / "val"])
-    result = fit("train_specialist", LEARNER, cfg, {"train": train},
-                 {"seed": seed, "n_train": len(rows), "balance_weights": weights, "val": val}, storage_path, name)
+    def prepare(where) -> TrainingPass:  # the rows travel in the object store: no path reaches a worker
+        rows = face_rows(corpus, "train", cfg.model.image_size)
+        # a seeded mix of the three datasets: in load order every batch held one task's faces, and each epoch
+        # ended on expression faces only (the heads took turns instead of learning together)
+        rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
+        val_rows = face_rows(corpus, "val", cfg.model.image_size)
+        # the val faces are small (64 px): they travel in the loop config and every checkpoint scores them
+        val = ({"image": np.stack([r["image"] for r in val_rows])}
+               | {k: np.array([r[k] for r in val_rows]) for k in LABELS} if val_rows else None)
+        weights = ({k: v.tolist() for k, v in SpecialistCNN.balance_weights(label_tensors(rows)).items()}
+                   if cfg.balance else None)
 
-    def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights
-        if cfg.balance and val is not None:
-            model = load_specialist(path)
-            model.fit_thresholds(val["image"], val["attributes"])
-            save_specialist(model, path)
-        return load_specialist(path)  # the published folder must load
+        def thresholds(path: Path) -> SpecialistCNN:  # chosen on val once training is over, saved with the weights
+            if cfg.balance and val is not None:
+                model = load_specialist(path)
+                model.fit_thresholds(val["image"], val["attributes"])
+                save_specialist(model, path)
+            return load_specialist(path)  # the published folder must load
 
-    state = publish(result, out_dir, thresholds)
+        return TrainingPass(LEARNER, {"train": ray.data.from_items(rows)},
+                            {"seed": seed, "n_train": len(rows), "balance_weights": weights, "val": val},
+                            run_name("train_specialist", {"train": asdict(cfg), "seed": seed},
+                                     [corpus / "train", corpus / "val"]), thresholds)
+
+    job, state = train_and_publish("train_specialist", cfg, storage_path, out_dir, prepare)
     history = state["history"]
-    return {"steps": state["step"], "train_faces": len(rows), "mlflow_run_id": state["mlflow_run_id"],
+    return {"steps": state["step"], "train_faces": job.loop_config["n_train"], "mlflow_run_id": state["mlflow_run_id"],
             **worker_counts(state), "val": state.get("evaluation", {}),
             "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]]))}

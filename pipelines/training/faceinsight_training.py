@@ -12,13 +12,12 @@ from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from model.config import RECIPES, FaceInsightConfig
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
-from pipelines.cluster import placement
 from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 from pipelines.training.learner import Learner
-from pipelines.training.loop import LoopConfig, fit, publish, run_name, training_storage, worker_counts
+from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 from pipelines.training.schedule import Phase
 from pipelines.training.validation import val_sample, val_scores
 
@@ -173,33 +172,34 @@ def pretrained_path(model: dict[str, Any]) -> str | None:
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
-    where = placement()
-    storage_path = training_storage(stage, storage_path, where)  # fails here, not after the data work
-    where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
-    # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
-    init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
-    if inputs.init_from is not None:  # the previous stage's config and tokenizer (saved beside its weights)
-        model_cfg = FaceInsightConfig.load(Path(inputs.init_from) / CONFIG_FILE)
-        tokenizer_dir = init_from
-    else:
-        model_cfg = FaceInsightConfig.from_dict(inputs.model)
-        tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
-    # the counts from the config: no model is built here (for a 7B preset that loaded 7B weights on the driver)
-    encoder = encoder_kwargs(model_cfg, tokenizer_dir, *model_cfg.visual_token_counts(), cfg.max_tokens)
-    # with max_steps, encode only the records those steps can consume (one pass)
-    limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
-    split = where.hand(stage, "corpus train split", inputs.corpus / "train")
-    train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
-    n_train = train.count()
-    val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
-                     seed) if cfg.val_faces else {}
-    result = fit(stage, LEARNER, cfg, {"train": train},
-                 {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge, "tokenizer_dir": tokenizer_dir,
-                  "init_from": init_from, "n_train": n_train, "val": val, "val_questions": val_questions()},
-                 storage_path, faceinsight_run_name(stage, cfg, inputs, seed))
-    state = publish(result, out_dir, FaceInsight.from_pretrained)
+    def prepare(where) -> TrainingPass:
+        where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
+        # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
+        init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
+        if inputs.init_from is not None:  # the previous stage's config and tokenizer (saved beside its weights)
+            model_cfg = FaceInsightConfig.load(Path(inputs.init_from) / CONFIG_FILE)
+            tokenizer_dir = init_from
+        else:
+            model_cfg = FaceInsightConfig.from_dict(inputs.model)
+            tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
+        # the counts from the config: no model is built here (for a 7B preset that loaded 7B weights on the driver)
+        encoder = encoder_kwargs(model_cfg, tokenizer_dir, *model_cfg.visual_token_counts(), cfg.max_tokens)
+        # with max_steps, encode only the records those steps can consume (one pass)
+        limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
+        split = where.hand(stage, "corpus train split", inputs.corpus / "train")
+        train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
+        val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
+                         seed) if cfg.val_faces else {}
+        return TrainingPass(LEARNER, {"train": train},
+                            {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge,
+                             "tokenizer_dir": tokenizer_dir, "init_from": init_from, "n_train": train.count(),
+                             "val": val, "val_questions": val_questions()},
+                            faceinsight_run_name(stage, cfg, inputs, seed), FaceInsight.from_pretrained)
+
+    job, state = train_and_publish(stage, cfg, storage_path, out_dir, prepare)
     history = state["history"]
-    return {"stage": stage, "steps": state["step"], "train_records": n_train, "mlflow_run_id": state["mlflow_run_id"],
+    return {"stage": stage, "steps": state["step"], "train_records": job.loop_config["n_train"],
+            "mlflow_run_id": state["mlflow_run_id"],
             **worker_counts(state),
             "optimizer_restored": bool(state.get("optimizer_restored")),
             # the first step of the whole loss: a visual phase's steps have no LM term and a smaller loss

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from pipelines.cluster import Placement, placement
 from pipelines.provenance import code_tags, host_tags
 from pipelines.storage import arrow_filesystem, atomic_dir
 from pipelines.tracking import (
@@ -463,6 +464,31 @@ def publish(result, out_dir: Path, check: Callable[[Path], Any]) -> dict[str, An
         shutil.rmtree(tmp / DEEPSPEED_STATE, ignore_errors=True)
         check(tmp)  # e.g. refuse to publish a checkpoint that does not load
     return state
+
+
+@dataclass(frozen=True)
+class TrainingPass:
+    """What a trainer's driver prepares for one pass: the learner ("module:Class"), its Ray datasets, the loop's
+    extra config, the Ray Train run name (a rerun with the same name resumes) and the check a checkpoint must pass
+    before it is published (e.g. that it loads)."""
+
+    learner: str
+    datasets: dict[str, Any]
+    loop_config: dict[str, Any]
+    name: str
+    check: Callable[[Path], Any]
+
+
+def train_and_publish(stage: str, cfg: LoopConfig, storage_path: str, out_dir: Path,
+                      prepare: Callable[[Placement], TrainingPass]) -> tuple[TrainingPass, dict[str, Any]]:
+    """The skeleton every trainer (FaceInsight, the specialist, the parser) runs: where the workers are and their
+    storage, checked before any data work; the driver's own data (`prepare`); one Ray Train run; the final
+    checkpoint published to `out_dir`. Returns the prepared pass and the published checkpoint's trainer state."""
+    where = placement()
+    storage = training_storage(stage, storage_path, where)  # fails here, not after the data work
+    job = prepare(where)
+    result = fit(stage, job.learner, cfg, job.datasets, job.loop_config, storage, job.name)
+    return job, publish(result, out_dir, job.check)
 
 
 def ray_storage(storage_path: str) -> dict[str, Any]:
