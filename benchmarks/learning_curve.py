@@ -2,6 +2,7 @@
 
     python benchmarks/learning_curve.py --steps 1500 --every 250      # the align recipe, params.yaml's lr
     python benchmarks/learning_curve.py --steps 1000 --visual-steps 0 # no heads-only phase first
+    python benchmarks/learning_curve.py --model '{"alignment": {"answer_pointer": true}}'   # a model override
 
 A plain torch loop (no Ray), with the align stage's recipe, lr, warm-up, batch and max_tokens from
 params.yaml and bf16 as the stage would use it here: the batches are the corpus' train records in the
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from model.config import RECIPES, model_config
+from model.config import RECIPES, merge_overrides, model_config
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="", help="comma-separated record kinds to train on (default: the section's)")
     ap.add_argument("--visual-steps", type=int, default=-1,
                     help="heads-only steps before --steps of the whole loss (default: the section's visual_steps)")
+    ap.add_argument("--model", default="{}", help="JSON overrides of the model section, e.g. "
+                    "'{\"alignment\": {\"answer_pointer\": true}}'")
+    ap.add_argument("--val-faces", type=int, default=0, help="val faces per task scored (default: the section's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -83,7 +87,8 @@ def main() -> None:
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
     torch.manual_seed(params["seed"])
-    model = FaceInsight(model_config(params.get("model")), load_tokenizer(args.tokenizer), knowledge)
+    overrides = merge_overrides(dict(params.get("model") or {}), json.loads(args.model))
+    model = FaceInsight(model_config(overrides), load_tokenizer(args.tokenizer), knowledge)
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
@@ -91,8 +96,8 @@ def main() -> None:
     total = phases[-1].end
     data = encoded_records(encoder, args.corpus / "train", total * cfg.batch_size, cfg.kinds)
     n = len(data["input_ids"])
-    sample = val_sample(args.corpus, cfg.val_faces or 64, model.cfg.vision.image_size, model.cfg.seg.image_size,
-                        params["seed"])
+    sample = val_sample(args.corpus, args.val_faces or cfg.val_faces or 64, model.cfg.vision.image_size,
+                        model.cfg.seg.image_size, params["seed"])
     questions = val_questions()
     params_ = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params_, lr=lr, weight_decay=cfg.weight_decay)

@@ -140,9 +140,14 @@ class AlignmentConfig:
     # alone, a linear head on the mean-pooled tokens as ML-GCN has it). benchmarks/RESULTS.md ("class-specific
     # pooling"): 0.5 beat 0, 1 and 3 on attributes, race and age in the visual phase
     head_max_weight: float = 0.5
+    # a learned gate adds the answer heads' class scores to the logits of their words' first tokens wherever a word
+    # has named the task (model/knowledge_modules.AnswerPointer): the copy becomes structural, not learned per class
+    answer_pointer: bool = False
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(self.answer_heads or not self.answer_pointer, "alignment.answer_pointer",
+               "copies the answer heads' classes: enable answer_heads")
         _check(self.head_max_weight >= 0, "alignment.head_max_weight", f">= 0, got {self.head_max_weight}")
         _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
         _check(self.knowledge_tokens in KNOWLEDGE_TOKENS, "alignment.knowledge_tokens",

@@ -22,6 +22,7 @@ from model.knowledge_modules import (
     ANSWER_CLASSES,
     ANSWER_KEYS,
     AnswerEmbedding,
+    AnswerPointer,
     CooccurrenceGraph,
     KnowledgeEmbedding,
     KnowledgeTokens,
@@ -110,6 +111,7 @@ class FaceInsight(Checkpointable, nn.Module):
             self.register_buffer("attribute_pos_weight",
                                  attribute_pos_weight(knowledge.get("counts"), knowledge.get("n_train")))
         self.answer_embedding = self.build_answer_embedding(width, knowledge) if cfg.alignment.answer_heads else None
+        self.answer_pointer = self.build_answer_pointer(width) if cfg.alignment.answer_pointer else None
         rules = knowledge["rules"] if (knowledge and cfg.alignment.use_constraints) else []
         self.register_buffer("rules", rules_tensor(rules))
         self.preprocess = ImagePreprocessor(cfg.vision)
@@ -130,13 +132,36 @@ class FaceInsight(Checkpointable, nn.Module):
                                {t: [ids(k)[-1] for k in keys] for t, keys in ANSWER_KEYS.items()},
                                {t: class_weights(counts.get(t), len(words)) for t, words in ANSWER_CLASSES.items()})
 
+    def build_answer_pointer(self, width: int) -> AnswerPointer:
+        def first(text: str) -> int:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+
+        return AnswerPointer(width, tuple(ANSWER_CLASSES),
+                             {t: [[first(w), first(" " + w)] for w in words] for t, words in ANSWER_CLASSES.items()},
+                             {t: [self.tokenizer(k, add_special_tokens=False)["input_ids"][-1] for k in keys]
+                              for t, keys in ANSWER_KEYS.items()})
+
+    def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
+                  ) -> torch.Tensor | None:
+        """(B, T, W) hidden states of (B, T) tokens -> the pointer's (B, T, vocab) additions to their next-token
+        logits (None without a pointer)."""
+        if self.answer_pointer is None:
+            return None
+        b, t, w = hidden.shape
+        logits = {k: v[:, None].expand(b, t, v.shape[-1]).reshape(b * t, -1) for k, v in verdicts.items()
+                  if k in ANSWER_CLASSES}
+        named = self.answer_pointer.named(input_ids).reshape(b * t, -1)
+        bias = self.answer_pointer.bias(hidden.reshape(b * t, w), named, logits,
+                                        self.llm.config.vocab_size)  # not the weight: ZeRO-3 partitions it
+        return bias.view(b, t, -1)
+
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:
         projectors = [m for m in (self.image_projector, self.seg_projector) if m is not None]
         return {"vision": [self.vision], "seg_encoder": [m for m in (self.seg_encoder,) if m is not None],
                 "projector": list({id(m): m for m in projectors}.values()), "llm": [self.llm],
                 "knowledge": [m for m in (self.cooccurrence, self.knowledge_tokens, self.knowledge_embedding,
-                                          self.answer_embedding) if m is not None]}
+                                          self.answer_embedding, self.answer_pointer) if m is not None]}
 
     def apply_recipe(self, recipe: Recipe) -> dict[str, int]:
         """Freeze or train each component as the recipe says (adding LoRA to the LLM if asked)."""
@@ -246,12 +271,18 @@ class FaceInsight(Checkpointable, nn.Module):
         if visual_only:
             return self.heads_loss(pixel_values, seg_maps, attribute_labels, answer_labels)
         visual, verdicts = self.encode_visual(pixel_values, seg_maps)
-        embeds = self.embed(input_ids, visual, self.forced_verdicts(verdicts, attribute_labels, answer_labels))
+        shown = self.forced_verdicts(verdicts, attribute_labels, answer_labels)  # what the text is given to read
+        embeds = self.embed(input_ids, visual, shown)
         losses: dict[str, torch.Tensor] = {}
         if labels is None:
-            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                           **({"output_hidden_states": True} if self.answer_pointer is not None else {}))
+            logits = out.logits
+            if self.answer_pointer is not None:
+                logits = logits.float() + self.copy_bias(out.hidden_states[-1], input_ids, shown)
         else:
-            logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels)
+            logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels,
+                                                           (input_ids, shown))
         losses.update(self.head_losses(verdicts, attribute_labels, answer_labels, constraint=labels is not None))
         return self.output(losses, logits, verdicts)
 
@@ -322,16 +353,25 @@ class FaceInsight(Checkpointable, nn.Module):
         return out
 
     def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
-                           position_ids: torch.Tensor | None, labels: torch.Tensor
+                           position_ids: torch.Tensor | None, labels: torch.Tensor,
+                           copy: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """The causal LM's next-token loss (HF's: shifted, mean over labelled tokens), with the LM head applied only
         at the positions that predict a label: answers are ~43 of a tiny sequence's ~230 tokens, the rest image
-        tokens and questions, and the head (tied to a vocabulary-sized embedding) ran over all of them."""
+        tokens and questions, and the head (tied to a vocabulary-sized embedding) ran over all of them. `copy`: the
+        input ids and the verdicts the text was given, for the answer pointer (where the model has one)."""
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                         position_ids=position_ids).last_hidden_state
         targets = labels[:, 1:]
         supervised = targets != IGNORE
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])
+        if self.answer_pointer is not None and copy is not None:
+            input_ids, verdicts = copy
+            rows = supervised.nonzero()[:, 0]
+            named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
+            logits = logits.float() + self.answer_pointer.bias(
+                hidden[:, :-1][supervised], named,
+                {t: v[rows] for t, v in verdicts.items() if t in ANSWER_CLASSES}, logits.shape[-1])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         return logits, nn.functional.cross_entropy(logits.float(), targets[supervised])
@@ -371,16 +411,24 @@ class FaceInsight(Checkpointable, nn.Module):
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]
         past = None
+        pointer = self.answer_pointer is not None
+        # per prompt and task: whether a word naming the task stands in the prompt or in what was generated so far
+        named = self.answer_pointer.named(ids)[:, -1] if pointer else None
+        hidden = {"output_hidden_states": True} if pointer else {}  # the pointer's gate reads the last hidden state
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             if use_cache and past is not None:
                 out = self.llm(inputs_embeds=embeds[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                               past_key_values=past, use_cache=True, logits_to_keep=1)
+                               past_key_values=past, use_cache=True, logits_to_keep=1, **hidden)
             else:  # the prompt: the next token's logits only, not a vocabulary row per prompt position
                 out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache,
-                               logits_to_keep=1)
+                               logits_to_keep=1, **hidden)
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
+            if pointer:
+                logits = logits + self.answer_pointer.bias(
+                    out.hidden_states[-1][:, -1], named, {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES},
+                    logits.shape[-1])
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)
@@ -397,6 +445,8 @@ class FaceInsight(Checkpointable, nn.Module):
             done |= torch.tensor([int(t) in stop for t in token])
             if done.all():
                 break
+            if pointer:
+                named = named | self.answer_pointer.named(token[:, None])[:, -1]
             embeds = torch.cat([embeds, self.embed_text(token[:, None], verdicts).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]

@@ -6,6 +6,7 @@ and the rule list. Both become buffers, so a checkpoint carries the knowledge it
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -203,6 +204,44 @@ class AnswerEmbedding(nn.Module):
             total = total + F.cross_entropy(task_logits[known].float(), y[known].long(),
                                             weight=getattr(self, f"{task}_class_weight"))
         return total
+
+
+class AnswerPointer(nn.Module):
+    """Copies the answer heads' classes into the LM's next-token logits (pointer-generator style, See et al. 2017).
+
+    The answer embedding leaves the copy to the LM, which learned it class by class: in the sixth default run it wrote
+    "Neutral" for 45 of the 50 faces its expression head called Sadness. Here, at every position of a text in which a
+    word has named the task ("expression", "feel", "old", ...), a learned gate g = softplus(w . h + b) >= 0 on the LM's
+    hidden state adds g x (log p_c + log C) to the logit of the first token of class c's word (both forms the answers
+    write: "Happiness" and " Happiness"): zero for an unsure head, up to g x log C for the class it is sure of. The
+    gate learns where an answer starts; the bias is the head's, so a class the LM rarely saw answered is written as
+    readily as a frequent one. A token shared by two classes' words gains both terms."""
+
+    def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
+                 key_ids: dict[str, list[int]]):
+        super().__init__()
+        self.tasks = tasks
+        self.gate = nn.Linear(width, len(tasks))
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, -2.0)  # softplus(-2) = 0.13: a small pull until the gate has learned
+        for t in tasks:
+            self.register_buffer(f"{t}_first", torch.tensor(first_ids[t], dtype=torch.long))  # (classes, forms)
+            self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))
+
+    def named(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position."""
+        return torch.stack([torch.isin(input_ids, getattr(self, f"{t}_keys")).cumsum(1) > 0 for t in self.tasks], -1)
+
+    def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
+             vocab: int) -> torch.Tensor:
+        """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes) -> (N, vocab) additions."""
+        gate = F.softplus(self.gate(hidden.to(self.gate.weight.dtype)).float()) * named.float()
+        out = torch.zeros(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
+        for k, t in enumerate(self.tasks):
+            first = getattr(self, f"{t}_first")  # (classes, forms)
+            scores = torch.log_softmax(logits[t].float(), -1) + math.log(first.shape[0])
+            out.index_add_(1, first.flatten(), (gate[:, k:k + 1] * scores).repeat_interleave(first.shape[1], 1))
+        return out
 
 
 def ordinal_targets(classes: torch.Tensor, n: int, sigma: float = 1.0) -> torch.Tensor:

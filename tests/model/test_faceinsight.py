@@ -403,3 +403,85 @@ def test_bf16_weights_take_float_inputs(tokenizer, knowledge, conversations):
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.image_projector[0].weight.grad.dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def answer_tokenizer(conversations):
+    """The model tests' tokenizer also trained on open answers, so each class word is a token of its own (as in the
+    default corpus' tokenizer) and the pointer's terms can be read class by class."""
+    from model.knowledge_modules import ANSWER_CLASSES
+    from model.tokenizer import train_tokenizer
+
+    answers = [f"{w}. The answer is {w}, {w}." for words in ANSWER_CLASSES.values() for w in words] * 30
+    return train_tokenizer([t["value"] for c in conversations for t in c] + answers, vocab_size=1000)
+
+
+@pytest.fixture
+def pointer_model(answer_tokenizer, knowledge) -> FaceInsight:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True))
+    return FaceInsight(cfg, answer_tokenizer, knowledge)
+
+
+def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_task(pointer_model):
+    """Before ' feel' nothing is added; after it, the first token of each expression word gains g x (log p + log 7):
+    the head's sure class up, the others down, every other token untouched."""
+    from model.labels import EXPRESSIONS
+
+    m = pointer_model
+
+    def token(w: str) -> int:
+        return m.tokenizer(w, add_special_tokens=False)["input_ids"][-1]
+
+    ids = torch.tensor([[token(" the"), token(" feel"), token(" the")]])
+    named = m.answer_pointer.named(ids)
+    k = m.answer_pointer.tasks.index("expression")
+    assert named[0, :, k].tolist() == [False, True, True]
+    assert not named[0, :, m.answer_pointer.tasks.index("gender")].any()
+    sure = torch.full((1, 7), -4.0)
+    sure[0, EXPRESSIONS.index("Sadness")] = 4.0
+    verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 17)}
+    with torch.no_grad():
+        bias = m.copy_bias(torch.randn(1, 3, m.llm.config.hidden_size), ids, verdicts)[0]
+    assert torch.equal(bias[0], torch.zeros_like(bias[0]))
+    first = m.answer_pointer.expression_first  # (classes, forms)
+    assert len(set(first.flatten().tolist())) == first.numel()  # no token shared by two classes' words
+    sad = first[EXPRESSIONS.index("Sadness")]
+    others = torch.tensor([i for i in first.flatten().tolist() if i not in sad.tolist()])
+    assert (bias[1, sad] > 0).all() and (bias[1, others] < 0).all()
+    rest = torch.ones(bias.shape[-1], dtype=torch.bool)
+    rest[first.flatten()] = False
+    assert torch.equal(bias[1, rest], torch.zeros(int(rest.sum())))
+
+
+def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_generation_copy(pointer_model, conversations):
+    """The supervised-positions loss adds the same pointer terms as the full forward; with an open gate the generated
+    answer to an expression question opens with the head's class, whatever the LM would have said."""
+    from model.labels import EXPRESSIONS
+
+    m = pointer_model
+    m.eval()  # no verdict forcing: both paths read the heads' own verdicts
+    b = batch(m, conversations[:3])
+    with torch.no_grad():
+        visual, verdicts = m.encode_visual(b["pixel_values"], b["seg_maps"])
+        embeds = m.embed(b["input_ids"], visual, verdicts)
+        full = m(input_ids=b["input_ids"], pixel_values=b["pixel_values"], seg_maps=b["seg_maps"],
+                 attention_mask=b["attention_mask"]).logits
+        logits, _ = m.supervised_lm_loss(embeds, b["attention_mask"], None, b["labels"], (b["input_ids"], verdicts))
+    assert torch.allclose(logits, full[:, :-1][b["labels"][:, 1:] != IGNORE], atol=1e-4)
+
+    head = m.answer_embedding.heads["expression"]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.full((7,), -5.0))
+        head.bias[EXPRESSIONS.index("Fear")] = 5.0
+        m.answer_pointer.gate.bias.fill_(60.0)
+    prompt = m.chat.prompt(m.tokenizer, "How does this person feel?", m.image_tokens, m.seg_tokens)
+    said = m.generate([prompt], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=1)
+    assert said[0][0] in m.answer_pointer.expression_first[EXPRESSIONS.index("Fear")].tolist()
+    # a question that names no task is answered as without the pointer
+    other = m.chat.prompt(m.tokenizer, "Is this person wearing a hat?", m.image_tokens, m.seg_tokens)
+    opened = m.generate([other], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=6)
+    with torch.no_grad():
+        m.answer_pointer.gate.bias.fill_(-60.0)
+    assert m.generate([other], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=6) == opened
