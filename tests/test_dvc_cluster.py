@@ -1,4 +1,4 @@
-"""The smoke pipeline with everything on S3, driven by `dvc repro` through RAY_ADDRESS on a 2-node cluster.
+"""The smoke pipeline's Ray stages with everything on S3, driven by `dvc repro` through RAY_ADDRESS on a 2-node cluster.
 
 Real local stand-ins for the cloud: moto_server is S3 (raw data, the cluster storage that holds staged
 inputs, corpus scratch and Ray Train runs, MLflow's artifact store, the DVC remote); `mlflow server
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 RAY_STAGES = {"train_parser": "parser.json", "align": "train_align.json", "finetune": "train_finetune.json",
               "train_specialist": "train_specialist.json"}
+TARGETS = ("finetune", "train_specialist")  # with their upstream: every stage Ray runs on both nodes
 
 
 def on_s3(params: dict, roots: dict[str, str]) -> None:
@@ -104,11 +105,13 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
         assert not (repo / "models" / "parser").exists()  # nothing half-written
 
         env["FACEINSIGHT_CLUSTER_STORAGE"] = "s3://cluster/faceinsight"
-        out = run([sys.executable, "-m", "dvc", "repro"], repo, env=env, timeout=1800)
+        # the stages the second node takes part in (Ray Data, Ray Train) and what they need; the rest of the DAG
+        # (the per-task passes, the variant, evaluation, the report) runs in the local smoke DAG test
+        out = run([sys.executable, "-m", "dvc", "repro", *TARGETS], repo, env=env, timeout=1800)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_USER[1])
         leaks = credential_leaks(tracking, (PIPELINE_USER[1], AUTH_ADMIN[1]), tmp_path / "scan")
-    assert "Running stage 'report'" in out
+    assert all(f"Running stage '{stage}'" in out for stage in RAY_STAGES) and "Running stage 'report'" not in out
     assert not leaks, leaks
 
     manifest = json.loads((repo / "metrics" / "ingest.json").read_text())
@@ -124,7 +127,6 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
     assert not any(k.startswith("faceinsight/scratch/") for k in keys)  # the corpus scratch was cleared
     artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
     assert any(k.endswith("MLmodel") for k in artifacts)  # the registered model's files are on S3
-    assert "| FaceInsight (generated answers) |" in (repo / "reports" / "results.md").read_text()
 
     # DVC remote on S3: push, then a fresh clone pulls the same bytes
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", "s3://dvc-remote/cache"], repo)
@@ -138,5 +140,5 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
     assert not (clone / "data" / "corpus").exists()
     run([sys.executable, "-m", "dvc", "pull"], clone)
     assert checksums(clone, outs) == checksums(repo, outs)
-    status = run([sys.executable, "-m", "dvc", "status"], clone)
+    status = run([sys.executable, "-m", "dvc", "status", *TARGETS], clone)
     assert "up to date" in status
