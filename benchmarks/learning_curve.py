@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="", help="comma-separated record kinds to train on (default: the section's)")
     ap.add_argument("--visual-steps", type=int, default=-1,
                     help="heads-only steps before --steps of the whole loss (default: the section's visual_steps)")
+    ap.add_argument("--visual-lr-after", type=float, default=-1,
+                    help="the share of the rate the visual stream and heads keep after the visual phase "
+                         "(default: the section's visual_lr_after)")
     ap.add_argument("--model", default="{}", help="JSON overrides of the model section, e.g. "
                     "'{\"alignment\": {\"answer_pointer\": true}}'")
     ap.add_argument("--val-faces", type=int, default=0, help="val faces per task scored (default: the section's)")
@@ -83,6 +86,8 @@ def main() -> None:
         section["kinds"] = tuple(args.kinds.split(","))
     if args.visual_steps >= 0:
         section["visual_steps"] = args.visual_steps
+    if args.visual_lr_after >= 0:
+        section["visual_lr_after"] = args.visual_lr_after
     cfg = build(TrainConfig, section, args.stage)
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
@@ -92,15 +97,17 @@ def main() -> None:
     model.apply_recipe(RECIPES[cfg.recipe])
     encoder = CorpusEncoder(**encoder_kwargs(model.cfg, str(args.tokenizer), model.image_tokens, model.seg_tokens,
                                              cfg.max_tokens))
-    phases = FaceInsightLearner({"train": section, "stage": args.stage}).phases(model, args.steps)  # as the stage runs
+    learner = FaceInsightLearner({"train": section, "stage": args.stage})
+    phases = learner.phases(model, args.steps)  # as the stage runs
     total = phases[-1].end
     data = encoded_records(encoder, args.corpus / "train", total * cfg.batch_size, cfg.kinds)
     n = len(data["input_ids"])
     sample = val_sample(args.corpus, args.val_faces or cfg.val_faces or 64, model.cfg.vision.image_size,
                         model.cfg.seg.image_size, params["seed"])
     questions = val_questions()
-    params_ = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params_, lr=lr, weight_decay=cfg.weight_decay)
+    groups = learner.param_groups(model)  # as the stage groups them (a phase may scale a group's rate)
+    params_ = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=lr, weight_decay=cfg.weight_decay)
     order = np.random.default_rng(params["seed"]).permutation(n)
     bf16 = bf16_enabled(cfg)
     print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}, phases "
@@ -113,8 +120,9 @@ def main() -> None:
         idx = order[((step - 1) * cfg.batch_size + np.arange(cfg.batch_size)) % n]
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
         phase = phase_at(phases, step - 1)
-        for group in opt.param_groups:
-            group["lr"] = phase.lr(step - 1, cfg.warmup_steps, lr)
+        for group, spec in zip(opt.param_groups, groups, strict=True):  # --lr stands for the section's rates
+            base = lr * spec["base_lr"] / cfg.lr
+            group["lr"] = phase.lr(step - 1, cfg.warmup_steps, base) * spec.get("phase_scale", {}).get(phase.name, 1.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
                         seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,

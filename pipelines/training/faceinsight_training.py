@@ -38,6 +38,10 @@ class TrainConfig(LoopConfig):
     # optimiser steps before max_steps in which the LM does not run: the image tower, map encoder and heads learn
     # from the labels alone, ~5x cheaper a step (benchmarks/RESULTS.md); models without heads skip it
     visual_steps: int = 0
+    # after the visual phase, the image tower, map encoder, projectors and heads learn at this share of the rate:
+    # under the whole loss at the restarted full rate they forgot what the visual phase taught (the seventh default
+    # run's in-loop val: expression head UAR 0.80 at the phase's end, 0.38 a thousand whole-loss steps later)
+    visual_lr_after: float = 1.0
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -46,6 +50,8 @@ class TrainConfig(LoopConfig):
             raise ValueError("train.max_tokens must be >= 1")
         if self.visual_steps < 0:
             raise ValueError(f"train.visual_steps must be >= 0, got {self.visual_steps}")
+        if not 0 <= self.visual_lr_after <= 1:
+            raise ValueError(f"train.visual_lr_after is a share of the rate in [0, 1], got {self.visual_lr_after}")
 
         for key, allowed in (("tasks", TASKS.values()), ("kinds", KINDS)):
             unknown = set(getattr(self, key)) - set(allowed)
@@ -70,11 +76,22 @@ class FaceInsightLearner(Learner):
         return model
 
     def param_groups(self, module) -> list[dict[str, Any]]:
-        projector = {id(p) for m in module.components()["projector"] for p in m.parameters()}
+        parts = module.components()
+        projector = {id(p) for m in parts["projector"] for p in m.parameters()}
         trainable = [p for p in module.parameters() if p.requires_grad]
         groups = [{"params": [p for p in trainable if id(p) not in projector], "base_lr": self.cfg.lr, "name": "main"},
                   {"params": [p for p in trainable if id(p) in projector],
                    "base_lr": self.cfg.projector_lr or self.cfg.lr, "name": "projector"}]
+        if self.cfg.visual_lr_after != 1.0 and self.cfg.visual_steps:
+            # what the heads read and the heads themselves (not the LM, nor the modules that write their verdicts
+            # into the text): their own group, scaled down once the visual phase is over
+            heads = [m for m in (module.cooccurrence, module.answer_embedding) if m is not None]
+            visual = {id(p) for m in parts["vision"] + parts["seg_encoder"] + parts["projector"] + heads
+                      for p in m.parameters()}
+            scale = {"phase_scale": {"main": self.cfg.visual_lr_after}}
+            groups = [{**g, "params": [p for p in g["params"] if id(p) not in visual]} for g in groups] + \
+                     [{**g, "params": [p for p in g["params"] if id(p) in visual], "name": f"{g['name']}_visual",
+                       **scale} for g in groups]
         return [g for g in groups if g["params"]]
 
     def trainable(self, module) -> dict[str, int]:

@@ -246,7 +246,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     phase = phase_at(phases, step)
                     learner.phase = phase.name
                     for group, spec in zip(optimizer.param_groups, groups, strict=True):
-                        group["lr"] = phase.lr(step, cfg.warmup_steps, spec["base_lr"])
+                        # a group may scale its rate per phase (e.g. the heads once the visual phase is over)
+                        group["lr"] = phase.lr(step, cfg.warmup_steps, spec["base_lr"]) \
+                            * spec.get("phase_scale", {}).get(phase.name, 1.0)
                 terms, batch_tokens = _micro_step(learner, wrapped, module, batch, cfg, engine)
                 accumulated.append(terms)
                 samples += micro * world

@@ -59,6 +59,33 @@ def test_a_visual_phase_comes_first_with_its_own_schedule_where_the_model_has_he
     assert [(p.name, p.start, p.end) for p in plain] == [("main", 0, 100)]
 
 
+def test_after_the_visual_phase_the_heads_and_what_they_read_learn_at_a_share_of_the_rate(corpus):
+    """visual_lr_after: the image tower, map encoder, projectors and heads get their own groups, scaled in the main
+    phase only; the LM and the modules that write verdicts into the text keep the full rate. 1.0 keeps two groups."""
+    from model.faceinsight import FaceInsight
+    from model.tokenizer import load_tokenizer
+    from pipelines.training.faceinsight_training import FaceInsightLearner
+
+    model = FaceInsight(SMALL, load_tokenizer(corpus["tokenizer"]), corpus["knowledge"])
+    model.apply_recipe(RECIPES["full"])
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    train = {"visual_steps": 30, "lr": 0.01, "projector_lr": 0.002}
+    plain = FaceInsightLearner({"train": train, "stage": "align"}).param_groups(model)
+    assert [g["name"] for g in plain] == ["main", "projector"] and not any("phase_scale" in g for g in plain)
+    split = FaceInsightLearner({"train": train | {"visual_lr_after": 0.1}, "stage": "align"}).param_groups(model)
+    named = {g["name"]: g for g in split}
+    assert sorted(named) == ["main", "main_visual", "projector_visual"]  # every projector parameter is visual
+    assert sorted(id(p) for g in split for p in g["params"]) == sorted(trainable)  # each parameter once
+    visual = {id(p) for g in split if g["name"].endswith("_visual") for p in g["params"]}
+    assert {id(p) for p in model.vision.parameters()} <= visual and {id(p) for p in model.cooccurrence.parameters()} \
+        <= visual and {id(p) for p in model.answer_embedding.parameters()} <= visual
+    assert not visual & {id(p) for p in model.llm.parameters()}
+    assert not visual & {id(p) for p in model.knowledge_embedding.parameters()}
+    assert named["main_visual"]["phase_scale"] == {"main": 0.1} and named["projector_visual"]["base_lr"] == 0.002
+    with pytest.raises(ValueError, match="visual_lr_after"):
+        TrainConfig(visual_lr_after=1.5)
+
+
 def test_bf16_auto_follows_the_hardware():
     from pipelines.training.loop import bf16_enabled, native_bf16
 
