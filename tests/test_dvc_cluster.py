@@ -138,7 +138,7 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / "data" / "corpus").exists()
-    run([sys.executable, "-m", "dvc", "pull"], clone)
+    run([sys.executable, "-m", "dvc", "pull", "--with-deps", *TARGETS], clone)
     assert checksums(clone, outs) == checksums(repo, outs)
-    status = run([sys.executable, "-m", "dvc", "status", *TARGETS], clone)
+    status = run([sys.executable, "-m", "dvc", "status", "--with-deps", *TARGETS], clone)
     assert "up to date" in status
