@@ -30,7 +30,7 @@ test: $(STAMP)  ## lint, then the whole test suite, as CI runs it
 	$(BIN)/ruff check model pipelines stages tests benchmarks
 	$(BIN)/python -m pytest
 
-test-cluster: $(STAMP)  ## only the dvc repro on a 2-node Ray cluster with everything on S3 (~12 min; also in make test)
+test-cluster: $(STAMP)  ## only the dvc repro of the Ray stages on a 2-node Ray cluster with everything on S3 (~5 min; also in make test)
 	$(BIN)/python -m pytest tests/test_dvc_cluster.py
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
