@@ -142,14 +142,11 @@ class FaceInsight(Checkpointable, nn.Module):
                               for t, keys in ANSWER_KEYS.items()})
 
     def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
-                  ) -> torch.Tensor | None:
+                  ) -> torch.Tensor:
         """(B, T, W) hidden states of (B, T) tokens -> the pointer's (B, T, vocab) additions to their next-token
-        logits (None without a pointer)."""
-        if self.answer_pointer is None:
-            return None
+        logits (a model with an answer pointer)."""
         b, t, w = hidden.shape
-        logits = {k: v[:, None].expand(b, t, v.shape[-1]).reshape(b * t, -1) for k, v in verdicts.items()
-                  if k in ANSWER_CLASSES}
+        logits = {k: verdicts[k][:, None].expand(b, t, -1).reshape(b * t, -1) for k in self.answer_pointer.tasks}
         named = self.answer_pointer.named(input_ids).reshape(b * t, -1)
         bias = self.answer_pointer.bias(hidden.reshape(b * t, w), named, logits,
                                         self.llm.config.vocab_size)  # not the weight: ZeRO-3 partitions it
@@ -371,7 +368,7 @@ class FaceInsight(Checkpointable, nn.Module):
             named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
             logits = logits.float() + self.answer_pointer.bias(
                 hidden[:, :-1][supervised], named,
-                {t: v[rows] for t, v in verdicts.items() if t in ANSWER_CLASSES}, logits.shape[-1])
+                {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits.shape[-1])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         return logits, nn.functional.cross_entropy(logits.float(), targets[supervised])
@@ -426,9 +423,8 @@ class FaceInsight(Checkpointable, nn.Module):
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             if pointer:
-                logits = logits + self.answer_pointer.bias(
-                    out.hidden_states[-1][:, -1], named, {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES},
-                    logits.shape[-1])
+                logits = logits + self.answer_pointer.bias(out.hidden_states[-1][:, -1], named, verdicts,
+                                                           logits.shape[-1])
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)

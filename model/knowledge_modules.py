@@ -234,7 +234,8 @@ class AnswerPointer(nn.Module):
 
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
              vocab: int) -> torch.Tensor:
-        """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes) -> (N, vocab) additions."""
+        """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes; entries of other heads are ignored)
+        -> (N, vocab) additions."""
         gate = F.softplus(self.gate(hidden.to(self.gate.weight.dtype)).float()) * named.float()
         out = torch.zeros(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
         for k, t in enumerate(self.tasks):
