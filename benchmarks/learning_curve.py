@@ -113,7 +113,7 @@ def main() -> None:
     print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}, phases "
           + ", ".join(f"{p.name} {p.steps}" for p in phases))
     print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7} "
-          f"{'head_gen':>8} {'expr_uar':>8} {'head_uar':>8}")
+          f"{'head_gen':>8} {'expr_uar':>8} {'head_uar':>8} {'age_mae':>7} {'head_age':>8}")
     start, losses = time.perf_counter(), []
     model.train()
     for step in range(1, total + 1):
@@ -144,7 +144,8 @@ def main() -> None:
             print(f"{step:6d} {np.mean(losses[-50:]):7.3f} {per_step:7.3f} {head:9.3f} "
                   f"{s.get('val_yes_no_balanced_accuracy', 0):9.3f} {s.get('val_unread_share', 0):7.3f} "
                   f"{s.get('val_gender_accuracy', 0):7.3f} {s.get('val_head_gender_accuracy', 0):8.3f} "
-                  f"{s.get('val_expression_uar', 0):8.3f} {s.get('val_head_expression_uar', 0):8.3f}", flush=True)
+                  f"{s.get('val_expression_uar', 0):8.3f} {s.get('val_head_expression_uar', 0):8.3f} "
+                  f"{s.get('val_age_mae', 0):7.2f} {s.get('val_head_age_mae', 0):8.2f}", flush=True)
 
 
 if __name__ == "__main__":

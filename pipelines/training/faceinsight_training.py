@@ -174,7 +174,8 @@ def val_questions() -> dict[str, str]:
     """The questions validation asks: the templates' own, as evaluation asks them."""
     data = Templates.load().data
     return {name: a["question"] for name, a in data["attributes"].items()} | {
-        "gender": data["demographics"]["open"]["gender"][0]["q"], "expression": data["expression"]["open"][0]["q"]}
+        "gender": data["demographics"]["open"]["gender"][0]["q"], "age": data["demographics"]["open"]["age"][0]["q"],
+        "expression": data["expression"]["open"][0]["q"]}
 
 
 def pretrained_path(model: dict[str, Any]) -> str | None:

@@ -1,9 +1,9 @@
 """FaceInsight's validation during training: a fixed sample of val faces, scored at every checkpoint.
 
 The run page then shows a learning curve, not only the training loss: the co-occurrence head's attribute
-balanced accuracy, the answer heads' gender accuracy and expression UAR, and the generated answers' yes/no
-balanced accuracy on attribute questions, accuracy on the gender question and UAR on the expression question
-(short greedy decoding, read by evaluation's own rules).
+balanced accuracy, the answer heads' gender accuracy, age MAE and expression UAR, and the generated answers' yes/no
+balanced accuracy on attribute questions, accuracy on the gender question, MAE on the age question and UAR on the
+expression question (short greedy decoding, read by evaluation's own rules).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from model.knowledge_modules import answer_value
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS
 from pipelines.corpus.reader import load_faces
-from pipelines.evaluation.answers import parse_name, parse_yes_no
+from pipelines.evaluation.answers import parse_name, parse_number, parse_yes_no
 from pipelines.images import decode_image
 
 QUESTIONS_PER_FACE = 8  # attribute questions asked of each val face (a fixed, seeded choice)
@@ -38,6 +39,8 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
         else:
             key = "gender" if task == "age_gender_race" else "expression"
             out[task]["labels"] = np.array([r["labels"][key] for r in rows], dtype=np.int64)
+            if task == "age_gender_race":
+                out[task]["age"] = np.array([r["labels"]["age"] for r in rows], dtype=np.int64)
     return out
 
 
@@ -48,13 +51,14 @@ def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _said(model, part: dict[str, Any], question: str, names, maps: bool, batch: int, tokens: int) -> np.ndarray:
-    """The class each face's generated answer to `question` names (-1 unread)."""
+    """The class each face's generated answer to `question` names (-1 unread); names None: the number it gives."""
     answers = []
     for start in range(0, len(part["image"]), batch):
         sl = slice(start, start + batch)
         answers += model.answer(part["image"][sl], part["seg_map"][sl] if maps else None,
                                 [question] * len(part["image"][sl]), max_new_tokens=tokens)
-    return np.array([-1 if (k := parse_name(a, names)) is None else k for a in answers])
+    read = [parse_number(a) if names is None else parse_name(a, names) for a in answers]
+    return np.array([-1 if k is None else k for k in read])
 
 
 def _head_classes(model, part: dict[str, Any], task: str, maps: bool) -> np.ndarray:
@@ -101,6 +105,13 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
         if model.answer_embedding is not None:
             head = _head_classes(model, demo, "gender", maps)
             out["val_head_gender_accuracy"] = float((head == demo["labels"]).mean())
+        if "age" in questions and "age" in demo:
+            age = _said(model, demo, questions["age"], None, maps, batch, 4)
+            read = age >= 0  # MAE over the answers that gave a number, as evaluation reads them
+            out["val_age_mae"] = float(np.abs(age[read] - demo["age"][read]).mean()) if read.any() else 100.0
+            if model.answer_embedding is not None:
+                head = answer_value("age", _head_classes(model, demo, "age", maps))
+                out["val_head_age_mae"] = float(np.abs(head - demo["age"]).mean())
     expression = sample.get("expression")
     if expression is not None and "expression" in questions:
         said = _said(model, expression, questions["expression"], EXPRESSIONS, maps, batch, 4)
