@@ -17,10 +17,13 @@ from torch.nn import functional as F
 from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 EXCLUSION, IMPLICATION = 0, 1
-# age as five-year classes (0-4, 5-9, ..., 75-79, 80+), each answered with its middle year: the LM copies a number
-# word as it copies "female" (generated ages, left to the LM, were 21 years off, worse than the median's 18)
-AGE_EDGES: tuple[int, ...] = tuple(range(5, 85, 5))
-AGE_WORDS: tuple[str, ...] = tuple(str(e - 3) for e in AGE_EDGES) + ("85",)
+# age as one class a year (0, 1, ..., 98, 99+), each answered with its own number word: the LM copies it as it copies
+# "female". The answers write the exact year, so only then is the word handed to the text (a forced label, or the
+# head's class) the word the text must write; with five-year classes named by their middle year the LM wrote "39" for
+# half the faces (generated MAE 23, the head's 13). The loss spreads each label over its neighbours (AGE_SIGMA).
+AGE_EDGES: tuple[int, ...] = tuple(range(1, 100))
+AGE_WORDS: tuple[str, ...] = tuple(str(k) for k in range(100))
+AGE_SIGMA = 3.0  # years: the soft target's spread (DLDL)
 # the single-label tasks the answer heads cover: their class words, as the corpus' answers write them
 ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK_RACES, "expression": EXPRESSIONS,
                                               "age": AGE_WORDS}
@@ -198,7 +201,7 @@ class AnswerEmbedding(nn.Module):
             y = self.classes(task, y)
             known = y >= 0
             if task in ANSWER_BINS:  # ordered classes: a neighbour of the true bin is less wrong than a far one
-                soft = ordinal_targets(y[known], task_logits.shape[-1])
+                soft = ordinal_targets(y[known], task_logits.shape[-1], AGE_SIGMA)
                 total = total + F.cross_entropy(task_logits[known].float(), soft)
                 continue
             total = total + F.cross_entropy(task_logits[known].float(), y[known].long(),

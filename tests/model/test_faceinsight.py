@@ -66,7 +66,7 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert model(**unlabelled).logits.shape == (*b["input_ids"].shape, len(model.tokenizer))
     assert set(out.losses) == {"lm", "bce", "answer", "constraint"} and out.attribute_logits.shape == (3, 40)
     assert {t: v.shape for t, v in out.answer_logits.items()} == {"gender": (3, 2), "race": (3, 5),
-                                                                  "expression": (3, 7), "age": (3, 17)}
+                                                                  "expression": (3, 7), "age": (3, 100)}
     weights = SMALL.alignment
     total = out.losses["lm"] + weights.lambda_bce * (out.losses["bce"] + out.losses["answer"]) + \
         weights.lambda_constraint * out.losses["constraint"]
@@ -190,20 +190,20 @@ def test_answer_heads_learn_rare_classes_with_their_class_weights(tokenizer, kno
     assert float(unknown.detach()) == 0.0 and unknown.requires_grad
 
 
-def test_age_is_answered_in_five_year_classes_named_by_their_middle_year(model):
-    """Age labels are years; the head's classes are 0-4, ..., 75-79, 80+ and each answers with its middle year, so
-    the LM copies a number word as it copies "female"."""
-    from model.knowledge_modules import AGE_WORDS, answer_value, ordinal_targets
+def test_age_is_answered_in_one_year_classes_named_by_their_year(model):
+    """Age labels are years; the head's classes are 0, 1, ..., 98, 99+ and each answers with its own number word,
+    so the word handed to the text (a forced label or the head's class) is the word the answer writes."""
+    from model.knowledge_modules import AGE_SIGMA, AGE_WORDS, answer_value, ordinal_targets
 
     head = model.answer_embedding
-    years = torch.tensor([-1, 0, 4, 5, 37, 79, 80, 116])
-    assert head.classes("age", years).tolist() == [-1, 0, 0, 1, 7, 15, 16, 16]
+    years = torch.tensor([-1, 0, 1, 4, 37, 98, 99, 116])
+    assert head.classes("age", years).tolist() == [-1, 0, 1, 4, 37, 98, 99, 99]
     assert head.classes("gender", torch.tensor([1, -1])).tolist() == [1, -1]  # classes already: unchanged
-    middle = answer_value("age", head.classes("age", years)[1:].numpy())
-    assert middle.tolist() == [2, 2, 7, 37, 77, 85, 85] and (abs(middle[:-2] - years[1:-2].numpy()) <= 2).all()
-    assert len(AGE_WORDS) == head.heads["age"].out_features == 17
-    soft = ordinal_targets(torch.tensor([0, 7]), 17)  # the loss's targets: peaked at the true class, neighbours next
-    assert torch.allclose(soft.sum(-1), torch.ones(2)) and soft[1].argmax() == 7 and soft[1, 6] > soft[1, 4] > 0
+    said = answer_value("age", head.classes("age", years)[1:].numpy())
+    assert said.tolist() == [0, 1, 4, 37, 98, 99, 99]
+    assert len(AGE_WORDS) == head.heads["age"].out_features == 100
+    soft = ordinal_targets(torch.tensor([0, 37]), 100, AGE_SIGMA)  # peaked at the true year, neighbours next
+    assert torch.allclose(soft.sum(-1), torch.ones(2)) and soft[1].argmax() == 37 and soft[1, 36] > soft[1, 33] > 0
     asked = model.tokenizer("How old is this person?", add_special_tokens=False)["input_ids"]
     assert torch.isin(torch.tensor(asked), head.age_keys).any()  # "old" carries the head's age word
 
@@ -222,8 +222,8 @@ def test_verdict_forcing_hands_labels_only_in_training_and_only_where_known(mode
     assert torch.equal(forced["attributes"][2], logits[2])
     assert forced["expression"][0].argmax() == 4 and forced["expression"][0].max() == 6.0
     assert torch.equal(forced["expression"][1], expression[1])  # no label: the head's own
-    ages = model.forced_verdicts({"age": torch.randn(3, 17)}, None, {"age": torch.tensor([37, -1, 95])})["age"]
-    assert ages[0].argmax() == 7 and ages[2].argmax() == 16  # years -> their five-year class (35-39; 80+)
+    ages = model.forced_verdicts({"age": torch.randn(3, 100)}, None, {"age": torch.tensor([37, -1, 105])})["age"]
+    assert ages[0].argmax() == 37 and ages[2].argmax() == 99  # years -> their class (105: 99+)
     model.eval()
     assert model.forced_verdicts(verdicts, labels) is verdicts  # inference reads the heads
     model.train()
@@ -440,7 +440,7 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     assert not named[0, :, m.answer_pointer.tasks.index("gender")].any()
     sure = torch.full((1, 7), -4.0)
     sure[0, EXPRESSIONS.index("Sadness")] = 4.0
-    verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 17)}
+    verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 100)}
     with torch.no_grad():
         bias = m.copy_bias(torch.randn(1, 3, m.llm.config.hidden_size), ids, verdicts)[0]
     assert torch.equal(bias[0], torch.zeros_like(bias[0]))
