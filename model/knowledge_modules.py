@@ -43,7 +43,7 @@ def class_pooling(scores: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 def answer_value(task: str, classes: np.ndarray) -> np.ndarray:
-    """The answer heads' class indices -> the label they stand for (age: the class's middle year; others: as is)."""
+    """The answer heads' class indices -> the label they stand for (age: the class's year; others: as is)."""
     return np.array([int(w) for w in ANSWER_CLASSES[task]])[classes] if task in ANSWER_BINS else classes
 
 

@@ -188,8 +188,8 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
 
 def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, targets: list[str], batch: int
                             ) -> dict[str, np.ndarray]:
-    """The answer heads' label per face for the targets they cover (gender, race, expression, age as its bin's
-    middle year); a target no head predicts is UNREAD, so its cells stay empty."""
+    """The answer heads' label per face for the targets they cover (gender, race, expression, age as its class's
+    year); a target no head predicts is UNREAD, so its cells stay empty."""
     import torch
 
     classes: dict[str, list[np.ndarray]] = {}

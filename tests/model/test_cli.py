@@ -61,7 +61,8 @@ def test_bad_images_get_one_line_errors(saved, tmp_path, name, content, message)
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    args = ("ask", str(path), "Is this person smiling?", "--model", str(saved / "model"), "--parser", str(saved / "parser"))
+    args = ("ask", str(path), "Is this person smiling?", "--model", str(saved / "model"), "--parser",
+            str(saved / "parser"))
     if name == "missing.png":  # once as a real process: the status and the one stderr line a shell gets
         done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
                               timeout=300)
