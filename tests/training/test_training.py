@@ -152,16 +152,27 @@ def runs(uri: str) -> list:
     return stages
 
 
+@pytest.fixture(scope="module")
+def trained(ray_local, corpus, tmp_path_factory) -> dict:
+    """One `align` pass of CFG with its own MLflow store, trained once for the tests that read it (the learning
+    test's assertions, the resume test's clean reference, the model the registry test fine-tunes)."""
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        result = train(corpus, root)
+    return {"result": result, "tracking": uri, "model": root / "run" / "model"}
+
+
 @pytest.mark.slow
-def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_path):
-    result = train(corpus, tmp_path)
+def test_training_learns_checkpoints_and_logs(trained):
+    result, tracking, model_dir = trained["result"], trained["tracking"], trained["model"]
     assert result["steps"] == 24
     history = result["history"]
     assert [h["step"] for h in history] == list(range(1, 25))
     first, last = np.mean([h["loss"] for h in history[:3]]), np.mean([h["loss"] for h in history[-3:]])
     assert last < 0.7 * first, (first, last)
     assert {"loss_lm", "loss_bce", "loss_constraint", "lr", "tokens_per_s"} <= set(history[-1])
-    model_dir = tmp_path / "run" / "model"
     assert (model_dir / "model.safetensors").exists() and not (model_dir / "optimizer.safetensors").exists()
     [run] = runs(tracking)
     assert run.data.tags["dvc.stage"] == "align" and run.data.params["align.recipe"] == "full"
@@ -176,8 +187,8 @@ def test_training_learns_checkpoints_and_logs(ray_local, corpus, tracking, tmp_p
 
 
 @pytest.mark.slow
-def test_a_failed_worker_resumes_from_its_checkpoint(ray_local, corpus, tracking, tmp_path):
-    clean = train(corpus, tmp_path, name="clean")
+def test_a_failed_worker_resumes_from_its_checkpoint(trained, ray_local, corpus, tracking, tmp_path):
+    clean = trained["result"]  # the same pass without the failure
     failed = train(corpus, tmp_path, dataclasses.replace(CFG, fail_at_step=12), name="failed")
     assert (tmp_path / "failed" / "ray" / ".failed_once_align").read_text() == "12"
     assert failed["steps"] == clean["steps"] == 24
@@ -185,7 +196,7 @@ def test_a_failed_worker_resumes_from_its_checkpoint(ray_local, corpus, tracking
     assert [h["step"] for h in failed["history"]] == list(range(1, 25))
     assert abs(failed["final_loss"] - clean["final_loss"]) < 0.25 * clean["final_loss"]
     assert len([r for r in runs(tracking) if r.info.run_id == failed["mlflow_run_id"]]) == 1
-    assert len(runs(tracking)) == 2  # one per training, none for the restart
+    assert len(runs(tracking)) == 1  # one for the training, none for the restart
 
 
 @pytest.mark.slow
@@ -257,16 +268,14 @@ def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tm
 
 
 @pytest.mark.slow
-def test_finetune_registers_a_model_that_answers_in_a_fresh_process(ray_local, corpus, tmp_path, monkeypatch):
+def test_finetune_registers_a_model_that_answers_in_a_fresh_process(trained, ray_local, corpus, tmp_path,
+                                                                   monkeypatch):
     from tests.training.mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "mlflow") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        align = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=8), name="align")
-        assert align["steps"] == 8
         tuned_cfg = dataclasses.replace(CFG, recipe="finetune", max_steps=4, checkpoint_every=4)
-        tuned = train(corpus, tmp_path, tuned_cfg, stage="finetune", init_from=tmp_path / "align" / "model",
-                      name="finetune")
+        tuned = train(corpus, tmp_path, tuned_cfg, stage="finetune", init_from=trained["model"], name="finetune")
         from pipelines.registry import register
 
         entry = register(tmp_path / "finetune" / "model", tuned["mlflow_run_id"], uri)
