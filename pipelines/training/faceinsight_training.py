@@ -82,9 +82,10 @@ class FaceInsightLearner(Learner):
         groups = [{"params": [p for p in trainable if id(p) not in projector], "base_lr": self.cfg.lr, "name": "main"},
                   {"params": [p for p in trainable if id(p) in projector],
                    "base_lr": self.cfg.projector_lr or self.cfg.lr, "name": "projector"}]
-        if self.cfg.visual_lr_after != 1.0 and self.cfg.visual_steps:
+        if self.cfg.visual_lr_after != 1.0 and self.cfg.visual_steps and module.has_heads:
             # what the heads read and the heads themselves (not the LM, nor the modules that write their verdicts
-            # into the text): their own group, scaled down once the visual phase is over
+            # into the text): their own group, scaled down once the visual phase is over. A model without heads has
+            # no visual phase (phases()), so its tower keeps the full rate
             heads = [m for m in (module.cooccurrence, module.answer_embedding) if m is not None]
             visual = {id(p) for m in parts["vision"] + parts["seg_encoder"] + parts["projector"] + heads
                       for p in m.parameters()}

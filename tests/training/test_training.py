@@ -82,6 +82,14 @@ def test_after_the_visual_phase_the_heads_and_what_they_read_learn_at_a_share_of
     assert not visual & {id(p) for p in model.llm.parameters()}
     assert not visual & {id(p) for p in model.knowledge_embedding.parameters()}
     assert named["main_visual"]["phase_scale"] == {"main": 0.1} and named["projector_visual"]["base_lr"] == 0.002
+    # a model without heads (the general variant) has no visual phase: nothing of it is scaled
+    alignment = dataclasses.replace(SMALL.alignment, use_cooccurrence=False, use_constraints=False,
+                                    answer_heads=False)
+    general = FaceInsight(dataclasses.replace(SMALL, alignment=alignment), load_tokenizer(corpus["tokenizer"]),
+                          corpus["knowledge"])
+    general.apply_recipe(RECIPES["full"])
+    groups = FaceInsightLearner({"train": train | {"visual_lr_after": 0.1}, "stage": "align"}).param_groups(general)
+    assert [g["name"] for g in groups] == ["main", "projector"] and not any("phase_scale" in g for g in groups)
     with pytest.raises(ValueError, match="visual_lr_after"):
         TrainConfig(visual_lr_after=1.5)
 
