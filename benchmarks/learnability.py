@@ -29,9 +29,10 @@ from sklearn.metrics import balanced_accuracy_score
 
 from model.labels import CELEBA_ATTRIBUTES
 from model.specialist import SpecialistCNN, SpecialistConfig
+from pipelines.augmentation import mirror_and_shift
 from pipelines.config import build, load_params
 from pipelines.evaluation.metrics import attribute_metrics
-from pipelines.specialist_training import label_tensors, mirror_and_shift
+from pipelines.specialist_training import label_tensors
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
 

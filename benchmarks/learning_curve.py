@@ -31,7 +31,13 @@ from model.tokenizer import load_tokenizer
 from pipelines.config import build, load_params
 from pipelines.corpus.reader import shard_files
 from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
-from pipelines.training.faceinsight_training import FaceInsightLearner, TrainConfig, answer_labels, val_questions
+from pipelines.training.faceinsight_training import (
+    FaceInsightLearner,
+    TrainConfig,
+    answer_labels,
+    augment_faces,
+    val_questions,
+)
 from pipelines.training.loop import bf16_enabled
 from pipelines.training.schedule import phase_at
 from pipelines.training.validation import val_sample, val_scores
@@ -78,6 +84,8 @@ def main() -> None:
     ap.add_argument("--model", default="{}", help="JSON overrides of the model section, e.g. "
                     "'{\"alignment\": {\"answer_pointer\": true}}'")
     ap.add_argument("--val-faces", type=int, default=0, help="val faces per task scored (default: the section's)")
+    ap.add_argument("--augment-visual", type=int, default=-1, choices=(-1, 0, 1),
+                    help="1 / 0: mirror and shift the faces in the visual phase or not (default: the section's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -88,6 +96,8 @@ def main() -> None:
         section["visual_steps"] = args.visual_steps
     if args.visual_lr_after >= 0:
         section["visual_lr_after"] = args.visual_lr_after
+    if args.augment_visual >= 0:
+        section["augment_visual"] = bool(args.augment_visual)
     cfg = build(TrainConfig, section, args.stage)
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
@@ -109,6 +119,7 @@ def main() -> None:
     params_ = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=lr, weight_decay=cfg.weight_decay)
     order = np.random.default_rng(params["seed"]).permutation(n)
+    gen = torch.Generator().manual_seed(params["seed"] + 17)  # the augmentation's draws, as the learner seeds them
     bf16 = bf16_enabled(cfg)
     print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}, phases "
           + ", ".join(f"{p.name} {p.steps}" for p in phases))
@@ -123,9 +134,12 @@ def main() -> None:
         for group, spec in zip(opt.param_groups, groups, strict=True):  # --lr stands for the section's rates
             base = lr * spec["base_lr"] / cfg.lr
             group["lr"] = phase.lr(step - 1, cfg.warmup_steps, base) * spec.get("phase_scale", {}).get(phase.name, 1.0)
+        pixels = model.preprocess(batch["image"].numpy())
+        seg_maps = batch["seg_map"].long() if model.seg_encoder is not None else None
+        if phase.name == "visual" and cfg.augment_visual:  # as the stage's learner does
+            pixels, seg_maps = augment_faces(pixels, seg_maps, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=batch["input_ids"].long(), pixel_values=model.preprocess(batch["image"].numpy()),
-                        seg_maps=batch["seg_map"].long() if model.seg_encoder is not None else None,
+            out = model(input_ids=batch["input_ids"].long(), pixel_values=pixels, seg_maps=seg_maps,
                         attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),
                         attribute_labels=batch["attribute_labels"].long(), answer_labels=answer_labels(batch),
                         visual_only=phase.name == "visual")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
+from pipelines.augmentation import mirror_and_shift
 from pipelines.corpus.reader import load_faces
 from pipelines.images import decode_image
 from pipelines.training.learner import Learner
@@ -29,16 +30,6 @@ class SpecialistTrainConfig(LoopConfig):
     warmup_steps: int = 20
     balance: bool = True  # pos_weight / class weights from the train labels, thresholds chosen on val
     augment: bool = True  # mirror and shift the train images (every label here is mirror-invariant)
-
-
-def mirror_and_shift(images: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
-    """Mirror half the faces and shift each by up to `shift` px (edge pixels repeated): (B, 3, H, W)."""
-    flip = torch.rand(len(images), generator=gen) < 0.5
-    images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, len(images)), generator=gen)
-    size = images.shape[-1]
-    return torch.stack([padded[k, :, dy[k]:dy[k] + size, dx[k]:dx[k] + size] for k in range(len(images))])
 
 
 def label_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from model.config import RECIPES, FaceInsightConfig
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
+from pipelines.augmentation import mirror_and_shift
 from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
@@ -42,6 +43,10 @@ class TrainConfig(LoopConfig):
     # under the whole loss at the restarted full rate they forgot what the visual phase taught (the seventh default
     # run's in-loop val: expression head UAR 0.80 at the phase's end, 0.38 a thousand whole-loss steps later)
     visual_lr_after: float = 1.0
+    # mirror half the faces and shift each by up to 4 px in the visual phase (the heads' labels are mirror-invariant;
+    # the parsing map mirrors with its left / right classes swapped), as the specialist trains; the LM's phase sees
+    # the faces as they are (a text may name a side)
+    augment_visual: bool = False
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -73,6 +78,7 @@ class FaceInsightLearner(Learner):
                                 load_tokenizer(local_copy(config["tokenizer_dir"])), config["knowledge"])
         self.recipe = RECIPES[self.cfg.recipe]
         model.apply_recipe(self.recipe)
+        self.gen = torch.Generator().manual_seed(config.get("seed", 0) + 17)  # the augmentation's draws
         return model
 
     def param_groups(self, module) -> list[dict[str, Any]]:
@@ -111,8 +117,10 @@ class FaceInsightLearner(Learner):
         batch = {k: (v.long() if k in ("input_ids", "labels", "attention_mask", "attribute_labels")
                      or k.endswith("_label") else v) for k, v in batch.items()}
         pixel_values = module.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
-        out = wrapped(input_ids=batch["input_ids"], pixel_values=pixel_values,
-                    seg_maps=batch["seg_map"] if module.seg_encoder is not None else None,
+        seg_maps = batch["seg_map"] if module.seg_encoder is not None else None
+        if self.phase == "visual" and self.cfg.augment_visual:
+            pixel_values, seg_maps = augment_faces(pixel_values, seg_maps, self.gen)
+        out = wrapped(input_ids=batch["input_ids"], pixel_values=pixel_values, seg_maps=seg_maps,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
                     attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch),
                     visual_only=self.phase == "visual")
@@ -169,6 +177,15 @@ def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed
     folders = [inputs.corpus / "train", inputs.tokenizer_dir] + ([inputs.init_from] if inputs.init_from else [])
     return run_name(stage, {"train": asdict(cfg), "model": inputs.model, "seed": seed,
                             "knowledge": inputs.knowledge}, folders)
+
+
+def augment_faces(pixel_values: torch.Tensor, seg_maps: torch.Tensor | None, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The visual phase's augmentation (TrainConfig.augment_visual): faces and their maps mirrored and shifted
+    together."""
+    if seg_maps is None:
+        return mirror_and_shift(pixel_values, gen), None
+    return mirror_and_shift(pixel_values, gen, maps=seg_maps.long())
 
 
 def val_questions() -> dict[str, str]:
