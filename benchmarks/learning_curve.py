@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--val-faces", type=int, default=0, help="val faces per task scored (default: the section's)")
     ap.add_argument("--augment-visual", type=int, default=-1, choices=(-1, 0, 1),
                     help="1 / 0: mirror and shift the faces in the visual phase or not (default: the section's)")
+    ap.add_argument("--augment-shift", type=int, default=-1,
+                    help="the augmentation's largest shift, px (0: mirror only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -98,6 +100,8 @@ def main() -> None:
         section["visual_lr_after"] = args.visual_lr_after
     if args.augment_visual >= 0:
         section["augment_visual"] = bool(args.augment_visual)
+    if args.augment_shift >= 0:
+        section["augment_shift"] = args.augment_shift
     cfg = build(TrainConfig, section, args.stage)
     lr = args.lr or cfg.lr
     knowledge = json.loads(args.knowledge.read_text())
@@ -137,7 +141,7 @@ def main() -> None:
         pixels = model.preprocess(batch["image"].numpy())
         seg_maps = batch["seg_map"].long() if model.seg_encoder is not None else None
         if phase.name == "visual" and cfg.augment_visual:  # as the stage's learner does
-            pixels, seg_maps = augment_faces(pixels, seg_maps, gen)
+            pixels, seg_maps = augment_faces(pixels, seg_maps, gen, cfg.augment_shift)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=batch["input_ids"].long(), pixel_values=pixels, seg_maps=seg_maps,
                         attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),

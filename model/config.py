@@ -130,6 +130,11 @@ class AlignmentConfig:
     # KnowBert-style: every text token that names an attribute ("lipstick") carries the head's verdict on it,
     # so the answer reads it from the question's own words (use_cooccurrence only)
     knowledge_embedding: bool = True
+    # how a word is found to name an attribute: soft, the learned cosine match of its embedding to the 40 names
+    # (KnowBert); exact, a fixed table of each attribute's key words (model/knowledge_modules.ATTRIBUTE_KEYS),
+    # linked where all of them have appeared within the last few tokens. The soft match of the seventh default run
+    # wrote the Male verdict into every question's "person" and matched "beardless" and "young" to no attribute
+    knowledge_link: str = "soft"
     # in training, this share of faces hand the knowledge embedding their true labels in place of the head's
     # guesses (scheduled sampling): the LM learns to read a verdict before the head's verdicts are worth reading
     verdict_forcing: float = 0.5
@@ -150,6 +155,8 @@ class AlignmentConfig:
                "copies the answer heads' classes: enable answer_heads")
         _check(self.head_max_weight >= 0, "alignment.head_max_weight", f">= 0, got {self.head_max_weight}")
         _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
+        _check(self.knowledge_link in ("soft", "exact"), "alignment.knowledge_link",
+               f"soft or exact, got {self.knowledge_link!r}")
         _check(self.knowledge_tokens in KNOWLEDGE_TOKENS, "alignment.knowledge_tokens",
                f"one of {KNOWLEDGE_TOKENS}, got {self.knowledge_tokens!r}")
         _check(not self.use_constraints or self.use_cooccurrence, "alignment.use_constraints",

@@ -21,8 +21,10 @@ from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, bu
 from model.knowledge_modules import (
     ANSWER_CLASSES,
     ANSWER_KEYS,
+    ATTRIBUTE_KEYS,
     AnswerEmbedding,
     AnswerPointer,
+    AttributeLinker,
     CooccurrenceGraph,
     KnowledgeEmbedding,
     KnowledgeTokens,
@@ -86,8 +88,14 @@ class FaceInsight(Checkpointable, nn.Module):
         if cfg.alignment.use_cooccurrence and cfg.alignment.knowledge_tokens != "none":
             self.knowledge_tokens = KnowledgeTokens(cfg.alignment.knowledge_tokens, cfg.alignment.num_attributes, width)
             self.image_tokens += self.knowledge_tokens.count  # written after the image's own tokens, before the map's
-        self.knowledge_embedding = (KnowledgeEmbedding(width) if cfg.alignment.use_cooccurrence
+        exact = cfg.alignment.knowledge_link == "exact"
+        self.knowledge_embedding = (KnowledgeEmbedding(width, exact=exact) if cfg.alignment.use_cooccurrence
                                     and cfg.alignment.knowledge_embedding else None)
+        self.attribute_linker = None
+        if self.knowledge_embedding is not None and exact:
+            self.attribute_linker = AttributeLinker([  # each word with its leading space, as inside a sentence
+                [[t for w in phrase.split() for t in tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
+                 for phrase in ATTRIBUTE_KEYS[a]] for a in CELEBA_ATTRIBUTES])
         self.seg_encoder, self.seg_projector, self.seg_tokens = None, None, 0
         if cfg.use_seg_map:
             self.seg_encoder = SegMapEncoder(cfg.seg)
@@ -228,7 +236,9 @@ class FaceInsight(Checkpointable, nn.Module):
         embeds = table(input_ids)
         verdicts = verdicts or {}
         if self.knowledge_embedding is not None and "attributes" in verdicts:
-            embeds = self.knowledge_embedding(embeds, self.attribute_names(), torch.sigmoid(verdicts["attributes"]))
+            links = self.attribute_linker(input_ids) if self.attribute_linker is not None else None
+            embeds = self.knowledge_embedding(embeds, self.attribute_names(), torch.sigmoid(verdicts["attributes"]),
+                                              links)
         answers = {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES}
         if self.answer_embedding is not None and answers:
             embeds = self.answer_embedding.write(embeds, input_ids, table, answers)

@@ -31,6 +31,23 @@ ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK
 # person feel ...", "How old is ...") and answers ("the expression is"): there the head's answer word is written
 ANSWER_KEYS: dict[str, tuple[str, ...]] = {"gender": ("gender",), "race": ("race",),
                                            "expression": ("expression", "feel"), "age": ("old", "age")}
+# the words that name each attribute in the templates' questions and clauses ("Is this person's hair black?", "has
+# black hair"): one or more key phrases an attribute; all words of a phrase within the last few tokens link the
+# last of them to it (AttributeLinker). A colour needs "hair" beside it (the background questions name colours too)
+ATTRIBUTE_KEYS: dict[str, tuple[str, ...]] = {
+    "5_o_Clock_Shadow": ("shadow",), "Arched_Eyebrows": ("arched",), "Attractive": ("attractive",),
+    "Bags_Under_Eyes": ("bags",), "Bald": ("bald",), "Bangs": ("bangs",), "Big_Lips": ("big lips",),
+    "Big_Nose": ("big nose",), "Black_Hair": ("black hair",), "Blond_Hair": ("blond hair",),
+    "Blurry": ("blurry", "sharp photo"), "Brown_Hair": ("brown hair",), "Bushy_Eyebrows": ("bushy",),
+    "Chubby": ("chubby",), "Double_Chin": ("double chin",), "Eyeglasses": ("eyeglasses",), "Goatee": ("goatee",),
+    "Gray_Hair": ("gray hair",), "Heavy_Makeup": ("makeup",), "High_Cheekbones": ("cheekbones",),
+    "Male": ("male", "female"), "Mouth_Slightly_Open": ("mouth open", "mouth closed"), "Mustache": ("mustache",),
+    "Narrow_Eyes": ("narrow",), "No_Beard": ("beardless", "beard"), "Oval_Face": ("oval",), "Pale_Skin": ("pale",),
+    "Pointy_Nose": ("pointy",), "Receding_Hairline": ("receding",), "Rosy_Cheeks": ("rosy",),
+    "Sideburns": ("sideburns",), "Smiling": ("smiling",), "Straight_Hair": ("straight hair",),
+    "Wavy_Hair": ("wavy",), "Wearing_Earrings": ("earrings",), "Wearing_Hat": ("hat",),
+    "Wearing_Lipstick": ("lipstick",), "Wearing_Necklace": ("necklace",), "Wearing_Necktie": ("necktie",),
+    "Young": ("young",)}
 # tasks whose labels are values, not classes: the bins' upper edges (a label in years -> its class)
 ANSWER_BINS: dict[str, tuple[int, ...]] = {"age": AGE_EDGES}
 
@@ -113,29 +130,66 @@ class KnowledgeEmbedding(nn.Module):
     labels, the tiny LM answered yes/no 0.94 right after 300 steps with it, 0.57 with per-attribute tokens alone
     (benchmarks/RESULTS.md)."""
 
-    def __init__(self, width: int, scale: float = 10.0, threshold: float = 0.5):
+    def __init__(self, width: int, scale: float = 10.0, threshold: float = 0.5, exact: bool = False):
         super().__init__()
-        self.query = nn.Linear(width, width, bias=False)
-        self.key = nn.Linear(width, width, bias=False)
-        nn.init.eye_(self.query.weight)  # start as plain cosine similarity of the embeddings
-        nn.init.eye_(self.key.weight)
+        if not exact:  # exact: the links come from AttributeLinker and nothing here matches
+            self.query = nn.Linear(width, width, bias=False)
+            self.key = nn.Linear(width, width, bias=False)
+            nn.init.eye_(self.query.weight)  # start as plain cosine similarity of the embeddings
+            nn.init.eye_(self.key.weight)
         self.scale = scale  # a sharp match: a name's own word at cosine ~0.7 takes most of the weight
         # the null entry's similarity: a word names an attribute only above it ("lipstick" ~0.7 to its name), so
         # the other words ("gender") stay as they are instead of carrying an average of all 40 verdicts
         self.threshold = threshold
         self.present = nn.Parameter(torch.randn(width) * 0.02)  # the embeddings' scale; 0.1 read no better
 
-    def forward(self, embeds: torch.Tensor, names: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """(B, T, W) embeddings, (N, W) names, (B, N) probabilities -> (B, T, W) embeddings with the verdicts."""
-        dtype = self.query.weight.dtype
-        q = F.normalize(self.query(embeds.to(dtype)), dim=-1)
-        k = F.normalize(self.key(names.to(dtype)), dim=-1)
-        similarity = q @ k.T
-        null = torch.full_like(similarity[..., :1], self.threshold)
-        match = torch.softmax(self.scale * torch.cat([similarity, null], -1), dim=-1)[..., :-1]  # (B, T, N)
+    def forward(self, embeds: torch.Tensor, names: torch.Tensor, probs: torch.Tensor,
+                links: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, W) embeddings, (N, W) names, (B, N) probabilities -> (B, T, W) embeddings with the verdicts;
+        `links` (B, T, N), AttributeLinker's, stand for the soft match where given."""
+        dtype = self.present.dtype
+        if links is not None:
+            match = links.to(dtype)
+        else:
+            q = F.normalize(self.query(embeds.to(dtype)), dim=-1)
+            k = F.normalize(self.key(names.to(dtype)), dim=-1)
+            similarity = q @ k.T
+            null = torch.full_like(similarity[..., :1], self.threshold)
+            match = torch.softmax(self.scale * torch.cat([similarity, null], -1), dim=-1)[..., :-1]  # (B, T, N)
         signed = (2 * probs.to(dtype) - 1)[:, None, :]  # -1 absent ... +1 present
         verdict = (match * signed).sum(-1, keepdim=True)
         return embeds + (verdict * self.present).to(embeds.dtype)
+
+
+class AttributeLinker(nn.Module):
+    """Exact entity linking for the knowledge embedding: position t names attribute a where t holds a token of one of
+    a's key phrases and all of that phrase's tokens have appeared within the last `window` tokens, t included. Causal,
+    so a word is linked from what precedes it, as in generation ("hair ... black" links "black"; "black hair" links
+    "hair")."""
+
+    def __init__(self, phrases: list[list[list[int]]], window: int = 6):
+        """phrases: per attribute, its key phrases' token ids."""
+        super().__init__()
+        tokens = sorted({t for attribute in phrases for ids in attribute for t in ids})
+        rows = [(a, ids) for a, attribute in enumerate(phrases) for ids in attribute]
+        member = torch.zeros(len(rows), len(tokens))
+        owner = torch.zeros(len(rows), len(phrases))
+        for r, (a, ids) in enumerate(rows):
+            owner[r, a] = 1.0
+            for t in ids:
+                member[r, tokens.index(t)] = 1.0
+        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long))
+        self.register_buffer("member", member)  # (phrases, key tokens)
+        self.register_buffer("owner", owner)  # (phrases, attributes)
+        self.window = window
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, attributes) 0/1 links."""
+        present = (input_ids[..., None] == self.tokens).float()  # (B, T, K)
+        seen = F.max_pool1d(F.pad(present.transpose(1, 2), (self.window, 0)), self.window + 1, stride=1)
+        complete = seen.transpose(1, 2) @ self.member.T >= self.member.sum(1)  # every token of the phrase seen
+        at_key = present @ self.member.T > 0
+        return ((complete & at_key).float() @ self.owner).clamp(max=1.0)
 
 
 class AnswerEmbedding(nn.Module):

@@ -47,6 +47,7 @@ class TrainConfig(LoopConfig):
     # the parsing map mirrors with its left / right classes swapped), as the specialist trains; the LM's phase sees
     # the faces as they are (a text may name a side)
     augment_visual: bool = False
+    augment_shift: int = 4  # the largest shift, px (0: mirror only)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -55,6 +56,8 @@ class TrainConfig(LoopConfig):
             raise ValueError("train.max_tokens must be >= 1")
         if self.visual_steps < 0:
             raise ValueError(f"train.visual_steps must be >= 0, got {self.visual_steps}")
+        if self.augment_shift < 0:
+            raise ValueError(f"train.augment_shift is a number of pixels >= 0, got {self.augment_shift}")
         if not 0 <= self.visual_lr_after <= 1:
             raise ValueError(f"train.visual_lr_after is a share of the rate in [0, 1], got {self.visual_lr_after}")
 
@@ -119,7 +122,7 @@ class FaceInsightLearner(Learner):
         pixel_values = module.preprocess(batch["image"].numpy())  # the vision tower's own preprocessing
         seg_maps = batch["seg_map"] if module.seg_encoder is not None else None
         if self.phase == "visual" and self.cfg.augment_visual:
-            pixel_values, seg_maps = augment_faces(pixel_values, seg_maps, self.gen)
+            pixel_values, seg_maps = augment_faces(pixel_values, seg_maps, self.gen, self.cfg.augment_shift)
         out = wrapped(input_ids=batch["input_ids"], pixel_values=pixel_values, seg_maps=seg_maps,
                     attention_mask=batch["attention_mask"], labels=batch["labels"],
                     attribute_labels=batch["attribute_labels"], answer_labels=answer_labels(batch),
@@ -179,13 +182,13 @@ def faceinsight_run_name(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed
                             "knowledge": inputs.knowledge}, folders)
 
 
-def augment_faces(pixel_values: torch.Tensor, seg_maps: torch.Tensor | None, gen: torch.Generator
+def augment_faces(pixel_values: torch.Tensor, seg_maps: torch.Tensor | None, gen: torch.Generator, shift: int
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The visual phase's augmentation (TrainConfig.augment_visual): faces and their maps mirrored and shifted
     together."""
     if seg_maps is None:
-        return mirror_and_shift(pixel_values, gen), None
-    return mirror_and_shift(pixel_values, gen, maps=seg_maps.long())
+        return mirror_and_shift(pixel_values, gen, shift), None
+    return mirror_and_shift(pixel_values, gen, shift, maps=seg_maps.long())
 
 
 def val_questions() -> dict[str, str]:

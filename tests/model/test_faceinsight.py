@@ -95,6 +95,44 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
+def test_exact_links_name_each_attribute_in_its_own_question_and_nowhere_else(model):
+    """knowledge_link exact: every template question and clause links its own attribute and no other; a colour without
+    "hair" (the background questions) links nothing; the link is causal (a word is linked from what precedes it),
+    and the knowledge embedding then moves exactly the linked words."""
+    from model.labels import CELEBA_ATTRIBUTES
+    from pipelines.corpus.templates import Templates
+
+    alignment = dataclasses.replace(SMALL.alignment, knowledge_link="exact")
+    graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
+    exact = FaceInsight(dataclasses.replace(SMALL, alignment=alignment), model.tokenizer, graph)
+    assert not hasattr(exact.knowledge_embedding, "query")  # nothing left to learn about matching
+
+    def linked(text: str) -> torch.Tensor:
+        ids = torch.tensor([model.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        return exact.attribute_linker(ids)[0]  # (T, 40)
+
+    for name, spec in Templates.load().data["attributes"].items():  # the question and both answer clauses
+        for text in (spec["question"] + " Answer yes or no.", f"This person {spec['pos']}.",
+                     f"This person {spec['neg']}."):
+            named = {CELEBA_ATTRIBUTES[a] for a in linked(text).nonzero()[:, 1].tolist()}
+            assert named == {name}, (text, named)
+    assert linked("Is the background of this photo mostly black?").sum() == 0
+    hair = linked("This person has black hair and a hat.")
+    words = model.tokenizer.convert_ids_to_tokens(model.tokenizer("This person has black hair and a hat.",
+                                                                  add_special_tokens=False)["input_ids"])
+    black = CELEBA_ATTRIBUTES.index("Black_Hair")
+    assert [words[t] for t in hair[:, black].nonzero()[:, 0].tolist()] == ["Ġhair"]  # not at " black"
+    ids = torch.tensor([model.tokenizer("Is this person wearing a hat?", add_special_tokens=False)["input_ids"]])
+    hat = CELEBA_ATTRIBUTES.index("Wearing_Hat")
+    absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
+    present[0, hat] = 6.0
+    with torch.no_grad():
+        shift = (exact.embed_text(ids, {"attributes": present}) -
+                 exact.embed_text(ids, {"attributes": absent})).norm(dim=-1)[0]
+    at = exact.attribute_linker(ids)[0, :, hat].bool()
+    assert (shift[at] > 0).all() and (shift[~at] == 0).all() and at.sum() == 1
+
+
 def test_answer_embedding_writes_the_heads_answer_word_into_the_word_naming_the_task(model):
     """' gender' gains the embedding of the gender head's answer (' female'); ' feel' (an expression question's
     word) that of the expression head's; ' the' nothing."""
