@@ -29,12 +29,12 @@ from sklearn.metrics import balanced_accuracy_score
 
 from model.labels import CELEBA_ATTRIBUTES
 from model.specialist import SpecialistCNN, SpecialistConfig
-from pipelines.augmentation import mirror_and_shift
 from pipelines.config import build, load_params
 from pipelines.evaluation.metrics import attribute_metrics
 from pipelines.specialist_training import label_tensors
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
+from pipelines.training.augmentation import mirror_and_shift
 
 TARGETS = {"drawn_mean": 0.85, "drawn_min": 0.70, "gender": 0.95, "expression_uar": 0.80, "age_mae": 7.0}
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from model.specialist import SpecialistCNN, SpecialistConfig, load_specialist, save_specialist
-from pipelines.augmentation import mirror_and_shift
 from pipelines.corpus.reader import load_faces
 from pipelines.images import decode_image
+from pipelines.training.augmentation import mirror_and_shift
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 

@@ -3,7 +3,7 @@
 import torch
 
 from model.labels import PART_LABEL
-from pipelines.augmentation import mirror_and_shift
+from pipelines.training.augmentation import mirror_and_shift
 
 
 def _marked(side: int, row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:

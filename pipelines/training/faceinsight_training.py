@@ -12,10 +12,10 @@ from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from model.config import RECIPES, FaceInsightConfig
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
-from pipelines.augmentation import mirror_and_shift
 from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
+from pipelines.training.augmentation import mirror_and_shift
 from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
