@@ -137,8 +137,14 @@ class FaceInsight(Checkpointable, nn.Module):
 
         counts = (knowledge or {}).get("class_counts") or {}  # a loaded checkpoint's weights come from its buffers
         return AnswerEmbedding(width, {t: [ids(w) for w in words] for t, words in ANSWER_CLASSES.items()},
-                               {t: [ids(k)[-1] for k in keys] for t, keys in ANSWER_KEYS.items()},
+                               self.answer_key_ids(),
                                {t: class_weights(counts.get(t), len(words)) for t, words in ANSWER_CLASSES.items()})
+
+    def answer_key_ids(self) -> dict[str, list[int]]:
+        """Per task, the token that ends each word naming it as a question writes it (" gender", with its leading
+        space): where the answer embedding writes the head's word and after which the answer pointer copies it."""
+        return {t: [self.tokenizer(" " + k, add_special_tokens=False)["input_ids"][-1] for k in keys]
+                for t, keys in ANSWER_KEYS.items()}
 
     def build_answer_pointer(self, width: int) -> AnswerPointer:
         def first(text: str) -> int:
@@ -146,8 +152,7 @@ class FaceInsight(Checkpointable, nn.Module):
 
         return AnswerPointer(width, tuple(ANSWER_CLASSES),
                              {t: [[first(w), first(" " + w)] for w in words] for t, words in ANSWER_CLASSES.items()},
-                             {t: [self.tokenizer(k, add_special_tokens=False)["input_ids"][-1] for k in keys]
-                              for t, keys in ANSWER_KEYS.items()})
+                             self.answer_key_ids())
 
     def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
                   ) -> torch.Tensor:

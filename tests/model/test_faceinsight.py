@@ -445,13 +445,16 @@ def test_bf16_weights_take_float_inputs(tokenizer, knowledge, conversations):
 
 @pytest.fixture(scope="module")
 def answer_tokenizer(conversations):
-    """The model tests' tokenizer also trained on open answers, so each class word is a token of its own (as in the
-    default corpus' tokenizer) and the pointer's terms can be read class by class."""
+    """The model tests' tokenizer also trained on open questions and answers, so each class word and each word naming
+    a task (" gender", " old") is a token of its own, as in the default corpus' tokenizer, and the pointer's terms can
+    be read class by class."""
     from model.knowledge_modules import ANSWER_CLASSES
     from model.tokenizer import train_tokenizer
 
     answers = [f"{w}. The answer is {w}, {w}." for words in ANSWER_CLASSES.values() for w in words] * 30
-    return train_tokenizer([t["value"] for c in conversations for t in c] + answers, vocab_size=1000)
+    questions = ["What is this person's gender?", "What is this person's race?", "How old is this person?",
+                 "Estimate this person's age in years.", "How does this person feel?", "What is the expression?"] * 30
+    return train_tokenizer([t["value"] for c in conversations for t in c] + answers + questions, vocab_size=1000)
 
 
 @pytest.fixture
@@ -476,6 +479,12 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     k = m.answer_pointer.tasks.index("expression")
     assert named[0, :, k].tolist() == [False, True, True]
     assert not named[0, :, m.answer_pointer.tasks.index("gender")].any()
+    # the pointer opens where the answer embedding writes: the task words as a question tokenizes them
+    for task in m.answer_pointer.tasks:
+        assert torch.equal(getattr(m.answer_pointer, f"{task}_keys"), getattr(m.answer_embedding, f"{task}_keys"))
+    for question, task in (("What is this person's gender?", "gender"), ("How old is this person?", "age")):
+        asked = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
+        assert m.answer_pointer.named(asked)[0, -1, m.answer_pointer.tasks.index(task)], question
     sure = torch.full((1, 7), -4.0)
     sure[0, EXPRESSIONS.index("Sadness")] = 4.0
     verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 100)}
