@@ -34,8 +34,6 @@ from pipelines.training.corpus_data import CorpusEncoder, encoder_kwargs
 from pipelines.training.faceinsight_training import (
     FaceInsightLearner,
     TrainConfig,
-    answer_labels,
-    augment_faces,
     val_questions,
 )
 from pipelines.training.loop import bf16_enabled
@@ -123,7 +121,7 @@ def main() -> None:
     params_ = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=lr, weight_decay=cfg.weight_decay)
     order = np.random.default_rng(params["seed"]).permutation(n)
-    gen = torch.Generator().manual_seed(params["seed"] + 17)  # the augmentation's draws, as the learner seeds them
+    learner.gen = torch.Generator().manual_seed(params["seed"] + 17)  # the augmentation's draws, as build() seeds them
     bf16 = bf16_enabled(cfg)
     print(f"{args.stage}: recipe {cfg.recipe}, lr {lr}, batch {cfg.batch_size}, {n} records, bf16 {bf16}, phases "
           + ", ".join(f"{p.name} {p.steps}" for p in phases))
@@ -138,20 +136,14 @@ def main() -> None:
         for group, spec in zip(opt.param_groups, groups, strict=True):  # --lr stands for the section's rates
             base = lr * spec["base_lr"] / cfg.lr
             group["lr"] = phase.lr(step - 1, cfg.warmup_steps, base) * spec.get("phase_scale", {}).get(phase.name, 1.0)
-        pixels = model.preprocess(batch["image"].numpy())
-        seg_maps = batch["seg_map"].long() if model.seg_encoder is not None else None
-        if phase.name == "visual" and cfg.augment_visual:  # as the stage's learner does
-            pixels, seg_maps = augment_faces(pixels, seg_maps, gen, cfg.augment_shift)
+        learner.phase = phase.name
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=batch["input_ids"].long(), pixel_values=pixels, seg_maps=seg_maps,
-                        attention_mask=batch["attention_mask"].long(), labels=batch["labels"].long(),
-                        attribute_labels=batch["attribute_labels"].long(), answer_labels=answer_labels(batch),
-                        visual_only=phase.name == "visual")
+            loss, _, _ = learner.loss(model, model, batch)  # the stage's own step: inputs, augmentation, phase
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params_, cfg.grad_clip)
         opt.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
         if step % args.every == 0 or step == total:
             per_step = (time.perf_counter() - start) / step
             model.eval()
