@@ -75,6 +75,23 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
         model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
 
 
+def verdict_shift(model: FaceInsight, ids: torch.Tensor, attribute: int) -> torch.Tensor:
+    """(1, T) token ids -> (T,) how far each token's embedding moves when the head turns from sure-absent to
+    sure-present on `attribute` (all others sure-absent)."""
+    absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
+    present[0, attribute] = 6.0
+    with torch.no_grad():
+        return (model.embed_text(ids, {"attributes": present}) -
+                model.embed_text(ids, {"attributes": absent})).norm(dim=-1)[0]
+
+
+def with_alignment(model: FaceInsight, **changes) -> FaceInsight:
+    """A SMALL model with `changes` to its alignment config, on the same tokenizer and co-occurrence graph."""
+    graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
+    return FaceInsight(dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, **changes)),
+                       model.tokenizer, graph)
+
+
 def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     """' lipstick' names Wearing_Lipstick: its embedding moves with that probability; ' the' names none and moves
     far less; per_attribute knowledge tokens are one token an attribute."""
@@ -82,16 +99,9 @@ def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
 
     words = [model.tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" lipstick", " the")]
     ids = torch.tensor([[w[-1] for w in words]])
-    lipstick = CELEBA_ATTRIBUTES.index("Wearing_Lipstick")
-    absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
-    present[0, lipstick] = 6.0
-    with torch.no_grad():
-        shift = (model.embed_text(ids, {"attributes": present}) -
-                 model.embed_text(ids, {"attributes": absent})).norm(dim=-1)[0]
+    shift = verdict_shift(model, ids, CELEBA_ATTRIBUTES.index("Wearing_Lipstick"))
     assert shift[0] > 3 * shift[1] and shift[0] > 0
-    alignment = dataclasses.replace(SMALL.alignment, knowledge_tokens="per_attribute")
-    graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
-    per_attribute = FaceInsight(dataclasses.replace(SMALL, alignment=alignment), model.tokenizer, graph)
+    per_attribute = with_alignment(model, knowledge_tokens="per_attribute")
     assert per_attribute.image_tokens == (32 // 8) ** 2 + 40
 
 
@@ -102,9 +112,7 @@ def test_exact_links_name_each_attribute_in_its_own_question_and_nowhere_else(mo
     from model.labels import CELEBA_ATTRIBUTES
     from pipelines.corpus.templates import Templates
 
-    alignment = dataclasses.replace(SMALL.alignment, knowledge_link="exact")
-    graph = {"graph": {"normalized": model.cooccurrence.adjacency.tolist()}, "rules": []}
-    exact = FaceInsight(dataclasses.replace(SMALL, alignment=alignment), model.tokenizer, graph)
+    exact = with_alignment(model, knowledge_link="exact")
     assert not hasattr(exact.knowledge_embedding, "query")  # nothing left to learn about matching
 
     def linked(text: str) -> torch.Tensor:
@@ -124,11 +132,7 @@ def test_exact_links_name_each_attribute_in_its_own_question_and_nowhere_else(mo
     assert [words[t] for t in hair[:, black].nonzero()[:, 0].tolist()] == ["Ġhair"]  # not at " black"
     ids = torch.tensor([model.tokenizer("Is this person wearing a hat?", add_special_tokens=False)["input_ids"]])
     hat = CELEBA_ATTRIBUTES.index("Wearing_Hat")
-    absent, present = torch.full((1, 40), -6.0), torch.full((1, 40), -6.0)
-    present[0, hat] = 6.0
-    with torch.no_grad():
-        shift = (exact.embed_text(ids, {"attributes": present}) -
-                 exact.embed_text(ids, {"attributes": absent})).norm(dim=-1)[0]
+    shift = verdict_shift(exact, ids, hat)
     at = exact.attribute_linker(ids)[0, :, hat].bool()
     assert (shift[at] > 0).all() and (shift[~at] == 0).all() and at.sum() == 1
 
