@@ -68,6 +68,29 @@ def encoded_records(encoder: CorpusEncoder, split_dir: Path, needed: int, kinds:
     return {k: np.concatenate([r[k] for r in records]) for k in records[0]}
 
 
+def save_visual_phase(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """The model and the optimiser's per-parameter state, keyed by parameter name (arms may lack parameters)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {names[id(p)]: s for p, s in opt.state.items()}
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": state}, path)
+
+
+def load_visual_phase(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, phases: list) -> int:
+    """Restore what save_visual_phase wrote; the step it was written at, which must end this run's visual phase."""
+    saved = torch.load(path, weights_only=False)
+    if phases[0].name != "visual" or saved["step"] != phases[0].end:
+        raise SystemExit(f"{path} was written at step {saved['step']}; this run's visual phase ends at "
+                         f"{phases[0].end if phases[0].name == 'visual' else 0}: use the same --visual-steps")
+    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    if missing or unexpected:
+        print(f"not in {path}: {len(missing)} tensors (kept at init); in it but not here: {len(unexpected)}")
+    named = dict(model.named_parameters())
+    for name, state in saved["optimizer"].items():
+        if name in named:
+            opt.state[named[name]] = state
+    return saved["step"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     corpus_arguments(ap, steps=1500, every=250)
@@ -86,6 +109,11 @@ def main() -> None:
                     help="1 / 0: mirror and shift the faces in the visual phase or not (default: the section's)")
     ap.add_argument("--augment-shift", type=int, default=-1,
                     help="the augmentation's largest shift, px (0: mirror only)")
+    ap.add_argument("--save-visual", type=Path, default=None,
+                    help="write the model and optimiser after the visual phase here (a later run can --load-visual)")
+    ap.add_argument("--load-visual", type=Path, default=None,
+                    help="start after the visual phase from a --save-visual file: arms that differ only after the "
+                         "phase share it (parameters matched by name; a parameter the file lacks keeps its init)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -127,9 +155,13 @@ def main() -> None:
           + ", ".join(f"{p.name} {p.steps}" for p in phases))
     print(f"{'step':>6} {'loss':>7} {'s/step':>7} {'head_bal':>9} {'yesno_bal':>9} {'unread':>7} {'gender':>7} "
           f"{'head_gen':>8} {'expr_uar':>8} {'head_uar':>8} {'age_mae':>7} {'head_age':>8}")
+    first = 1
+    if args.load_visual:
+        first = load_visual_phase(args.load_visual, model, opt, phases) + 1
+        print(f"resumed after step {first - 1} from {args.load_visual}")
     start, losses = time.perf_counter(), []
     model.train()
-    for step in range(1, total + 1):
+    for step in range(first, total + 1):
         idx = order[((step - 1) * cfg.batch_size + np.arange(cfg.batch_size)) % n]
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
         phase = phase_at(phases, step - 1)
@@ -144,8 +176,10 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params_, cfg.grad_clip)
         opt.step()
         losses.append(loss.item())
+        if args.save_visual and phases[0].name == "visual" and step == phases[0].end:
+            save_visual_phase(args.save_visual, model, opt, step)
         if step % args.every == 0 or step == total:
-            per_step = (time.perf_counter() - start) / step
+            per_step = (time.perf_counter() - start) / (step - first + 1)
             model.eval()
             with torch.no_grad():
                 s = val_scores(model, sample, questions)
