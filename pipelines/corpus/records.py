@@ -96,7 +96,7 @@ def region_stats(label_map: np.ndarray) -> list[dict[str, Any]]:
 
 def scene_facts(image: np.ndarray, label_map: np.ndarray) -> dict[str, str]:
     """What generic questions ask about a photo: the background's colour name (mean of the background
-    pixels of the map), brightness, and where the face (skin) sits left to right."""
+    pixels of the map), brightness (a word, and a 0-99 level), and where the face (skin) sits left to right."""
     background = label_map == 0
     pixels = image[background] if background.sum() >= 16 else image.reshape(-1, 3)
     mean = pixels.reshape(-1, 3).mean(0)
@@ -105,6 +105,7 @@ def scene_facts(image: np.ndarray, label_map: np.ndarray) -> dict[str, str]:
     skin = np.flatnonzero((label_map == PARSING_CLASSES.index("skin")).any(axis=0))
     cx = (skin.mean() + 0.5) / label_map.shape[1] if skin.size else 0.5
     return {"background": colour, "brightness": "bright" if image.mean() > 127 else "dark",
+            "level": str(min(99, int(image.mean() / 255 * 100))),
             "position": "left" if cx < 0.47 else "right" if cx > 0.53 else "centre"}
 
 
@@ -184,7 +185,9 @@ def face_records(face: dict[str, Any], templates: Templates, plan: RecordPlan, s
     }
     records = []
     conversations = face_conversations(face["dataset"], labels, templates, plan, rng)
-    conversations += scene_conversation(templates, face.get("scene"), rng)
+    # the photo questions draw from their own stream: a change to them leaves the face's other records as they were
+    scene_rng = random.Random(f"{seed}:{face['dataset']}:{face['id']}:scene")
+    conversations += scene_conversation(templates, face.get("scene"), scene_rng)
     for k, (kind, turns) in enumerate(conversations):
         # turns in a random order (LLaVA's instruction data has no fixed one): UTKFace's open gender question was
         # always third, after the age questions, and the model never answered it asked first (gender 0.08)

@@ -100,6 +100,12 @@ class Templates:
             raise ValueError(f"{TEMPLATES_FILE.name}: age_groups must start at 0 and leave no gap")
         if set(self.data["expression"]["gloss"]) != set(EXPRESSIONS):
             raise ValueError(f"{TEMPLATES_FILE.name}: expression.gloss must name the 7 expressions")
+        generic = self.data["generic"]
+        if set(generic["yes_no"]) - {"background", *generic["values"]}:
+            raise ValueError(f"{TEMPLATES_FILE.name}: a generic yes/no topic other than background needs its "
+                             "generic.values")
+        if not 2 <= generic["choices"] <= len(generic["colours"]):
+            raise ValueError(f"{TEMPLATES_FILE.name}: generic.choices must be between 2 and the number of colours")
 
     # -- every template id, so a test can prove each one was exercised -------------------------------
     def template_ids(self) -> set[str]:
@@ -120,7 +126,7 @@ class Templates:
                 for k in range(len(d["expression"][kind]))}
         ids |= {f"expression/description/{k}" for k in range(len(d["expression"]["description"]["q"]))}
         ids |= {f"generic/open/{t}/{k}" for t, v in d["generic"]["open"].items() for k in range(len(v))}
-        ids |= {f"generic/yes_no/{k}" for k in range(len(d["generic"]["yes_no"]))}
+        ids |= {f"generic/yes_no/{t}/{k}" for t, v in d["generic"]["yes_no"].items() for k in range(len(v))}
         return ids
 
     # -- attributes (CelebAMask-HQ-format faces) -------------------------------------------------------
@@ -303,20 +309,28 @@ class Templates:
 
 
 def generic_turns(templates: Templates, scene: dict[str, str], rng: random.Random) -> list[Turn]:
-    """Questions about the photo (background colour, brightness, where the face is), one true and one false
-    yes/no about the background: instruction following without facial knowledge."""
+    """Questions about the photo (background colour, brightness, where the face is): one open question per topic
+    in a random form (a sentence, a name, a name from listed colours, a 0-99 number), then one true and one false
+    yes/no about random topics: instruction following in every answer form, without facial knowledge."""
     spec = templates.data["generic"]
+    values = {"background": spec["colours"], **spec["values"]}
+    options = rng.sample([c for c in spec["colours"] if c != scene["background"]], spec["choices"] - 1)
+    options.insert(rng.randrange(spec["choices"]), scene["background"])
+    fields = {**scene, "Background": scene["background"].capitalize(), "Position": scene["position"].capitalize(),
+              "options": ", ".join(options)}
     turns = []
     for topic, forms in spec["open"].items():
         k = rng.randrange(len(forms))
-        turns.append(Turn(forms[k]["q"], forms[k]["a"].format(**scene), "generic", f"generic/open/{topic}/{k}",
-                          f"scene:{topic}", scene[topic]))
-    other = rng.choice([c for c in spec["colours"] if c != scene["background"]])
-    for asked in rng.sample([scene["background"], other], 2):
-        k = rng.randrange(len(spec["yes_no"]))
-        t, holds = spec["yes_no"][k], asked == scene["background"]
+        said = "level" if "{level}" in forms[k]["a"] else topic
+        turns.append(Turn(forms[k]["q"].format(**fields), forms[k]["a"].format(**fields), "generic",
+                          f"generic/open/{topic}/{k}", f"scene:{said}", scene[said]))
+    for holds in rng.sample([True, False], 2):
+        topic = rng.choice(list(spec["yes_no"]))
+        asked = scene[topic] if holds else rng.choice([v for v in values[topic] if v != scene[topic]])
+        k = rng.randrange(len(spec["yes_no"][topic]))
+        t = spec["yes_no"][topic][k]
         turns.append(Turn(t["q"].format(asked=asked), t["a_yes"] if holds else t["a_no"], "generic",
-                          f"generic/yes_no/{k}", f"scene:background={asked}", "yes" if holds else "no"))
+                          f"generic/yes_no/{topic}/{k}", f"scene:{topic}={asked}", "yes" if holds else "no"))
     return rng.sample(turns, len(turns))
 
 

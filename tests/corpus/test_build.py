@@ -120,8 +120,12 @@ def test_build_writes_shards_quarantine_and_is_byte_identical(ray_local, inputs,
     generic = next(r for r in rows["train"] if r["face_id"] == sample["face_id"] and r["kind"] == "generic")
     said = {t["target"]: t["value"] for t in generic["turns"]}
     colours = yaml.safe_load(TEMPLATES_FILE.read_text())["generic"]["colours"]
-    assert said["scene:brightness"] in ("bright", "dark") and said["scene:background"] in colours
-    assert said[f"scene:background={said['scene:background']}"] == "yes"  # the true colour asked gets yes
+    assert said["scene:background"] in colours and said.get("scene:brightness", "bright") in ("bright", "dark")
+    assert 0 <= int(said.get("scene:level", 0)) <= 99
+    yes_no = {t.removeprefix("scene:"): v for t, v in said.items() if "=" in t}
+    assert sorted(yes_no.values()) == ["no", "yes"]  # one true and one false question about the photo
+    topic, asked = next(t for t, v in yes_no.items() if v == "yes").split("=")
+    assert said.get(f"scene:{topic}", asked) == asked  # the true one asks what the open answer said
     assert metrics["records"]["train"]["attributes"]["yes_no"] == 4 * sum(
         1 for r in inputs["records"] if r.dataset == "celebamask_hq" and r.split == "train")
 

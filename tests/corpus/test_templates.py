@@ -146,6 +146,46 @@ def test_demographic_and_expression_templates_agree_with_labels(templates):
     assert used == other_ids
 
 
+def test_generic_templates_agree_with_the_photo_and_come_in_every_answer_form(templates):
+    """Read back: the open answers name the scene's facts, a listed colour set holds the true one, each record has
+    one true and one false yes/no; and the forms the evaluation asks in (yes/no, a name from a list, a number)
+    all occur, many about "this person", so a general model learns an answer's form from the question."""
+    from pipelines.corpus.templates import generic_turns
+
+    spec = templates.data["generic"]
+    rng = random.Random(3)
+    used, forms = set(), set()
+    for _ in range(300):
+        scene = {"background": rng.choice(spec["colours"]), "brightness": rng.choice(["bright", "dark"]),
+                 "level": str(rng.randrange(100)), "position": rng.choice(["left", "centre", "right"])}
+        turns = generic_turns(templates, scene, rng)
+        answers = {}
+        for t in turns:
+            used.add(t.template)
+            topic = t.target.removeprefix("scene:").split("=")[0]
+            if "=" in t.target:
+                asked = t.target.split("=")[1]
+                assert says_yes(t.answer) == (asked == scene[topic]) and asked in t.question, t
+                answers.setdefault("yes_no", []).append(says_yes(t.answer))
+                forms.add("yes_no")
+                continue
+            words = re.findall(r"[a-z0-9]+", t.answer.lower())
+            assert t.value == scene[topic] and scene[topic] in words, t
+            if topic == "level":
+                assert [int(w) for w in re.findall(r"\d+", t.answer)] == [int(scene["level"])], t
+                forms.add("number")
+            listed = re.search(r"\(([a-z, ]+)\)", t.question)
+            if listed and topic == "background":
+                options = listed.group(1).split(", ")
+                assert scene["background"] in options and len(options) == spec["choices"] == len(set(options)), t
+                forms.add("listed")
+        assert sorted(answers["yes_no"]) == [False, True]
+        assert len(turns) == len(spec["open"]) + 2
+    assert used == {i for i in templates.template_ids() if i.startswith("generic/")}
+    assert forms == {"yes_no", "number", "listed"}
+    assert sum("this person" in q for t in spec["yes_no"].values() for q in (f["q"] for f in t)) >= 3
+
+
 def test_broken_templates_are_refused():
     base = Templates.load().data
     missing = copy.deepcopy(base)
