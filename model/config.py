@@ -20,6 +20,7 @@ LLM_KINDS = ("tiny", "pretrained")
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp3x_gelu")
 TRAIN_MODES = ("frozen", "full", "lora")
 KNOWLEDGE_TOKENS = ("per_attribute", "pooled", "none")
+ANSWER_TASKS = ("gender", "race", "expression", "age")  # the answer heads' tasks (knowledge_modules.ANSWER_CLASSES)
 COMPONENTS = ("vision", "seg_encoder", "projector", "llm", "knowledge")
 
 
@@ -148,11 +149,16 @@ class AlignmentConfig:
     # a learned gate adds the answer heads' class scores to the logits of their words' first tokens wherever a word
     # has named the task (model/knowledge_modules.AnswerPointer): the copy becomes structural, not learned per class
     answer_pointer: bool = False
+    # the tasks the pointer copies (benchmarks/RESULTS.md, ninth pass: for all four it brought the text to the
+    # expression and age heads but cost the attribute yes/no answers 0.07 at 1,000 steps)
+    pointer_tasks: tuple[str, ...] = ANSWER_TASKS
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
         _check(self.answer_heads or not self.answer_pointer, "alignment.answer_pointer",
                "copies the answer heads' classes: enable answer_heads")
+        _check(bool(self.pointer_tasks) and set(self.pointer_tasks) <= set(ANSWER_TASKS), "alignment.pointer_tasks",
+               f"one or more of {ANSWER_TASKS}, got {self.pointer_tasks!r}")
         _check(self.head_max_weight >= 0, "alignment.head_max_weight", f">= 0, got {self.head_max_weight}")
         _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
         _check(self.knowledge_link in ("soft", "exact"), "alignment.knowledge_link",

@@ -150,9 +150,10 @@ class FaceInsight(Checkpointable, nn.Module):
         def first(text: str) -> int:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
 
-        return AnswerPointer(width, tuple(ANSWER_CLASSES),
-                             {t: [[first(w), first(" " + w)] for w in words] for t, words in ANSWER_CLASSES.items()},
-                             self.answer_key_ids())
+        tasks = self.cfg.alignment.pointer_tasks
+        keys = self.answer_key_ids()
+        return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ANSWER_CLASSES[t]] for t in tasks},
+                             {t: keys[t] for t in tasks})
 
     def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
                   ) -> torch.Tensor:

@@ -59,6 +59,9 @@ class CorpusConfig:
 
     image_size: int = 64  # image and map side in the corpus (the model's input resolution)
     parser_splits: tuple[str, ...] = ("val", "test")  # maps come from the parser here even where masks exist
+    # of the train faces with masks outside parser_splits, this share (fixed per face) gets the parser's map anyway:
+    # the models then see both the crisp shapes of ground truth and the maps the test gives (what the parser misses)
+    parser_train_share: float = 0.0
     records: RecordPlan = field(default_factory=RecordPlan)
     faces_per_shard: int = 250  # one Parquet file holds about this many faces (and is one unit of Ray work)
     workers: int = 2  # Ray actors that load, parse and encode faces (each loads the parser once); ~ cores
@@ -71,6 +74,8 @@ class CorpusConfig:
             raise ValueError(f"build_corpus.image_size must be >= 8, got {self.image_size}")
         if set(self.parser_splits) - set(SPLITS):
             raise ValueError(f"build_corpus.parser_splits must be among {SPLITS}, got {self.parser_splits}")
+        if not 0.0 <= self.parser_train_share <= 1.0:
+            raise ValueError(f"build_corpus.parser_train_share must be in [0, 1], got {self.parser_train_share}")
         if min(self.faces_per_shard, self.workers, self.parser_threads) < 1:
             raise ValueError("build_corpus: faces_per_shard, workers, parser_threads must be >= 1")
 
@@ -92,8 +97,14 @@ def manifest_rows(records: list[Record], cfg: CorpusConfig) -> list[dict[str, An
         "attributes": "".join("1" if v > 0 else "0" for v in r.attributes) if r.attributes else "",
         "age": -1 if r.age is None else r.age, "gender": -1 if r.gender is None else r.gender,
         "race": -1 if r.race is None else r.race, "expression": -1 if r.expression is None else r.expression,
-        "needs_parser": not r.masks or r.split in cfg.parser_splits,
+        "needs_parser": not r.masks or r.split in cfg.parser_splits or (
+            r.split == "train" and parser_drawn(f"{r.dataset}/{r.id}", cfg.parser_train_share)),
     } for r in records]
+
+
+def parser_drawn(face: str, share: float) -> bool:
+    """Whether a train face is one of the `share` that get the parser's map: a hash of its id, so stable."""
+    return zlib.crc32(f"parser:{face}".encode()) / 2 ** 32 < share
 
 
 def load_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -179,3 +179,25 @@ def test_a_worker_process_killed_mid_build_changes_nothing(ray_local, inputs, cl
     assert_same_files(clean[0], out)
     assert {k: v for k, v in built["metrics"].items() if k != "throughput"} == {
         k: v for k, v in clean[1].items() if k != "throughput"}
+
+
+def test_a_share_of_the_train_faces_gets_the_parsers_map_and_always_the_same_ones():
+    from pipelines.corpus.build import manifest_rows
+    from pipelines.datasets.common import Record
+
+    records = [Record("celebamask_hq", f"{k}", "train", f"{k}.jpg", 1, "x", masks=[f"{k}_hair.png"])
+               for k in range(400)]
+    records += [Record("celebamask_hq", "v1", "val", "v1.jpg", 1, "x", masks=["v1_hair.png"]),
+                Record("utkface", "u1", "train", "u1.jpg", 1, "x")]  # no masks: always the parser
+
+    def parsed(share: float) -> set[str]:
+        rows = manifest_rows(records, CorpusConfig(parser_train_share=share))
+        return {f"{r['dataset']}/{r['id']}" for r in rows if r["needs_parser"]}
+
+    assert parsed(0.0) == {"celebamask_hq/v1", "utkface/u1"}
+    assert len(parsed(1.0)) == len(records)
+    half = parsed(0.5) - parsed(0.0)
+    assert 160 < len(half) < 240 and half == parsed(0.5) - parsed(0.0)  # about half, and the same faces each time
+    assert half <= parsed(0.7)  # a larger share keeps the faces a smaller one drew
+    with pytest.raises(ValueError, match="parser_train_share"):
+        CorpusConfig(parser_train_share=1.5)

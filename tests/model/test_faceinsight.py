@@ -505,6 +505,31 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     assert torch.equal(bias[1, rest], torch.zeros(int(rest.sum())))
 
 
+def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
+    """pointer_tasks ("age",): an expression question opens no gate and no expression word gains anything; an age
+    question's gate opens on the age words alone. An unknown task is refused where the config is built."""
+    from model.config import ANSWER_TASKS
+    from model.knowledge_modules import ANSWER_CLASSES
+
+    assert ANSWER_TASKS == tuple(ANSWER_CLASSES)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True,
+                                                                    pointer_tasks=("age",)))
+    m = FaceInsight(cfg, answer_tokenizer, knowledge)
+    assert m.answer_pointer.tasks == ("age",) and m.answer_pointer.gate.out_features == 1
+    verdicts = {"expression": torch.randn(1, 7), "gender": torch.randn(1, 2), "race": torch.randn(1, 5),
+                "age": torch.randn(1, 100)}
+    for question, opens in (("How does this person feel?", False), ("How old is this person?", True)):
+        ids = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            bias = m.copy_bias(torch.randn(1, ids.shape[1], m.llm.config.hidden_size), ids, verdicts)[0, -1]
+        touched = set(torch.nonzero(bias).flatten().tolist())
+        assert bool(touched) == opens, question
+        assert touched <= set(m.answer_pointer.age_first.flatten().tolist())
+    with pytest.raises(ValueError, match="pointer_tasks"):
+        dataclasses.replace(SMALL.alignment, answer_pointer=True, pointer_tasks=("mood",))
+
+
 def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_generation_copy(pointer_model, conversations):
     """The supervised-positions loss adds the same pointer terms as the full forward; with an open gate the generated
     answer to an expression question opens with the head's class, whatever the LM would have said."""
