@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.labels import CELEBA_ATTRIBUTES, PARSING_CLASSES
+from model.labels import ANSWER_TASKS, CELEBA_ATTRIBUTES, PARSING_CLASSES
 
 VISION_KINDS = ("tiny", "clip", "siglip")
 LLM_KINDS = ("tiny", "pretrained")
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp3x_gelu")
 TRAIN_MODES = ("frozen", "full", "lora")
 KNOWLEDGE_TOKENS = ("per_attribute", "pooled", "none")
-ANSWER_TASKS = ("gender", "race", "expression", "age")  # the answer heads' tasks (knowledge_modules.ANSWER_CLASSES)
 COMPONENTS = ("vision", "seg_encoder", "projector", "llm", "knowledge")
 
 

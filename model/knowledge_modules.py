@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
+from model.labels import ANSWER_TASKS, ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 EXCLUSION, IMPLICATION = 0, 1
 # age as one class a year (0, 1, ..., 98, 99+), each answered with its own number word: the LM copies it as it copies
@@ -25,8 +25,8 @@ AGE_EDGES: tuple[int, ...] = tuple(range(1, 100))
 AGE_WORDS: tuple[str, ...] = tuple(str(k) for k in range(100))
 AGE_SIGMA = 3.0  # years: the soft target's spread (DLDL)
 # the single-label tasks the answer heads cover: their class words, as the corpus' answers write them
-ANSWER_CLASSES: dict[str, tuple[str, ...]] = {"gender": UTK_GENDERS, "race": UTK_RACES, "expression": EXPRESSIONS,
-                                              "age": AGE_WORDS}
+ANSWER_CLASSES: dict[str, tuple[str, ...]] = dict(zip(ANSWER_TASKS, (UTK_GENDERS, UTK_RACES, EXPRESSIONS, AGE_WORDS),
+                                                       strict=True))
 # the words that name each task in the templates' questions ("What is this person's gender?", "How does this
 # person feel ...", "How old is ...") and answers ("the expression is"): there the head's answer word is written
 ANSWER_KEYS: dict[str, tuple[str, ...]] = {"gender": ("gender",), "race": ("race",),

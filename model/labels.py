@@ -30,6 +30,8 @@ UTK_MAX_AGE = 116
 
 # RAF-DB basic: label value k (1..7) names EXPRESSIONS[k - 1].
 EXPRESSIONS: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+# the single-label tasks FaceInsight's answer heads cover (model/knowledge_modules.ANSWER_CLASSES: their words)
+ANSWER_TASKS: tuple[str, ...] = ("gender", "race", "expression", "age")
 
 # The three evaluation tasks, one per dataset: CelebAMask-HQ's attributes, UTKFace's age / gender / race, RAF-DB's
 # expression (the corpus' `task` column; evaluate@<task>, finetune_task@<task>).

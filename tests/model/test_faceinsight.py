@@ -508,8 +508,8 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
 def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
     """pointer_tasks ("age",): an expression question opens no gate and no expression word gains anything; an age
     question's gate opens on the age words alone. An unknown task is refused where the config is built."""
-    from model.config import ANSWER_TASKS
     from model.knowledge_modules import ANSWER_CLASSES
+    from model.labels import ANSWER_TASKS
 
     assert ANSWER_TASKS == tuple(ANSWER_CLASSES)
     torch.manual_seed(0)
