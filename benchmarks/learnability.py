@@ -89,7 +89,9 @@ def stack(rows: list[dict], only: str | None = None) -> dict[str, torch.Tensor]:
 
 
 def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, balance: bool, batch: int,
-          lr: float, seed: int, augment: bool) -> tuple[SpecialistCNN, int]:
+          lr: float, seed: int, augment: bool, steps: int = 0) -> tuple[SpecialistCNN, int]:
+    """For `seconds`, or for `steps` optimiser steps where given (the cosine then runs over the steps: a run beside
+    other work is then comparable, only slower)."""
     torch.manual_seed(seed)
     model = SpecialistCNN(cfg)
     weights = SpecialistCNN.balance_weights(data) if balance else None
@@ -97,8 +99,8 @@ def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, 
     gen = torch.Generator().manual_seed(seed)
     n, step, start = len(data["image"]), 0, time.perf_counter()
     model.train()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+    while (done := step / steps if steps else (time.perf_counter() - start) / seconds) < 1:
+        scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * done))
         for group in opt.param_groups:
             group["lr"] = lr * scale
         idx = torch.randint(0, n, (batch,), generator=gen)
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="render the faces now from params.yaml instead")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--minutes", type=float, default=3.0, help="training time")
+    ap.add_argument("--steps", type=int, default=0, help="train this many steps instead of --minutes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -167,8 +170,10 @@ def main() -> None:
           f"{len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} ({'rendered' if args.render else args.corpus}, "
           f"{time.perf_counter() - t0:.0f} s to load)")
     cfg = build(SpecialistConfig, params["train_specialist"]["model"], "train_specialist.model")
+    t1 = time.perf_counter()
     model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
-                         args.augment)
+                         args.augment, args.steps)
+    minutes = (time.perf_counter() - t1) / 60
     if args.balance and (data["val"]["attributes"][:, 0] >= 0).any():
         model.fit_thresholds(data["val"]["image"].permute(0, 2, 3, 1).numpy(), data["val"]["attributes"].numpy())
     if args.train_scores:
@@ -178,7 +183,7 @@ def main() -> None:
                                     if k in t))
     s = scores(model, data["test"])
     how = "pos_weight + val thresholds" if args.balance else "plain BCE"
-    print(f"{steps} steps of {args.batch} in {args.minutes:g} min ({how}{', augmented' if args.augment else ''})")
+    print(f"{steps} steps of {args.batch} in {minutes:.1f} min ({how}{', augmented' if args.augment else ''})")
     if "per_attribute" in s:
         print("balanced accuracy per attribute (test):")
         for a, v in sorted(s["per_attribute"].items(), key=lambda kv: kv[1]):

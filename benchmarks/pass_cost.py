@@ -7,9 +7,10 @@
 train split, in this process: records/s, and the share of the chat template's tokenising.
 `stage`: the `align` stage's command (`python -m stages.align`) run in a fresh process with its params
 section at each `--steps` (checkpoint at the end only, its own MLflow store and Ray storage in a temporary
-folder): wall seconds each, then the per-step cost (the slope) and the fixed cost (process and Ray start,
-data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown) that a pass
-pays however short it is. Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
+folder; no heads-only phase): wall seconds each, then the per-step cost (the slope) and the fixed cost (process
+and Ray start, data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown)
+that a pass pays however short it is, and each run's timeline by phase (the stage metrics' `seconds`).
+Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def encode(records: int) -> None:
 
 def stage(steps: list[int], name: str = "align") -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    times = []
+    times, phases = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n in steps:
-            params[name] = {**params[name], "max_steps": n, "checkpoint_every": n}
+            # n whole-loss steps, no heads-only phase, one checkpoint (at the end)
+            params[name] = {**params[name], "max_steps": n, "visual_steps": 0, "checkpoint_every": n}
             path = Path(tmp) / f"params-{n}.yaml"
             path.write_text(yaml.safe_dump(params))
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -72,9 +74,24 @@ def stage(steps: list[int], name: str = "align") -> None:
                             "--metrics", f"{tmp}/m-{n}.json", "--history", f"{tmp}/h-{n}.json",
                             "--storage", f"{tmp}/ray"], env=env, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
+            phases.append(json.loads(Path(f"{tmp}/m-{n}.json").read_text()).get("seconds", {}))
             print(f"stages.{name} at {n} steps: {times[-1]:.1f} s wall")
     per_step = (times[-1] - times[0]) / (steps[-1] - steps[0])
     print(f"per step {per_step:.2f} s; fixed cost of a pass {times[0] - per_step * steps[0]:.1f} s")
+    print_phases(steps, times, phases)
+
+
+def print_phases(steps: list[int], times: list[float], phases: list[dict[str, float]]) -> None:
+    """The pass's timeline (the metrics' `seconds`) per run; what is left is the process's exit (Ray's shutdown)."""
+    from pipelines.training.loop import PASS_PHASES
+
+    names = [name for name, _, _ in PASS_PHASES if any(name in p for p in phases)]
+    print(f"\n{'phase (s)':<22}" + "".join(f"{f'{n} steps':>11}" for n in steps))
+    for key in names:
+        print(f"{key:<22}" + "".join(f"{p.get(key, float('nan')):>11.2f}" for p in phases))
+    rest = [t - sum(p.values()) for t, p in zip(times, phases, strict=True)]
+    print(f"{'exit (the rest)':<22}" + "".join(f"{r:>11.2f}" for r in rest))
+    print(f"{'wall':<22}" + "".join(f"{t:>11.2f}" for t in times))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ its probabilities also feed the logical-constraint loss.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,9 +191,11 @@ class FaceInsight(Checkpointable, nn.Module):
         from peft import LoraConfig, get_peft_model
 
         lora = self.cfg.lora
-        self.llm = get_peft_model(self.llm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                       target_modules=list(self.cfg.llm.lora_targets),
-                                                       task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft reads transformers' deprecated alias: its note to itself, not the user's
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.llm = get_peft_model(self.llm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                           target_modules=list(self.cfg.llm.lora_targets),
+                                                           task_type="CAUSAL_LM"))
         self.lora_applied = True
 
     def trainable_parameters(self) -> dict[str, int]:

@@ -172,4 +172,5 @@ def train_parser(records: list[Record], cfg: ParserTrainConfig, seed: int, out_d
             **worker_counts(state),
             "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
             "val_miou": scores["val"]["miou"], "val_pixel_accuracy": scores["val"]["pixel_accuracy"],
-            "test_miou": scores["test"]["miou"], "val_f1": scores["val"]["f1"], "val_iou": scores["val"]["iou"]}
+            "test_miou": scores["test"]["miou"], "val_f1": scores["val"]["f1"], "val_iou": scores["val"]["iou"],
+            "seconds": state["seconds"]}

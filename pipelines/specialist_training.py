@@ -140,4 +140,5 @@ def train_specialist(corpus: Path, cfg: SpecialistTrainConfig, seed: int, out_di
     history = state["history"]
     return {"steps": state["step"], "train_faces": job.loop_config["n_train"], "mlflow_run_id": state["mlflow_run_id"],
             **worker_counts(state), "val": state.get("evaluation", {}),
-            "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]]))}
+            "first_loss": history[0]["loss"], "final_loss": float(np.mean([h["loss"] for h in history[-10:]])),
+            "seconds": state["seconds"]}

@@ -50,6 +50,9 @@ EYESHADOW = ((120, 70, 140), (110, 75, 60), (70, 100, 160))
 EXPR = {name: k for k, name in enumerate(EXPRESSIONS)}
 
 
+FACE_RAISE = 0.3  # how far a zoomed face moves up, per unit of face_scale above 1 (image heights)
+
+
 @dataclass(frozen=True)
 class Difficulty:
     """Knobs that make the tasks harder; every one also exists in params.yaml."""
@@ -57,6 +60,9 @@ class Difficulty:
     pose_rotation_deg: float = 8.0  # std of in-plane rotation
     pose_shift: float = 0.025  # std of translation, in image widths
     pose_scale: float = 0.05  # std of relative scale
+    # the face's size in the frame (1: cheek to cheek ~40% of the width, where a mouth is ~8 px at 64 px); larger
+    # faces are raised so the shoulders (necktie, necklace) stay in the frame, and the hair top may leave it
+    face_scale: float = 1.0
     lighting: float = 0.35  # max brightness change across the image
     noise: float = 5.0  # std of sensor noise, 0-255 units
     blur: float = 0.004  # max blur radius, in image widths (Blurry faces get 0.022 more)
@@ -65,6 +71,8 @@ class Difficulty:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.face_scale <= 2.0:
+            raise ValueError(f"difficulty.face_scale must be in [0.5, 2], got {self.face_scale}")
         for name in ("pose_rotation_deg", "pose_shift", "pose_scale", "lighting", "noise", "blur"):
             if getattr(self, name) < 0:
                 raise ValueError(f"difficulty.{name} must be >= 0, got {getattr(self, name)}")
@@ -398,10 +406,11 @@ def render_face(f: FaceFactors, rng: np.random.Generator, image_size: int, mask_
                 difficulty: Difficulty) -> RenderedFace:
     """Draw one face. `rng` must be the face's own stream so faces are independent of order."""
     L = layout_face(f, rng)
+    zoom = difficulty.face_scale
     pose = Pose(angle=math.radians(rng.normal(0, difficulty.pose_rotation_deg)),
-                scale=float(np.clip(1 + rng.normal(0, difficulty.pose_scale), 0.85, 1.15)),
+                scale=zoom * float(np.clip(1 + rng.normal(0, difficulty.pose_scale), 0.85, 1.15)),
                 dx=float(np.clip(rng.normal(0, difficulty.pose_shift), -0.06, 0.06)),
-                dy=float(np.clip(rng.normal(0, difficulty.pose_shift), -0.04, 0.04)), cy=L.cy)
+                dy=float(np.clip(rng.normal(0, difficulty.pose_shift), -0.04, 0.04)) - FACE_RAISE * (zoom - 1), cy=L.cy)
     occluder = _occluder(rng) if rng.random() < difficulty.occlusion else None
     shapes = part_shapes(L)
     masks = visible_masks(shapes, image_size, pose, occluder)

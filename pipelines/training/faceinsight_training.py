@@ -244,4 +244,4 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
             # the first step of the whole loss: a visual phase's steps have no LM term and a smaller loss
             "first_loss": next((h["loss"] for h in history if "loss_lm" in h), history[0]["loss"]) if history else None,
             "final_loss": sum(h["loss"] for h in history[-10:]) / len(history[-10:]) if history else None,
-            "history": history}
+            "seconds": state["seconds"], "history": history}

@@ -170,6 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    started_at = time.time()  # the pass's timeline (pass_seconds): when this worker's function began
     learner = load_learner(config)
     cfg = learner.cfg
     ctx = ray.train.get_context()
@@ -187,6 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = json.loads((Path(ckpt) / TRAINER_STATE).read_text())
             if (Path(ckpt) / OPTIMIZER_FILE).exists():  # DDP checkpoints have it; ZeRO ones keep partitions
                 optimizer_state = read_optimizer_state(Path(ckpt))
+    state["timeline"] = {"worker_start": started_at}  # this attempt's (a resumed run's own, not the first's)
     groups = learner.param_groups(module)
     trainable = learner.trainable(module)  # before ZeRO-3 partitions the parameters away
     ds_config = deepspeed_config(cfg, micro) if cfg.deepspeed else None
@@ -220,6 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         nodes = [node]
     state["worker_nodes"] = nodes
+    state["timeline"]["built"] = time.time()
     torch.manual_seed(config["seed"] + cfg.seed_offset + 1000 * rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
     step = saved = state["step"]
@@ -231,6 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         with tracked():
             run = _open_mlflow(config, learner, module, trainable, state)
+    state["timeline"]["tracked"] = time.time()
     started = time.perf_counter()
     samples = tokens = 0
     try:
@@ -263,6 +267,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if "first_step" not in state["timeline"]:
+                    state["timeline"]["first_step"] = time.time()
                 metrics = {k2: sum(a[k2] for a in accumulated) / len(accumulated) for k2 in accumulated[0]}
                 metrics.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm))
                 accumulated = []
@@ -275,7 +281,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _maybe_fail(config, cfg, step)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     final = step == total
+                    if final:
+                        state["timeline"]["last_step"] = time.time()
                     evaluation = learner.evaluate(wrapped, module, final)  # every rank: it may all-reduce
+                    if final:
+                        state["timeline"]["evaluated"] = time.time()
                     scalars = {k2: v for k2, v in evaluation.items() if isinstance(v, int | float)}
                     if evaluation:
                         state["evaluation"] = evaluation
@@ -486,11 +496,42 @@ def train_and_publish(stage: str, cfg: LoopConfig, storage_path: str, out_dir: P
     """The skeleton every trainer (FaceInsight, the specialist, the parser) runs: where the workers are and their
     storage, checked before any data work; the driver's own data (`prepare`); one Ray Train run; the final
     checkpoint published to `out_dir`. Returns the prepared pass and the published checkpoint's trainer state."""
+    import psutil
+
+    stamps = {"process": psutil.Process().create_time(), "start": time.time()}
     where = placement()
     storage = training_storage(stage, storage_path, where)  # fails here, not after the data work
+    stamps["placed"] = time.time()
     job = prepare(where)
+    stamps["prepared"] = time.time()
     result = fit(stage, job.learner, cfg, job.datasets, job.loop_config, storage, job.name)
-    return job, publish(result, out_dir, job.check)
+    stamps["trained"] = time.time()
+    state = publish(result, out_dir, job.check)
+    stamps["published"] = time.time()
+    return job, state | {"seconds": pass_seconds(stamps, state.get("timeline", {}))}
+
+
+# a pass's phases: (name, from stamp, to stamp); the driver's stamps and rank 0's (one clock on one machine; on a
+# cluster the nodes' clocks may differ by their skew)
+PASS_PHASES = (
+    ("process_and_imports", "process", "start"),  # interpreter start, the stage's imports
+    ("ray_and_checks", "start", "placed"),  # ray.init (or joining a cluster), storage and tracking checks
+    ("driver_data", "placed", "prepared"),  # the driver's data: Ray Datasets built (and encoded), val faces read
+    ("workers_start", "prepared", "worker_start"),  # Ray Train's controller, the worker group, torch.distributed
+    ("model_build", "worker_start", "built"),  # imports in the worker, the model, optimiser, DDP / DeepSpeed
+    ("mlflow_open", "built", "tracked"),  # rank 0 opens its MLflow run and logs the params
+    ("first_step", "tracked", "first_step"),  # the shard's data pipeline starts; one optimiser step
+    ("steps", "first_step", "last_step"),  # every later step, with the checkpoints between
+    ("final_evaluation", "last_step", "evaluated"),  # the learner's evaluation at the end
+    ("final_report", "evaluated", "trained"),  # the final checkpoint and metrics; the workers and controller stop
+    ("publish", "trained", "published"),  # the checkpoint copied to the DVC out and checked to load
+)
+
+
+def pass_seconds(driver: dict[str, float], worker: dict[str, float]) -> dict[str, float]:
+    """Where a pass's wall time went: seconds per PASS_PHASES entry whose two stamps (time.time()) were taken."""
+    at = driver | worker
+    return {name: round(at[end] - at[begin], 2) for name, begin, end in PASS_PHASES if begin in at and end in at}
 
 
 def ray_storage(storage_path: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -300,7 +301,10 @@ def test_recipes_train_exactly_their_components(model, conversations):
     assert align["vision"] == 0 and align["llm"] == 0
     assert align["projector"] == counts["projector"] and align["seg_encoder"] == counts["seg_encoder"]
     assert align["knowledge"] == counts["knowledge"] > 0
-    finetune = model.apply_recipe(RECIPES["finetune"])
+    with warnings.catch_warnings(record=True) as seen:  # adding LoRA says nothing to the user (every stage does it)
+        warnings.simplefilter("always")
+        finetune = model.apply_recipe(RECIPES["finetune"])
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
     # LoRA: r * (in + out) per targeted linear; 7 linears a layer in a Llama block
     cfg = model.llm.config
     h, i, r = cfg.hidden_size, cfg.intermediate_size, SMALL.lora.r

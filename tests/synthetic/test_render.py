@@ -121,6 +121,22 @@ def test_difficulty_validates():
         Difficulty(jpeg_quality=0)
 
 
+def test_face_scale_draws_the_same_face_larger_and_validates():
+    """face_scale 1.25: each part's area grows by ~1.25^2 (the face, the mouth: every cue in pixels), the same parts
+    are drawn, and the face moves up so the shoulders stay in the frame."""
+    f = sample_faces(CELEBA_POPULATION, 6, np.random.default_rng(2))
+    for i, face in enumerate(f):
+        plain, zoomed = (render_face(face, np.random.default_rng([4, i]), 128, 128,
+                                     Difficulty(occlusion=0, face_scale=scale)).masks for scale in (1.0, 1.25))
+        ratio = zoomed["skin"].sum() / plain["skin"].sum()
+        assert 1.25 ** 2 * 0.85 < ratio < 1.25 ** 2 * 1.15, ratio
+        assert {"l_eye", "nose", "cloth"} <= set(zoomed) and zoomed.keys() >= plain.keys() - {"hat", "hair"}
+        rows = np.flatnonzero(zoomed["skin"].any(1))
+        assert rows.mean() / 128 < 0.5  # raised: the face's centre above the middle
+    with pytest.raises(ValueError, match="face_scale"):
+        Difficulty(face_scale=3.0)
+
+
 def test_blurry_faces_are_blurrier():
     faces = sample_faces(CELEBA_POPULATION, 400, np.random.default_rng(4))
     sharp = Difficulty(blur=0.0, noise=0.0)

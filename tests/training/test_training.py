@@ -15,7 +15,7 @@ import torch
 from model.config import RECIPES
 from pipelines.corpus.records import encode_png
 from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
-from pipelines.training.loop import bf16_enabled, load_optimizer, save_optimizer
+from pipelines.training.loop import PASS_PHASES, bf16_enabled, load_optimizer, pass_seconds, save_optimizer
 from tests.model.conftest import SMALL
 
 MODEL = SMALL.to_dict()
@@ -192,6 +192,17 @@ def test_training_learns_checkpoints_and_logs(trained):
     assert len(history_lm) == 24
     artifacts = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "checkpoint")}
     assert "checkpoint/model.safetensors" in artifacts
+    # the pass's timeline: every phase from the process's start to the published checkpoint, in order
+    seconds = result["seconds"]
+    assert list(seconds) == [name for name, _, _ in PASS_PHASES], seconds
+    assert all(v >= 0 for v in seconds.values()) and seconds["steps"] > 0, seconds
+
+
+def test_pass_seconds_counts_only_phases_whose_two_stamps_were_taken():
+    driver = {"process": 100.0, "start": 101.5, "placed": 103.0, "prepared": 110.0, "trained": 150.0}
+    worker = {"worker_start": 115.0, "built": 120.0, "tracked": 121.0}  # the workers stopped before a step
+    assert pass_seconds(driver, worker) == {"process_and_imports": 1.5, "ray_and_checks": 1.5, "driver_data": 7.0,
+                                            "workers_start": 5.0, "model_build": 5.0, "mlflow_open": 1.0}
 
 
 @pytest.mark.slow
