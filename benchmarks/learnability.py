@@ -1,15 +1,17 @@
-"""Can a small CNN learn the default data? The specialist CNN in a plain torch loop, for a fixed time.
+"""Can a small CNN learn the default data? The specialist CNN in a plain torch loop, for a fixed time or steps.
 
     python benchmarks/learnability.py                     # the default corpus (data/corpus), 3 minutes
     python benchmarks/learnability.py --render            # faces rendered now from params.yaml (no DAG)
     python benchmarks/learnability.py --minutes 1 --no-balance   # unweighted BCE, threshold 0
     python benchmarks/learnability.py --render --only expression --minutes 1   # one head, its dataset's faces
+    python benchmarks/learnability.py --render --only attributes --steps 1500 --params P   # fixed steps: A/B of data
 
 No Ray, no MLflow: `SpecialistCNN` on the train split, `--threads` torch threads, AdamW with a cosine
-schedule over the time budget, then the test split: per-attribute balanced accuracy, the mean over the
-drawn attributes (pipelines/synthetic/latent.py: DRAWN_ATTRIBUTES) and over all 40, gender and race
-accuracy, age MAE, expression UAR. `--render` renders the splits' face counts from params.yaml in
-memory through the same renderer, JPEG round trip, RAF-DB crop and resize as ingest + build_corpus.
+schedule over the time budget (or over `--steps`: comparable beside other work), then the test split:
+per-attribute balanced accuracy, the mean over the drawn attributes (pipelines/synthetic/latent.py:
+DRAWN_ATTRIBUTES) and over all 40, gender and race accuracy, age MAE, expression UAR. `--render` renders
+the splits' face counts from params.yaml in memory through the same renderer, JPEG round trip, RAF-DB
+crop and resize as ingest + build_corpus.
 Targets (issue 16): drawn mean >= 0.85, none below 0.70; gender >= 0.95; expression UAR >= 0.80;
 age MAE <= 7 years.
 """
