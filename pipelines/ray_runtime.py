@@ -13,12 +13,19 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW
 # Ray Train's placement-group cleaner asks the State API, which needs the dashboard (off here), every few seconds,
 # and warns each time it cannot: hundreds of lines per training pass on the user's terminal, none actionable
 NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+# Ray's own deprecations that Ray's own code triggers (Ray Train's DatasetManager sets exclude_resources once a
+# pass): nothing a user of the pipeline can act on
+RAY_INTERNAL_DEPRECATIONS = (r"`ExecutionOptions\.exclude_resources` is deprecated",)
 
 
 def quiet_worker_logs() -> None:
     """Runs in every Ray worker process at start (runtime_env worker_process_setup_hook)."""
+    import warnings
+
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for message in RAY_INTERNAL_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
 
 
 def job_runtime_env(joining_a_cluster: bool) -> dict:

@@ -27,3 +27,21 @@ def test_the_setup_hook_quiets_ray_trains_state_api_warnings_in_every_worker(ray
         return {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
 
     assert ray_local.get(levels.remote()) == {name: logging.ERROR for name in NOISY_LOGGERS}
+
+
+def test_ray_trains_own_deprecation_warnings_stay_off_the_users_terminal(ray_local):
+    """Ray Train's DatasetManager sets ExecutionOptions.exclude_resources once a pass; Ray then warns of its own use."""
+
+    @ray_local.remote(num_cpus=0)
+    def warned() -> list[str]:
+        import warnings
+
+        from ray.data._internal.execution.interfaces.execution_options import ExecutionOptions, ExecutionResources
+
+        with warnings.catch_warnings(record=True) as seen:
+            ExecutionOptions(exclude_resources=ExecutionResources.zero())
+            warnings.warn("any other warning is still shown", UserWarning, stacklevel=1)
+        return [str(w.message) for w in seen]
+
+    said = ray_local.get(warned.remote())
+    assert said == ["any other warning is still shown"], said

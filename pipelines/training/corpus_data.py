@@ -69,6 +69,18 @@ def encode_batch(batch: pa.Table, **encoder: Any) -> dict[str, np.ndarray]:
     return _encoder(tuple(sorted(encoder.items())))(batch)
 
 
+RECORD_COLUMNS = ["task", "kind", "conversations", "labels", "image", "seg_map"]
+
+
+def _split_files(split_dir: str | Path) -> tuple[list[str], Any]:
+    """The split's shard files as its pyarrow filesystem names them, and that filesystem (None: the default)."""
+    files = shard_files(split_dir)
+    filesystem, _ = arrow_filesystem(files[0])
+    if filesystem is not None:
+        files = [arrow_filesystem(f)[1] for f in files]
+    return files, filesystem
+
+
 def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int = 0,
                    kinds: tuple[str, ...] = (), workers: int = 0, tasks: tuple[str, ...] = ()):
     """A Ray Dataset of encoded training examples from one split folder, in a fixed order; `workers`: the most
@@ -76,12 +88,9 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     import ray
     from ray.data.expressions import col
 
-    files = shard_files(split_dir)
-    filesystem, _ = arrow_filesystem(files[0])
-    if filesystem is not None:
-        files = [arrow_filesystem(f)[1] for f in files]
+    files, filesystem = _split_files(split_dir)
     ds = ray.data.read_parquet(files, filesystem=filesystem).select_columns(
-        ["task", "kind", "conversations", "labels", "image", "seg_map"])  # pushed into the scan, as the filters
+        RECORD_COLUMNS)  # pushed into the scan, as the filters
     # expressions, not Python lambdas: Ray Data pushes them into the Parquet scan, so the rows of other
     # tasks are dropped as they are read instead of being turned into Python dicts first
     if tasks:
@@ -92,6 +101,35 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
         ds = ds.limit(max_records)
     return ds.map_batches(encode_batch, fn_kwargs=encoder, batch_format="pyarrow", batch_size=64,
                           concurrency=workers or None)
+
+
+def driver_encoded_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int,
+                           kinds: tuple[str, ...] = (), tasks: tuple[str, ...] = ()):
+    """The same dataset as `corpus_dataset(...).materialize()` (same records, order, encoding, and one block as Ray
+    Data writes up to 128 MiB, ~6,800 tiny-preset records: the same batches come out of a seeded local shuffle),
+    encoded in this process and handed to Ray Data. For a pass that reads few records: Ray Data's
+    read and encode tasks cost ~13 s of worker start-up before the first of them (benchmarks/RESULTS.md, a pass's
+    timeline), the driver encodes ~1,000 records a second."""
+    import pyarrow.parquet as pq
+    import ray
+    from ray.data.block import BlockAccessor
+
+    files, filesystem = _split_files(split_dir)
+    filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
+    encode = _encoder(tuple(sorted(encoder.items())))
+    batches, left = [], max_records
+    for path in files:
+        table = pq.read_table(path, columns=RECORD_COLUMNS, filesystem=filesystem, filters=filters or None)
+        table = table.slice(0, left) if max_records else table
+        batches += [encode(table.slice(k, 64)) for k in range(0, table.num_rows, 64)]
+        left -= table.num_rows
+        if max_records and left <= 0:
+            break
+    if not batches:
+        raise ValueError(f"{split_dir}: no records of tasks {list(tasks) or 'any'} and kinds {list(kinds) or 'any'}; "
+                         "check the stage's `tasks` / `kinds` params, or rerun `dvc repro build_corpus`")
+    block = BlockAccessor.batch_to_block({key: np.concatenate([b[key] for b in batches]) for key in batches[0]})
+    return ray.data.from_arrow(block)
 
 
 def encoder_kwargs(model_cfg, tokenizer_dir: str, image_tokens: int, seg_tokens: int, max_tokens: int) -> dict:

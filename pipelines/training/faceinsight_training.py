@@ -16,7 +16,7 @@ from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.augmentation import mirror_and_shift
-from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
+from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset, encoder_kwargs
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 from pipelines.training.schedule import Phase
@@ -33,6 +33,9 @@ class TrainConfig(LoopConfig):
     projector_lr: float = 0.0  # 0: same as lr
     max_tokens: int = 320  # sequences are padded / truncated to this many tokens
     max_records: int = 0  # 0: the whole train split
+    # a pass that reads at most this many records encodes them in the driver, not in Ray Data tasks: their worker
+    # start-up (~13 s) cost more than encoding 6,400 records here (finetune's 200 steps; benchmarks/RESULTS.md)
+    driver_encode_records: int = 6400
     kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
     tasks: tuple[str, ...] = ()  # record tasks (attributes, age_gender_race, expression); empty: all
     val_faces: int = 64  # val faces per task scored at every checkpoint (learning curve in MLflow); 0: none
@@ -52,6 +55,8 @@ class TrainConfig(LoopConfig):
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"train.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.driver_encode_records < 0:
+            raise ValueError(f"train.driver_encode_records must be >= 0 (0: never), got {self.driver_encode_records}")
         if self.max_tokens < 1:
             raise ValueError("train.max_tokens must be >= 1")
         if self.visual_steps < 0:
@@ -226,7 +231,10 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
         # with max_steps, encode only the records those steps can consume (one pass)
         limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
         split = where.hand(stage, "corpus train split", inputs.corpus / "train")
-        train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
+        if limit and limit <= cfg.driver_encode_records:
+            train = driver_encoded_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks)
+        else:
+            train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
         val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
                          seed) if cfg.val_faces else {}
         return TrainingPass(LEARNER, {"train": train},

@@ -392,6 +392,27 @@ def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_
     assert np.array_equal(np.stack([r["input_ids"] for r in limited]), expected[:10])
 
 
+def test_a_short_pass_encoded_in_the_driver_trains_on_the_same_batches(ray_local, corpus):
+    """A pass that reads few records skips Ray Data's encode tasks; its seeded shuffled batches stay the same."""
+    from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset
+
+    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
+               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+    split = corpus["root"] / "train"
+
+    def batches(ds):
+        return [{k: v.numpy() for k, v in b.items()} for b in ds.iter_torch_batches(
+            batch_size=8, drop_last=True, local_shuffle_buffer_size=32, local_shuffle_seed=5)]
+
+    for limit in (40, 0):
+        ours = batches(driver_encoded_dataset(split, encoder, limit, tasks=("attributes",)))
+        ray_data = batches(corpus_dataset(split, encoder, limit, tasks=("attributes",)).materialize())
+        assert len(ours) == len(ray_data) == (limit or corpus["records"]) // 8
+        assert all(np.array_equal(a[k], b[k]) for a, b in zip(ours, ray_data, strict=True) for k in a)
+    with pytest.raises(ValueError, match=r"no records of tasks \['expression'\].*build_corpus"):
+        driver_encoded_dataset(split, encoder, 40, tasks=("expression",))
+
+
 @pytest.mark.slow
 def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, corpus, tmp_path, monkeypatch):
     import shutil
