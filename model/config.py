@@ -140,6 +140,10 @@ class AlignmentConfig:
     # not to trust a verdict (tenth default run: yes/no 0.53 with the head at 0.75); text-phase learning curves
     # from two visual phases read the head at 1.0 (benchmarks/RESULTS.md, tenth pass)
     verdict_forcing: float = 1.0
+    # at inference the text reads each head's decision as training forced it (+-6: an attribute present where the
+    # head's probability passes 0.5, a task's top class), not the head's soft scores: a text trained on confident
+    # labels alone read an unsure head's soft verdict as "no" / the common class (eleventh pass, RESULTS.md)
+    hard_verdicts: bool = True
     # gender, race and expression heads on the pooled visual feature; the question words that name the task carry
     # their answer word (model/knowledge_modules.AnswerEmbedding). Independent of use_cooccurrence
     answer_heads: bool = True

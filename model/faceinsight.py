@@ -342,12 +342,28 @@ class FaceInsight(Checkpointable, nn.Module):
         return FaceInsightOutput(loss, logits, losses, verdicts.get("attributes"),
                                  {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES})
 
+    def decided_verdicts(self, verdicts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the text reads outside training: with `hard_verdicts`, each head's decision as the confident logits
+        (+-6) verdict forcing hands it in training (an attribute where its probability passes 0.5; a task's top
+        class); else the heads' own scores."""
+        if not self.cfg.alignment.hard_verdicts:
+            return verdicts
+        out = {}
+        for name, logits in verdicts.items():
+            if name == "attributes":
+                out[name] = torch.where(logits > 0, 6.0, -6.0).to(logits.dtype)
+            else:
+                out[name] = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype) * 12.0 - 6.0
+        return out
+
     def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
                         answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """In training, `verdict_forcing` of the faces with labels give the embeddings their labels as confident
         logits (+-6); the rest, and every face at inference, give the heads' own."""
         share = self.cfg.alignment.verdict_forcing
-        if not self.training or share == 0:
+        if not self.training:
+            return self.decided_verdicts(verdicts)
+        if share == 0:
             return verdicts
         labels = dict(answer_labels or {})
         if attribute_labels is not None:
@@ -423,6 +439,7 @@ class FaceInsight(Checkpointable, nn.Module):
         ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
         visual, verdicts = self.encode_visual(pixel_values, seg_maps)
+        verdicts = self.decided_verdicts(verdicts)  # what the text reads, as in forward outside training
         embeds = self.embed(ids, visual, verdicts)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]

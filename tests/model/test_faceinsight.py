@@ -267,11 +267,52 @@ def test_verdict_forcing_hands_labels_only_in_training_and_only_where_known(mode
     assert torch.equal(forced["expression"][1], expression[1])  # no label: the head's own
     ages = model.forced_verdicts({"age": torch.randn(3, 100)}, None, {"age": torch.tensor([37, -1, 105])})["age"]
     assert ages[0].argmax() == 37 and ages[2].argmax() == 99  # years -> their class (105: 99+)
-    model.eval()
-    assert model.forced_verdicts(verdicts, labels) is verdicts  # inference reads the heads
+    model.eval()  # inference reads the heads' decisions, as confident as the forced labels were
+    decided = model.forced_verdicts(verdicts, labels)
+    assert torch.equal(decided["attributes"], torch.where(logits > 0, 6.0, -6.0))
+    assert torch.equal(decided["expression"].argmax(-1), expression.argmax(-1))
+    assert set(decided["expression"].unique().tolist()) == {-6.0, 6.0}
+    soft = dataclasses.replace(forcing, alignment=dataclasses.replace(forcing.alignment, hard_verdicts=False))
+    model.cfg = soft
+    assert model.forced_verdicts(verdicts, labels) is verdicts  # or their scores, with hard_verdicts off
     model.train()
-    model.cfg = dataclasses.replace(forcing, alignment=dataclasses.replace(forcing.alignment, verdict_forcing=0.0))
+    model.cfg = dataclasses.replace(soft, alignment=dataclasses.replace(soft.alignment, verdict_forcing=0.0))
     assert model.forced_verdicts(verdicts, labels) is verdicts
+
+
+def test_generation_reads_the_heads_decisions_not_their_confidence(model, monkeypatch):
+    """Heads as sure as training's forced labels, or barely sure of the same decisions: the same answers."""
+    torch.manual_seed(2)
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    prompts = [model.chat.prompt(model.tokenizer, q, model.image_tokens, model.seg_tokens)
+               for q in ("Is this person smiling?", "What is the facial expression?", "Is this person bald?")]
+    side = model.cfg.vision.image_size
+    pixels, maps = torch.rand(3, 3, side, side), torch.randint(0, 19, (3, side, side))
+    encode = model.encode_visual
+
+    def scaled(by: float):
+        def encode_visual(*args):
+            visual, verdicts = encode(*args)
+            return visual, {k: v * by for k, v in verdicts.items()}
+        return encode_visual
+
+    embed, read = model.embed, []
+
+    def embed_spy(ids, visual, verdicts=None):
+        read.append(verdicts)
+        return embed(ids, visual, verdicts)
+
+    monkeypatch.setattr(model, "embed", embed_spy)
+    said = []
+    for by in (1.0, 0.01):
+        monkeypatch.setattr(model, "encode_visual", scaled(by))
+        said.append(model.generate(prompts, pixels, maps, max_new_tokens=6))
+    assert said[0] == said[1]
+    assert len(read) == 2 and torch.equal(read[0]["attributes"], read[1]["attributes"])
+    assert set(read[0]["attributes"].unique().tolist()) == {-6.0, 6.0}
+    assert set(read[0]["expression"].unique().tolist()) == {-6.0, 6.0}
 
 
 def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model, conversations):
@@ -543,10 +584,11 @@ def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_genera
     from model.labels import EXPRESSIONS
 
     m = pointer_model
-    m.eval()  # no verdict forcing: both paths read the heads' own verdicts
+    m.eval()  # no verdict forcing: both paths read the heads' own decisions
     b = batch(m, conversations[:3])
     with torch.no_grad():
         visual, verdicts = m.encode_visual(b["pixel_values"], b["seg_maps"])
+        verdicts = m.forced_verdicts(verdicts, None)
         embeds = m.embed(b["input_ids"], visual, verdicts)
         full = m(input_ids=b["input_ids"], pixel_values=b["pixel_values"], seg_maps=b["seg_maps"],
                  attention_mask=b["attention_mask"]).logits
