@@ -51,8 +51,12 @@ def main() -> None:
     rows, missing = [], []
     for name, data in passes(args.metrics):
         r = row(name, data)
-        (rows.append(r) if r else missing.append(name))
-    print(f"| pass | steps | steps (s) | s / step | fixed (s) | total (min) |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+        if r:
+            rows.append(r)
+        else:
+            missing.append(name)
+    print("| pass | steps | steps (s) | s / step | fixed (s) | total (min) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, steps, stepping, per_step, fixed in rows:
         print(f"| {name} | {steps:,} | {stepping:.0f} | {per_step:.3f} | {fixed:.0f} | {(stepping + fixed) / 60:.1f} |")
     if rows:
