@@ -71,6 +71,14 @@ def loop_tokens(seq: list[int], longest: int) -> list[int]:
     return sorted(banned)
 
 
+def confident_logits(name: str, decided: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A verdict as sure as a label (the form verdict forcing trains on): attributes, +6 where `decided` is true and
+    -6 elsewhere; a task, +6 for the class index `decided` and -6 for the rest (`like`'s class count and dtype)."""
+    if name == "attributes":
+        return (decided.to(like.dtype) * 2 - 1) * 6.0
+    return nn.functional.one_hot(decided, like.shape[-1]).to(like.dtype) * 12.0 - 6.0
+
+
 class FaceInsight(Checkpointable, nn.Module):
     """`FaceInsight.from_pretrained(path)` / `save_pretrained(path, recipe)` come from model/checkpoint.py."""
 
@@ -348,18 +356,13 @@ class FaceInsight(Checkpointable, nn.Module):
         class); else the heads' own scores."""
         if not self.cfg.alignment.hard_verdicts:
             return verdicts
-        out = {}
-        for name, logits in verdicts.items():
-            if name == "attributes":
-                out[name] = torch.where(logits > 0, 6.0, -6.0).to(logits.dtype)
-            else:
-                out[name] = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype) * 12.0 - 6.0
-        return out
+        return {name: confident_logits(name, logits > 0 if name == "attributes" else logits.argmax(-1), logits)
+                for name, logits in verdicts.items()}
 
     def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
                         answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """In training, `verdict_forcing` of the faces with labels give the embeddings their labels as confident
-        logits (+-6); the rest, and every face at inference, give the heads' own."""
+        logits (+-6), the rest the heads' own; at inference every face gives the heads' (decided_verdicts)."""
         share = self.cfg.alignment.verdict_forcing
         if not self.training:
             return self.decided_verdicts(verdicts)
@@ -375,11 +378,10 @@ class FaceInsight(Checkpointable, nn.Module):
                 continue
             if name == "attributes":
                 known = y >= 0
-                truth = (y.to(logits.dtype) * 2 - 1) * 6.0
-            else:  # one class: +6 for the true one, -6 for the rest
+            else:
                 y = self.answer_embedding.classes(name, y)
                 known = (y >= 0)[:, None]
-                truth = nn.functional.one_hot(y.long().clamp(min=0), logits.shape[-1]).to(logits.dtype) * 12.0 - 6.0
+            truth = confident_logits(name, y if name == "attributes" else y.long().clamp(min=0), logits)
             forced = (torch.rand(len(logits), 1, device=logits.device) < share) & known
             out[name] = torch.where(forced, truth, logits)
         return out

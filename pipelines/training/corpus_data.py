@@ -116,12 +116,11 @@ def driver_encoded_dataset(split_dir: str | Path, encoder: dict[str, Any], max_r
 
     files, filesystem = _split_files(split_dir)
     filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
-    encode = _encoder(tuple(sorted(encoder.items())))
     batches, left = [], max_records
     for path in files:
         table = pq.read_table(path, columns=RECORD_COLUMNS, filesystem=filesystem, filters=filters or None)
         table = table.slice(0, left) if max_records else table
-        batches += [encode(table.slice(k, 64)) for k in range(0, table.num_rows, 64)]
+        batches += [encode_batch(table.slice(k, 64), **encoder) for k in range(0, table.num_rows, 64)]
         left -= table.num_rows
         if max_records and left <= 0:
             break
