@@ -79,6 +79,10 @@ class ChatTemplate:
         ids, _ = self.encode(tokenizer, turns, image_tokens, seg_tokens)
         return ids + self._text(tokenizer, self.assistant)
 
+    def turn_start_id(self, tokenizer) -> int:
+        """The token that opens a human turn: a question's scope starts there (the answer pointer's)."""
+        return self._text(tokenizer, self.user)[0]
+
     def stop_ids(self, tokenizer) -> set[int]:
         ids = set(self._text(tokenizer, self.end)[-1:])
         return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

@@ -128,7 +128,8 @@ class FaceInsight(Checkpointable, nn.Module):
             self.register_buffer("attribute_pos_weight",
                                  attribute_pos_weight(knowledge.get("counts"), knowledge.get("n_train")))
         self.answer_embedding = self.build_answer_embedding(width, knowledge) if cfg.alignment.answer_heads else None
-        self.answer_pointer = self.build_answer_pointer(width) if cfg.alignment.answer_pointer else None
+        self.answer_pointer = (self.build_answer_pointer(width)
+                               if cfg.alignment.answer_pointer and self.answer_embedding is not None else None)
         rules = knowledge["rules"] if (knowledge and cfg.alignment.use_constraints) else []
         self.register_buffer("rules", rules_tensor(rules))
         self.preprocess = ImagePreprocessor(cfg.vision)
@@ -162,7 +163,7 @@ class FaceInsight(Checkpointable, nn.Module):
         tasks = self.cfg.alignment.pointer_tasks
         keys = self.answer_key_ids()
         return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ANSWER_CLASSES[t]] for t in tasks},
-                             {t: keys[t] for t in tasks})
+                             {t: keys[t] for t in tasks}, self.chat.turn_start_id(self.tokenizer))
 
     def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
                   ) -> torch.Tensor:
@@ -303,7 +304,8 @@ class FaceInsight(Checkpointable, nn.Module):
                            **({"output_hidden_states": True} if self.answer_pointer is not None else {}))
             logits = out.logits
             if self.answer_pointer is not None:
-                logits = logits.float() + self.copy_bias(out.hidden_states[-1], input_ids, shown)
+                # summed in fp32, returned in the LM's dtype (bf16 under autocast), as without the pointer
+                logits = (logits.float() + self.copy_bias(out.hidden_states[-1], input_ids, shown)).to(logits.dtype)
         else:
             logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels,
                                                            (input_ids, shown))
@@ -399,16 +401,18 @@ class FaceInsight(Checkpointable, nn.Module):
         targets = labels[:, 1:]
         supervised = targets != IGNORE
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])
+        scores = logits.float()
         if self.answer_pointer is not None and copy is not None:
             input_ids, verdicts = copy
             rows = supervised.nonzero()[:, 0]
             named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
-            logits = logits.float() + self.answer_pointer.bias(
+            scores = scores + self.answer_pointer.bias(
                 hidden[:, :-1][supervised], named,
                 {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits.shape[-1])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
-        return logits, nn.functional.cross_entropy(logits.float(), targets[supervised])
+        # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not
+        return scores.to(logits.dtype), nn.functional.cross_entropy(scores, targets[supervised])
 
     # -- inference ----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -480,7 +484,7 @@ class FaceInsight(Checkpointable, nn.Module):
             if done.all():
                 break
             if pointer:
-                named = named | self.answer_pointer.named(token[:, None])[:, -1]
+                named = self.answer_pointer.advance(named, token)
             embeds = torch.cat([embeds, self.embed_text(token[:, None], verdicts).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]

@@ -275,7 +275,7 @@ class AnswerPointer(nn.Module):
     readily as a frequent one. A token shared by two classes' words gains both terms."""
 
     def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
-                 key_ids: dict[str, list[int]]):
+                 key_ids: dict[str, list[int]], turn_id: int | None = None):
         super().__init__()
         self.tasks = tasks
         self.gate = nn.Linear(width, len(tasks))
@@ -284,10 +284,23 @@ class AnswerPointer(nn.Module):
         for t in tasks:
             self.register_buffer(f"{t}_first", torch.tensor(first_ids[t], dtype=torch.long))  # (classes, forms)
             self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))
+        # the token that opens a question turn closes the previous question's scope: a conversation asks ~20 things,
+        # and an expression question's word must not open the gate on the yes/no answers of the turns after it
+        # (not persistent: the chat template's, as the model is built)
+        self.register_buffer("turn_ids", torch.tensor([] if turn_id is None else [turn_id], dtype=torch.long),
+                             persistent=False)
 
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position."""
-        return torch.stack([torch.isin(input_ids, getattr(self, f"{t}_keys")).cumsum(1) > 0 for t in self.tasks], -1)
+        """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position
+        within its turn (after the last token that opens one)."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        opened = torch.where(torch.isin(input_ids, self.turn_ids), pos, -1).cummax(1).values
+        return torch.stack([torch.where(torch.isin(input_ids, getattr(self, f"{t}_keys")), pos, -1).cummax(1).values
+                            > opened for t in self.tasks], -1)
+
+    def advance(self, named: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """named (B, tasks) at the last position, token (B,) the next one -> named at that token."""
+        return (named | self.named(token[:, None])[:, -1]) & ~torch.isin(token, self.turn_ids)[:, None]
 
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
              vocab: int) -> torch.Tensor:

@@ -357,7 +357,9 @@ def test_recipes_train_exactly_their_components(model, conversations):
     # one optimiser step moves exactly the trainable tensors
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model(**batch(model, conversations[:2])).loss.backward()
+    # a question naming a task, so the answer pointer's gate has an answer to act on
+    asked = [{"from": "human", "value": "<image>\nWhat is this person's gender?"}, {"from": "gpt", "value": "Female"}]
+    model(**batch(model, [*conversations[:2], asked])).loss.backward()
     opt.step()
     for n, p in model.named_parameters():
         changed = not torch.equal(before[n], p)
@@ -551,6 +553,30 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     rest = torch.ones(bias.shape[-1], dtype=torch.bool)
     rest[first.flatten()] = False
     assert torch.equal(bias[1, rest], torch.zeros(int(rest.sum())))
+
+
+def test_answer_pointer_closes_at_the_next_question_turn(pointer_model):
+    """A conversation asks many things: after an expression turn, the next turn's yes/no answer gains nothing from the
+    expression head (the gate's scope is its own turn), in the whole-sequence form and step by step as generation
+    advances it."""
+    m = pointer_model
+    turns = [{"from": "human", "value": "<image>\nHow does this person feel?"}, {"from": "gpt", "value": "Happiness"},
+             {"from": "human", "value": "Is this person smiling?"}, {"from": "gpt", "value": "Yes"}]
+    ids, labels = m.chat.encode(m.tokenizer, turns, m.image_tokens, m.seg_tokens)
+    ids = torch.tensor([ids])
+    named = m.answer_pointer.named(ids)[0, :, m.answer_pointer.tasks.index("expression")]
+    answers = [k for k, label in enumerate(labels) if label != -100]
+    opens = (ids[0] == m.chat.turn_start_id(m.tokenizer)).nonzero()[:, 0].tolist()
+    assert len(opens) == 2
+    first_answer = [k - 1 for k in answers if k < opens[1]]  # the positions that predict the first answer's tokens
+    second_answer = [k - 1 for k in answers if k > opens[1]]
+    assert named[first_answer].all() and not named[second_answer].any()
+    assert not named[opens[1]:].any()
+    # generation's step-by-step form agrees with the whole-sequence one at every position
+    step = m.answer_pointer.named(ids[:, :1])[:, -1]
+    for k in range(1, ids.shape[1]):
+        step = m.answer_pointer.advance(step, ids[:, k])
+        assert torch.equal(step, m.answer_pointer.named(ids[:, :k + 1])[:, -1]), k
 
 
 def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
