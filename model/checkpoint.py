@@ -72,6 +72,14 @@ def save_pretrained(model, path: str | Path, recipe: Recipe,
     return sorted(tensors)
 
 
+def update_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace or add these tensors in a saved checkpoint's weights (a value chosen after training, e.g. the attribute
+    thresholds fitted on val)."""
+    weights = load_file(str(Path(path) / WEIGHTS_FILE))
+    weights.update({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    save_file(weights, str(Path(path) / WEIGHTS_FILE))
+
+
 def knowledge_from_weights(weights: dict[str, torch.Tensor]) -> dict[str, Any] | None:
     """The knowledge buffers a checkpoint carries, in knowledge.json's shape (graph and rules)."""
     if "cooccurrence.adjacency" not in weights:
@@ -79,6 +87,11 @@ def knowledge_from_weights(weights: dict[str, torch.Tensor]) -> dict[str, Any] |
     rules = [{"kind": "exclusion" if int(k) == EXCLUSION else "implication", "a": CELEBA_ATTRIBUTES[int(a)],
               "b": CELEBA_ATTRIBUTES[int(b)]} for k, a, b in weights.get("rules", torch.zeros(0, 3)).tolist()]
     return {"graph": {"normalized": weights["cooccurrence.adjacency"].tolist()}, "rules": rules}
+
+
+# buffers a checkpoint saved before they existed lacks; their initial value is what such a model decided with
+# (attribute_threshold 0: present where p > 0.5)
+ADDED_LATER = frozenset({"attribute_threshold"})
 
 
 def from_pretrained(cls, path: str | Path):
@@ -94,7 +107,7 @@ def from_pretrained(cls, path: str | Path):
         model.add_lora()
     missing, unexpected = model.load_state_dict(weights, strict=False)
     recipe = Recipe(**meta["recipe"])
-    absent = [k for k in missing if k not in meta["aliases"] and saved(model, k, recipe)]
+    absent = [k for k in missing if k not in meta["aliases"] and k not in ADDED_LATER and saved(model, k, recipe)]
     if absent or unexpected:
         raise ValueError(f"{path}: checkpoint does not match its config: missing {absent[:5]}, "
                          f"unexpected {unexpected[:5]}")

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,7 @@ from model.knowledge_modules import (
     KnowledgeEmbedding,
     KnowledgeTokens,
     attribute_pos_weight,
+    balanced_thresholds,
     class_weights,
     constraint_loss,
     masked_bce,
@@ -127,6 +129,9 @@ class FaceInsight(Checkpointable, nn.Module):
             # rare attributes (Bald 2%) would otherwise never cross 0.5; a checkpoint carries its own weights
             self.register_buffer("attribute_pos_weight",
                                  attribute_pos_weight(knowledge.get("counts"), knowledge.get("n_train")))
+            # per attribute, the logit above which the head decides "present", chosen on val once training is over
+            # (fit_attribute_thresholds; 0 = p 0.5 until then): what the text is handed and the head row says
+            self.register_buffer("attribute_threshold", torch.zeros(len(CELEBA_ATTRIBUTES)))
         self.answer_embedding = self.build_answer_embedding(width, knowledge) if cfg.alignment.answer_heads else None
         self.answer_pointer = (self.build_answer_pointer(width)
                                if cfg.alignment.answer_pointer and self.answer_embedding is not None else None)
@@ -358,8 +363,11 @@ class FaceInsight(Checkpointable, nn.Module):
         class); else the heads' own scores."""
         if not self.cfg.alignment.hard_verdicts:
             return verdicts
-        return {name: confident_logits(name, logits > 0 if name == "attributes" else logits.argmax(-1), logits)
-                for name, logits in verdicts.items()}
+        return {name: confident_logits(name, self.decide(name, logits), logits) for name, logits in verdicts.items()}
+
+    def decide(self, name: str, logits: torch.Tensor) -> torch.Tensor:
+        """A head's decision: attributes present above their val-chosen thresholds, a task's top class."""
+        return logits > self.attribute_threshold.to(logits.dtype) if name == "attributes" else logits.argmax(-1)
 
     def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
                         answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -422,6 +430,25 @@ class FaceInsight(Checkpointable, nn.Module):
         if self.cooccurrence is None:
             raise ValueError("this model has no attribute head (use_cooccurrence is off)")
         return torch.sigmoid(self.encode_visual(pixel_values, seg_maps)[1]["attributes"])
+
+    @torch.inference_mode()
+    def attribute_decisions(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 40) bool: the attribute head's decisions, as the text reads them (the val-chosen thresholds)."""
+        if self.cooccurrence is None:
+            raise ValueError("this model has no attribute head (use_cooccurrence is off)")
+        return self.decide("attributes", self.encode_visual(pixel_values, seg_maps)[1]["attributes"].float())
+
+    @torch.inference_mode()
+    def fit_attribute_thresholds(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None,
+                                 attributes: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Choose each attribute's decision threshold on these (val) faces (balanced accuracy, as the specialist's;
+        0 where they hold too few positives or negatives); returns and keeps them."""
+        logits = torch.cat([self.encode_visual(pixel_values[k:k + batch],
+                                               None if seg_maps is None else seg_maps[k:k + batch])[1]["attributes"]
+                            for k in range(0, len(pixel_values), batch)]).float().numpy()
+        out = balanced_thresholds(logits, attributes)
+        self.attribute_threshold.copy_(torch.from_numpy(out))
+        return out
 
     @torch.inference_mode()
     def answer_probabilities(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None

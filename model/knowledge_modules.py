@@ -315,6 +315,22 @@ class AnswerPointer(nn.Module):
         return out
 
 
+def balanced_thresholds(logits: np.ndarray, truth: np.ndarray, min_count: int = 5) -> np.ndarray:
+    """(N, A) attribute logits and 0/1 labels of the same (val) faces -> per attribute, the logit threshold that
+    maximises balanced accuracy (the middle of the best plateau, not its edge); 0 where the faces hold fewer than
+    `min_count` positives or negatives (too few to choose from)."""
+    out = np.zeros(truth.shape[1], np.float32)
+    for j in range(truth.shape[1]):
+        pos, neg = logits[truth[:, j] == 1, j], logits[truth[:, j] == 0, j]
+        if len(pos) < min_count or len(neg) < min_count:
+            continue
+        cands = np.unique(np.concatenate([[0.0], logits[:, j]]))
+        bal = [0.5 * ((pos > c).mean() + (neg <= c).mean()) for c in cands]
+        best = np.flatnonzero(np.isclose(bal, max(bal)))
+        out[j] = float(np.median(cands[best]))
+    return out
+
+
 def ordinal_targets(classes: torch.Tensor, n: int, sigma: float = 1.0) -> torch.Tensor:
     """Soft targets for ordered classes: a Gaussian over the class index around the true one (DLDL, Gao et al. 2017)."""
     d = torch.arange(n, device=classes.device)[None].float() - classes[:, None].float()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from model.knowledge_modules import attribute_pos_weight
+from model.knowledge_modules import attribute_pos_weight, balanced_thresholds
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_MAX_AGE, UTK_RACES
 from model.small_checkpoint import WEIGHTS_FILE, read_small_config, save_small
 
@@ -114,15 +114,7 @@ class SpecialistCNN(nn.Module):
         images, truth = images[known], attributes[known]
         logits = np.concatenate([self._on_uint8(images[k:k + 256])["attributes"].numpy()
                                  for k in range(0, len(images), 256)])
-        out = np.zeros(truth.shape[1], np.float32)
-        for j in range(truth.shape[1]):
-            pos, neg = logits[truth[:, j] == 1, j], logits[truth[:, j] == 0, j]
-            if len(pos) < min_count or len(neg) < min_count:
-                continue
-            cands = np.unique(np.concatenate([[0.0], logits[:, j]]))
-            bal = [0.5 * ((pos > c).mean() + (neg <= c).mean()) for c in cands]
-            best = np.flatnonzero(np.isclose(bal, max(bal)))
-            out[j] = float(np.median(cands[best]))  # the middle of the best plateau, not its edge
+        out = balanced_thresholds(logits, truth, min_count)
         self.attribute_threshold.copy_(torch.from_numpy(out))
         return out
 

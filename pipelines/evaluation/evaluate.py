@@ -174,12 +174,12 @@ def model_predictions(model, faces: list[dict[str, Any]], asked: list[Question],
                                             max_new_tokens=cfg.max_new_tokens), len(faces), asked, cfg)
         extra: dict[str, Any] = {"examples": examples}
         if model.cooccurrence is not None and asked[0].target in CELEBA_ATTRIBUTES:
-            probs = []
+            decided = []  # the head's decisions at its val-chosen thresholds, as the text reads them
             for start in range(0, len(faces), cfg.batch_size):
                 sl = slice(start, start + cfg.batch_size)
                 m = None if maps is None else torch.as_tensor(maps[sl])
-                probs.append(model.attribute_probabilities(model.preprocess(images[sl]), m).float().numpy())
-            head = np.concatenate(probs) > 0.5
+                decided.append(model.attribute_decisions(model.preprocess(images[sl]), m).numpy())
+            head = np.concatenate(decided)
             extra["head"] = {n: head[:, k].astype(int) for k, n in enumerate(CELEBA_ATTRIBUTES)}
         elif model.answer_embedding is not None and asked[0].target not in CELEBA_ATTRIBUTES:
             extra["head"] = answer_head_predictions(model, images, maps, [q.target for q in asked], cfg.batch_size)

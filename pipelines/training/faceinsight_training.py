@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, update_tensors
 from model.config import RECIPES, FaceInsightConfig
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
@@ -20,7 +21,7 @@ from pipelines.training.corpus_data import corpus_dataset, driver_encoded_datase
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 from pipelines.training.schedule import Phase
-from pipelines.training.validation import val_sample, val_scores
+from pipelines.training.validation import fit_val_thresholds, val_sample, val_scores
 
 LEARNER = "pipelines.training.faceinsight_training:FaceInsightLearner"
 
@@ -213,6 +214,18 @@ def pretrained_path(model: dict[str, Any]) -> str | None:
     return None
 
 
+def with_val_thresholds(corpus: Path) -> Callable[[Path], FaceInsight]:
+    """The publish check: the checkpoint loads, and its attribute head's decision thresholds are chosen on the val
+    faces and saved with it (as the specialist's), so the text and the head row decide as val says."""
+    def check(path: Path) -> FaceInsight:
+        model = FaceInsight.from_pretrained(path)
+        if fit_val_thresholds(model, corpus) is not None:
+            update_tensors(path, {"attribute_threshold": model.attribute_threshold})
+        return FaceInsight.from_pretrained(path)  # the published folder must load, thresholds included
+
+    return check
+
+
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
@@ -241,7 +254,7 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
                             {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge,
                              "tokenizer_dir": tokenizer_dir, "init_from": init_from, "n_train": train.count(),
                              "val": val, "val_questions": val_questions()},
-                            faceinsight_run_name(stage, cfg, inputs, seed), FaceInsight.from_pretrained)
+                            faceinsight_run_name(stage, cfg, inputs, seed), with_val_thresholds(inputs.corpus))
 
     job, state = train_and_publish(stage, cfg, storage_path, out_dir, prepare)
     history = state["history"]

@@ -44,6 +44,21 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
     return out
 
 
+def fit_val_thresholds(model, corpus: Path) -> np.ndarray | None:
+    """Choose the attribute head's per-attribute decision thresholds on every val face of the attribute task (the
+    maps as evaluation gives them); None where the model has no attribute head or the corpus no such faces."""
+    import torch
+
+    rows = load_faces(corpus, "val", "attributes", required=False)
+    if model.cooccurrence is None or not rows:
+        return None
+    images = np.stack([decode_image(r["image"], model.cfg.vision.image_size) for r in rows])
+    maps = (torch.as_tensor(np.stack([decode_image(r["seg_map"], model.cfg.seg.image_size, "L") for r in rows])
+                            .astype(np.int64)) if model.seg_encoder is not None else None)
+    labels = np.array([r["labels"]["attributes"] for r in rows], dtype=np.int64)
+    return model.fit_attribute_thresholds(model.preprocess(images), maps, labels)
+
+
 def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
     """Unweighted average recall over the classes present (an unread answer, -1, is wrong): balanced accuracy for
     yes/no, UAR for expression."""
@@ -80,9 +95,9 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
         images, seg = attrs["image"], attrs["seg_map"]
         labels = attrs["labels"]
         if model.cooccurrence is not None:
-            probs = model.attribute_probabilities(model.preprocess(images),
-                                                  torch.as_tensor(seg) if maps else None).float().numpy()
-            per = [_mean_recall((probs[:, j] > 0.5).astype(int), labels[:, j]) for j in range(labels.shape[1])
+            decided = model.attribute_decisions(model.preprocess(images),
+                                                torch.as_tensor(seg) if maps else None).numpy()
+            per = [_mean_recall(decided[:, j].astype(int), labels[:, j]) for j in range(labels.shape[1])
                    if len(np.unique(labels[:, j])) == 2]
             out["val_head_balanced_accuracy"] = float(np.mean(per))
         pairs = [(i, int(j)) for i in range(len(images)) for j in attrs["asked"][i]]

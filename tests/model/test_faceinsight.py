@@ -636,3 +636,37 @@ def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_genera
     with torch.no_grad():
         m.answer_pointer.gate.bias.fill_(-60.0)
     assert m.generate([other], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=6) == opened
+
+
+def test_attribute_thresholds_are_chosen_on_val_and_travel_with_the_checkpoint(model, conversations, tmp_path):
+    """fit_attribute_thresholds picks, per attribute, the logit that separates these faces' labels best; the head's
+    decisions and what the text is handed then follow it; the thresholds save and load with the weights, and a
+    checkpoint saved before they existed loads deciding at p 0.5, as it did."""
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import WEIGHTS_FILE
+    from pipelines.evaluation.metrics import attribute_metrics
+
+    model.eval()
+    b = batch(model, conversations[:16])
+    with torch.no_grad():
+        logits = model.encode_visual(b["pixel_values"], b["seg_maps"])[1]["attributes"].float()
+    # labels a threshold other than 0 separates: present above each attribute's median logit over these faces
+    truth = (logits > logits.median(0).values).long().numpy()
+
+    def balanced(decided: torch.Tensor) -> float:
+        return attribute_metrics(decided.long().numpy(), truth)["mean_balanced_accuracy"]
+
+    assert balanced(model.attribute_decisions(b["pixel_values"], b["seg_maps"])) < 0.9  # p 0.5 misses them
+    chosen = model.fit_attribute_thresholds(b["pixel_values"], b["seg_maps"], truth)
+    assert (chosen != 0).any()
+    decided = model.attribute_decisions(b["pixel_values"], b["seg_maps"])
+    assert balanced(decided) == 1.0
+    handed = model.decided_verdicts({"attributes": logits})["attributes"]
+    assert torch.equal(handed > 0, decided)
+    model.save_pretrained(tmp_path, RECIPES["full"])
+    assert torch.equal(FaceInsight.from_pretrained(tmp_path).attribute_threshold, model.attribute_threshold)
+    weights = load_file(str(tmp_path / WEIGHTS_FILE))
+    del weights["attribute_threshold"]
+    save_file(weights, str(tmp_path / WEIGHTS_FILE))
+    assert not FaceInsight.from_pretrained(tmp_path).attribute_threshold.any()
