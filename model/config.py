@@ -160,11 +160,18 @@ class AlignmentConfig:
     # expression and age heads but cost the attribute yes/no answers 0.07 at 1,000 steps, when a task's word still
     # opened the gate in every later turn of the conversation; it now closes at the next question)
     pointer_tasks: tuple[str, ...] = ANSWER_TASKS
+    # how the copy meets the LM: mix, pointer-generator proper, a gated mixture of the LM's distribution and the
+    # head's over its class words (an open gate writes a class word whatever the LM prefers); add, the head's class
+    # scores times the gate added to the LM's logits (a class word gains at most gate x log C over any other token).
+    # The twelfth default run (add): 10% of its expression answers were a background sentence; mix, from the same
+    # align: none, the text = the head on expression and age (benchmarks/RESULTS.md, twelfth pass)
+    pointer_form: str = "mix"
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
         _check(bool(self.pointer_tasks) and set(self.pointer_tasks) <= set(ANSWER_TASKS), "alignment.pointer_tasks",
                f"one or more of {ANSWER_TASKS}, got {self.pointer_tasks!r}")
+        _check(self.pointer_form in ("add", "mix"), "alignment.pointer_form", f"add or mix, got {self.pointer_form!r}")
         _check(self.head_max_weight >= 0, "alignment.head_max_weight", f">= 0, got {self.head_max_weight}")
         _check(0 <= self.verdict_forcing <= 1, "alignment.verdict_forcing", f"in [0, 1], got {self.verdict_forcing}")
         _check(self.knowledge_link in ("soft", "exact"), "alignment.knowledge_link",

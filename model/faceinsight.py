@@ -168,18 +168,18 @@ class FaceInsight(Checkpointable, nn.Module):
         tasks = self.cfg.alignment.pointer_tasks
         keys = self.answer_key_ids()
         return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ANSWER_CLASSES[t]] for t in tasks},
-                             {t: keys[t] for t in tasks}, self.chat.turn_start_id(self.tokenizer))
+                             {t: keys[t] for t in tasks}, self.chat.turn_start_id(self.tokenizer),
+                             self.cfg.alignment.pointer_form)
 
-    def copy_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
-                  ) -> torch.Tensor:
-        """(B, T, W) hidden states of (B, T) tokens -> the pointer's (B, T, vocab) additions to their next-token
-        logits (a model with an answer pointer)."""
+    def copy_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor],
+                    lm_logits: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) hidden states of (B, T) tokens and the LM's (B, T, vocab) logits -> the fp32 scores with the
+        pointer's copy (AnswerPointer.apply)."""
         b, t, w = hidden.shape
         logits = {k: verdicts[k][:, None].expand(b, t, -1).reshape(b * t, -1) for k in self.answer_pointer.tasks}
         named = self.answer_pointer.named(input_ids).reshape(b * t, -1)
-        bias = self.answer_pointer.bias(hidden.reshape(b * t, w), named, logits,
-                                        self.llm.config.vocab_size)  # not the weight: ZeRO-3 partitions it
-        return bias.view(b, t, -1)
+        return self.answer_pointer.apply(hidden.reshape(b * t, w), named, logits,
+                                         lm_logits.reshape(b * t, -1)).view(b, t, -1)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:
@@ -309,8 +309,8 @@ class FaceInsight(Checkpointable, nn.Module):
                            **({"output_hidden_states": True} if self.answer_pointer is not None else {}))
             logits = out.logits
             if self.answer_pointer is not None:
-                # summed in fp32, returned in the LM's dtype (bf16 under autocast), as without the pointer
-                logits = (logits.float() + self.copy_bias(out.hidden_states[-1], input_ids, shown)).to(logits.dtype)
+                # in fp32, returned in the LM's dtype (bf16 under autocast), as without the pointer
+                logits = self.copy_logits(out.hidden_states[-1], input_ids, shown, logits).to(logits.dtype)
         else:
             logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels,
                                                            (input_ids, shown))
@@ -414,9 +414,8 @@ class FaceInsight(Checkpointable, nn.Module):
             input_ids, verdicts = copy
             rows = supervised.nonzero()[:, 0]
             named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
-            scores = scores + self.answer_pointer.bias(
-                hidden[:, :-1][supervised], named,
-                {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits.shape[-1])
+            scores = self.answer_pointer.apply(hidden[:, :-1][supervised], named,
+                                               {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits)
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not
@@ -492,8 +491,7 @@ class FaceInsight(Checkpointable, nn.Module):
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             if pointer:
-                logits = logits + self.answer_pointer.bias(out.hidden_states[-1][:, -1], named, verdicts,
-                                                           logits.shape[-1])
+                logits = self.answer_pointer.apply(out.hidden_states[-1][:, -1], named, verdicts, logits)
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)

@@ -275,9 +275,10 @@ class AnswerPointer(nn.Module):
     readily as a frequent one. A token shared by two classes' words gains both terms."""
 
     def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
-                 key_ids: dict[str, list[int]], turn_id: int | None = None):
+                 key_ids: dict[str, list[int]], turn_id: int | None = None, form: str = "add"):
         super().__init__()
         self.tasks = tasks
+        self.form = form  # add: the copy's scores added to the LM's logits; mix: a mixture of the two distributions
         self.gate = nn.Linear(width, len(tasks))
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, -2.0)  # softplus(-2) = 0.13: a small pull until the gate has learned
@@ -313,6 +314,27 @@ class AnswerPointer(nn.Module):
             scores = torch.log_softmax(logits[t].float(), -1) + math.log(first.shape[0])
             out.index_add_(1, first.flatten(), (gate[:, k:k + 1] * scores).repeat_interleave(first.shape[1], 1))
         return out
+
+    def apply(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
+              lm_logits: torch.Tensor) -> torch.Tensor:
+        """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes), the LM's (N, vocab) -> the (N,
+        vocab) fp32 scores the next token is read from. `add`: the LM's logits plus `bias`. `mix` (pointer-generator
+        proper): log of pi_0 p_LM + sum_k pi_k p_copy_k, pi = softmax(0, the gate's a_k where task k is named), p_copy_k
+        the head's class probabilities on its words' first tokens (split between a word's two forms). An open gate
+        then writes a class word whatever the LM prefers (a sentence start the LM learned from another question), and
+        where no task is named the scores are the LM's own log-probabilities."""
+        if self.form == "add":
+            return lm_logits.float() + self.bias(hidden, named, logits, lm_logits.shape[-1])
+        gate = self.gate(hidden.to(self.gate.weight.dtype)).float().masked_fill(~named, float("-inf"))
+        log_pi = torch.log_softmax(torch.cat([torch.zeros_like(gate[:, :1]), gate], -1), -1)
+        parts = [log_pi[:, 0:1] + torch.log_softmax(lm_logits.float(), -1)]
+        for k, t in enumerate(self.tasks):
+            first = getattr(self, f"{t}_first")  # (classes, forms)
+            p = torch.softmax(logits[t].float(), -1).repeat_interleave(first.shape[1], 1) / first.shape[1]
+            copy = torch.zeros_like(parts[0]).index_add_(1, first.flatten(), p)  # tokens shared by words: summed
+            # -inf off the class words, without log(0) in the graph (its gradient, 0 / 0, would be NaN)
+            parts.append(log_pi[:, k + 1:k + 2] + torch.where(copy > 0, copy.clamp_min(1e-30).log(), float("-inf")))
+        return torch.logsumexp(torch.stack(parts), 0)
 
 
 def balanced_thresholds(logits: np.ndarray, truth: np.ndarray, min_count: int = 5) -> np.ndarray:

@@ -16,6 +16,9 @@ NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cl
 # Ray's own deprecations that Ray's own code triggers (Ray Train's DatasetManager sets exclude_resources once a
 # pass): nothing a user of the pipeline can act on
 RAY_INTERNAL_DEPRECATIONS = (r"`ExecutionOptions\.exclude_resources` is deprecated",)
+# the driver's notice, at every local ray.init (once a stage), that a local instance uses token authentication:
+# Ray's secure default, which the pipeline keeps; nothing to act on
+DRIVER_NOISY_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
 
 def quiet_worker_logs() -> None:
@@ -26,6 +29,11 @@ def quiet_worker_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for message in RAY_INTERNAL_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+
+
+def quiet_driver_logs() -> None:
+    for name in DRIVER_NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def job_runtime_env(joining_a_cluster: bool) -> dict:
@@ -42,6 +50,7 @@ def init_ray(dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    quiet_driver_logs()
     address = os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": dashboard, "log_to_driver": True, "runtime_env": job_runtime_env(bool(address))}
     if address:

@@ -45,3 +45,29 @@ def test_ray_trains_own_deprecation_warnings_stay_off_the_users_terminal(ray_loc
 
     said = ray_local.get(warned.remote())
     assert said == ["any other warning is still shown"], said
+
+
+def test_the_drivers_token_auth_notice_stays_off_the_users_terminal():
+    """Ray logs, at every local ray.init (once a stage), that token authentication is on: its secure default, which
+    the pipeline keeps; the notice is quieted, Ray's other warnings are not."""
+    from ray._private.authentication import authentication_token_setup as setup
+
+    from pipelines.ray_runtime import quiet_driver_logs
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    other, keep = logging.getLogger("ray.data"), Keep()
+    for logger in (setup.logger, other):
+        logger.addHandler(keep)
+    try:
+        quiet_driver_logs()
+        setup._warn_token_auth_enabled()
+        other.warning("any other Ray warning is still shown")
+    finally:
+        for logger in (setup.logger, other):
+            logger.removeHandler(keep)
+    assert seen == ["any other Ray warning is still shown"]

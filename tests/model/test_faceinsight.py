@@ -514,7 +514,8 @@ def answer_tokenizer(conversations):
 @pytest.fixture
 def pointer_model(answer_tokenizer, knowledge) -> FaceInsight:
     torch.manual_seed(0)
-    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True))
+    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True,
+                                                                    pointer_form="add"))
     return FaceInsight(cfg, answer_tokenizer, knowledge)
 
 
@@ -543,7 +544,9 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     sure[0, EXPRESSIONS.index("Sadness")] = 4.0
     verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 100)}
     with torch.no_grad():
-        bias = m.copy_bias(torch.randn(1, 3, m.llm.config.hidden_size), ids, verdicts)[0]
+        # the additive form's term: the scores on zero LM logits
+        bias = m.copy_logits(torch.randn(1, 3, m.llm.config.hidden_size), ids, verdicts,
+                             torch.zeros(1, 3, m.llm.config.vocab_size))[0]
     assert torch.equal(bias[0], torch.zeros_like(bias[0]))
     first = m.answer_pointer.expression_first  # (classes, forms)
     assert len(set(first.flatten().tolist())) == first.numel()  # no token shared by two classes' words
@@ -588,7 +591,7 @@ def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
     assert ANSWER_TASKS == tuple(ANSWER_CLASSES)
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True,
-                                                                    pointer_tasks=("age",)))
+                                                                    pointer_tasks=("age",), pointer_form="add"))
     m = FaceInsight(cfg, answer_tokenizer, knowledge)
     assert m.answer_pointer.tasks == ("age",) and m.answer_pointer.gate.out_features == 1
     verdicts = {"expression": torch.randn(1, 7), "gender": torch.randn(1, 2), "race": torch.randn(1, 5),
@@ -596,12 +599,28 @@ def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
     for question, opens in (("How does this person feel?", False), ("How old is this person?", True)):
         ids = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
-            bias = m.copy_bias(torch.randn(1, ids.shape[1], m.llm.config.hidden_size), ids, verdicts)[0, -1]
+            bias = m.copy_logits(torch.randn(1, ids.shape[1], m.llm.config.hidden_size), ids, verdicts,
+                                 torch.zeros(1, ids.shape[1], m.llm.config.vocab_size))[0, -1]
         touched = set(torch.nonzero(bias).flatten().tolist())
         assert bool(touched) == opens, question
         assert touched <= set(m.answer_pointer.age_first.flatten().tolist())
     with pytest.raises(ValueError, match="pointer_tasks"):
         dataclasses.replace(SMALL.alignment, answer_pointer=True, pointer_tasks=("mood",))
+
+
+def loss_path_and_full_logits(m: FaceInsight, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The supervised-positions path's logits and loss, and the full forward's logits at the same positions (eval
+    mode: no verdict forcing, both paths read the heads' own decisions)."""
+    m.eval()
+    with torch.no_grad():
+        visual, verdicts = m.encode_visual(b["pixel_values"], b["seg_maps"])
+        verdicts = m.forced_verdicts(verdicts, None)
+        embeds = m.embed(b["input_ids"], visual, verdicts)
+        full = m(input_ids=b["input_ids"], pixel_values=b["pixel_values"], seg_maps=b["seg_maps"],
+                 attention_mask=b["attention_mask"]).logits
+        logits, loss = m.supervised_lm_loss(embeds, b["attention_mask"], None, b["labels"],
+                                            (b["input_ids"], verdicts))
+    return logits, full[:, :-1][b["labels"][:, 1:] != IGNORE], loss
 
 
 def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_generation_copy(pointer_model, conversations):
@@ -610,16 +629,9 @@ def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_genera
     from model.labels import EXPRESSIONS
 
     m = pointer_model
-    m.eval()  # no verdict forcing: both paths read the heads' own decisions
     b = batch(m, conversations[:3])
-    with torch.no_grad():
-        visual, verdicts = m.encode_visual(b["pixel_values"], b["seg_maps"])
-        verdicts = m.forced_verdicts(verdicts, None)
-        embeds = m.embed(b["input_ids"], visual, verdicts)
-        full = m(input_ids=b["input_ids"], pixel_values=b["pixel_values"], seg_maps=b["seg_maps"],
-                 attention_mask=b["attention_mask"]).logits
-        logits, _ = m.supervised_lm_loss(embeds, b["attention_mask"], None, b["labels"], (b["input_ids"], verdicts))
-    assert torch.allclose(logits, full[:, :-1][b["labels"][:, 1:] != IGNORE], atol=1e-4)
+    logits, full, _ = loss_path_and_full_logits(m, b)
+    assert torch.allclose(logits, full, atol=1e-4)
 
     head = m.answer_embedding.heads["expression"]
     with torch.no_grad():
@@ -670,3 +682,49 @@ def test_attribute_thresholds_are_chosen_on_val_and_travel_with_the_checkpoint(m
     del weights["attribute_threshold"]
     save_file(weights, str(tmp_path / WEIGHTS_FILE))
     assert not FaceInsight.from_pretrained(tmp_path).attribute_threshold.any()
+
+
+@pytest.fixture
+def mixture_model(answer_tokenizer, knowledge) -> FaceInsight:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, pointer_form="mix"))
+    return FaceInsight(cfg, answer_tokenizer, knowledge)
+
+
+def test_mixture_pointer_is_a_distribution_that_writes_the_head_class_whatever_the_lm_prefers(mixture_model):
+    """pointer_form mix: where no task is named the scores are the LM's own log-probabilities; where one is, they are
+    a distribution (they sum to 1) and an open gate puts the head's class word first even against an LM sure of
+    another token; gradients stay finite where the target is no class word (log 0 is kept out of the graph)."""
+    from model.labels import EXPRESSIONS
+
+    m = mixture_model
+    p = m.answer_pointer
+    vocab, width = m.llm.config.vocab_size, m.llm.config.hidden_size
+    sure = torch.full((2, 7), -6.0)
+    sure[:, EXPRESSIONS.index("Fear")] = 6.0
+    verdicts = {"expression": sure, "gender": torch.zeros(2, 2), "race": torch.zeros(2, 5), "age": torch.zeros(2, 100)}
+    lm = torch.randn(2, vocab)
+    lm[:, 5] = 20.0  # the LM is sure of another token
+    hidden = torch.randn(2, width)
+    k = p.tasks.index("expression")
+    named = torch.zeros(2, len(p.tasks), dtype=torch.bool)
+    assert torch.allclose(p.apply(hidden, named, verdicts, lm), torch.log_softmax(lm, -1))
+    named[:, k] = True
+    with torch.no_grad():
+        p.gate.bias.fill_(60.0)
+    scores = p.apply(hidden, named, verdicts, lm)
+    assert torch.allclose(scores.logsumexp(-1), torch.zeros(2), atol=1e-5)
+    assert scores.argmax(-1).tolist()[0] in p.expression_first[EXPRESSIONS.index("Fear")].tolist()
+    with torch.no_grad():
+        p.gate.bias.fill_(-2.0)
+    hidden.requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(p.apply(hidden, named, verdicts, lm), torch.tensor([5, 5]))
+    loss.backward()
+    assert torch.isfinite(hidden.grad).all() and torch.isfinite(p.gate.weight.grad).all() and p.gate.weight.grad.any()
+
+
+def test_mixture_pointer_in_the_loss_path_equals_the_full_logits(mixture_model, conversations):
+    b = batch(mixture_model, [*conversations[:2], [{"from": "human", "value": "<image>\nHow does this person feel?"},
+                                                   {"from": "gpt", "value": "Fear."}]])
+    logits, full, loss = loss_path_and_full_logits(mixture_model, b)
+    assert torch.allclose(logits, full, atol=1e-4) and torch.isfinite(loss)
