@@ -174,12 +174,12 @@ class FaceInsight(Checkpointable, nn.Module):
     def copy_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor],
                     lm_logits: torch.Tensor) -> torch.Tensor:
         """(B, T, W) hidden states of (B, T) tokens and the LM's (B, T, vocab) logits -> the fp32 scores with the
-        pointer's copy (AnswerPointer.apply)."""
+        pointer's copy (AnswerPointer.next_token_scores)."""
         b, t, w = hidden.shape
         logits = {k: verdicts[k][:, None].expand(b, t, -1).reshape(b * t, -1) for k in self.answer_pointer.tasks}
         named = self.answer_pointer.named(input_ids).reshape(b * t, -1)
-        return self.answer_pointer.apply(hidden.reshape(b * t, w), named, logits,
-                                         lm_logits.reshape(b * t, -1)).view(b, t, -1)
+        return self.answer_pointer.next_token_scores(hidden.reshape(b * t, w), named, logits,
+                                                     lm_logits.reshape(b * t, -1)).view(b, t, -1)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:
@@ -414,8 +414,8 @@ class FaceInsight(Checkpointable, nn.Module):
             input_ids, verdicts = copy
             rows = supervised.nonzero()[:, 0]
             named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
-            scores = self.answer_pointer.apply(hidden[:, :-1][supervised], named,
-                                               {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits)
+            scores = self.answer_pointer.next_token_scores(
+                hidden[:, :-1][supervised], named, {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits)
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not
@@ -491,7 +491,7 @@ class FaceInsight(Checkpointable, nn.Module):
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             if pointer:
-                logits = self.answer_pointer.apply(out.hidden_states[-1][:, -1], named, verdicts, logits)
+                logits = self.answer_pointer.next_token_scores(out.hidden_states[-1][:, -1], named, verdicts, logits)
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)

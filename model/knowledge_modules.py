@@ -315,8 +315,8 @@ class AnswerPointer(nn.Module):
             out.index_add_(1, first.flatten(), (gate[:, k:k + 1] * scores).repeat_interleave(first.shape[1], 1))
         return out
 
-    def apply(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
-              lm_logits: torch.Tensor) -> torch.Tensor:
+    def next_token_scores(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
+                          lm_logits: torch.Tensor) -> torch.Tensor:
         """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes), the LM's (N, vocab) -> the (N,
         vocab) fp32 scores the next token is read from. `add`: the LM's logits plus `bias`. `mix` (pointer-generator
         proper): log of pi_0 p_LM + sum_k pi_k p_copy_k, pi = softmax(0, the gate's a_k where task k is named), p_copy_k

@@ -708,17 +708,17 @@ def test_mixture_pointer_is_a_distribution_that_writes_the_head_class_whatever_t
     hidden = torch.randn(2, width)
     k = p.tasks.index("expression")
     named = torch.zeros(2, len(p.tasks), dtype=torch.bool)
-    assert torch.allclose(p.apply(hidden, named, verdicts, lm), torch.log_softmax(lm, -1))
+    assert torch.allclose(p.next_token_scores(hidden, named, verdicts, lm), torch.log_softmax(lm, -1))
     named[:, k] = True
     with torch.no_grad():
         p.gate.bias.fill_(60.0)
-    scores = p.apply(hidden, named, verdicts, lm)
+    scores = p.next_token_scores(hidden, named, verdicts, lm)
     assert torch.allclose(scores.logsumexp(-1), torch.zeros(2), atol=1e-5)
     assert scores.argmax(-1).tolist()[0] in p.expression_first[EXPRESSIONS.index("Fear")].tolist()
     with torch.no_grad():
         p.gate.bias.fill_(-2.0)
     hidden.requires_grad_(True)
-    loss = torch.nn.functional.cross_entropy(p.apply(hidden, named, verdicts, lm), torch.tensor([5, 5]))
+    loss = torch.nn.functional.cross_entropy(p.next_token_scores(hidden, named, verdicts, lm), torch.tensor([5, 5]))
     loss.backward()
     assert torch.isfinite(hidden.grad).all() and torch.isfinite(p.gate.weight.grad).all() and p.gate.weight.grad.any()
 
