@@ -268,11 +268,14 @@ class AnswerPointer(nn.Module):
 
     The answer embedding leaves the copy to the LM, which learned it class by class: in the sixth default run it wrote
     "Neutral" for 45 of the 50 faces its expression head called Sadness. Here, at every position of a text in which a
-    word has named the task ("expression", "feel", "old", ...), a learned gate g = softplus(w . h + b) >= 0 on the LM's
-    hidden state adds g x (log p_c + log C) to the logit of the first token of class c's word (both forms the answers
-    write: "Happiness" and " Happiness"): zero for an unsure head, up to g x log C for the class it is sure of. The
-    gate learns where an answer starts; the bias is the head's, so a class the LM rarely saw answered is written as
-    readily as a frequent one. A token shared by two classes' words gains both terms."""
+    word has named the task in the current question turn ("expression", "feel", "old", ...), a learned gate on the
+    LM's hidden state brings in the head's class distribution on the first token of each class's word (both forms the
+    answers write: "Happiness" and " Happiness"). `form` add: g = softplus(w . h + b) >= 0 adds g x (log p_c + log C)
+    to those logits (zero for an unsure head, up to g x log C for the class it is sure of). `form` mix (pointer-
+    generator proper, next_token_scores): the gate's weight mixes the head's distribution with the LM's, so an open
+    gate writes a class word whatever the LM prefers. The gate learns where an answer starts; the copy is the head's,
+    so a class the LM rarely saw answered is written as readily as a frequent one. A token shared by two classes'
+    words gains both terms."""
 
     def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
                  key_ids: dict[str, list[int]], turn_id: int | None = None, form: str = "add"):
@@ -281,7 +284,8 @@ class AnswerPointer(nn.Module):
         self.form = form  # add: the copy's scores added to the LM's logits; mix: a mixture of the two distributions
         self.gate = nn.Linear(width, len(tasks))
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, -2.0)  # softplus(-2) = 0.13: a small pull until the gate has learned
+        # a small pull until the gate has learned: softplus(-2) = 0.13 (add), a mixture weight of 0.12 (mix)
+        nn.init.constant_(self.gate.bias, -2.0)
         for t in tasks:
             self.register_buffer(f"{t}_first", torch.tensor(first_ids[t], dtype=torch.long))  # (classes, forms)
             self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))

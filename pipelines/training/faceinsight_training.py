@@ -218,10 +218,10 @@ def with_val_thresholds(corpus: Path) -> Callable[[Path], FaceInsight]:
     """The publish check: the checkpoint loads, and its attribute head's decision thresholds are chosen on the val
     faces and saved with it (as the specialist's), so the text and the head row decide as val says."""
     def check(path: Path) -> FaceInsight:
-        model = FaceInsight.from_pretrained(path)
+        model = FaceInsight.from_pretrained(path)  # the published folder must load (once: a 7B preset is slow to)
         if fit_val_thresholds(model, corpus) is not None:
             update_tensors(path, {"attribute_threshold": model.attribute_threshold})
-        return FaceInsight.from_pretrained(path)  # the published folder must load, thresholds included
+        return model
 
     return check
 

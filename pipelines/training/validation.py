@@ -29,8 +29,7 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
         rows = load_faces(corpus, "val", task, faces, required=False)
         if not rows:
             continue
-        out[task] = {"image": np.stack([decode_image(r["image"], image_size) for r in rows]),
-                     "seg_map": np.stack([decode_image(r["seg_map"], seg_size, "L") for r in rows]).astype(np.int64)}
+        out[task] = face_arrays(rows, image_size, seg_size)
         if task == "attributes":
             out[task]["labels"] = np.array([r["labels"]["attributes"] for r in rows], dtype=np.int64)
             rng = np.random.default_rng(seed)
@@ -44,6 +43,12 @@ def val_sample(corpus: Path, faces: int, image_size: int, seg_size: int, seed: i
     return out
 
 
+def face_arrays(rows: list[dict[str, Any]], image_size: int, seg_size: int) -> dict[str, np.ndarray]:
+    """Corpus face rows -> their decoded images (N, H, W, 3) and parsing maps (N, H, W), as the model takes them."""
+    return {"image": np.stack([decode_image(r["image"], image_size) for r in rows]),
+            "seg_map": np.stack([decode_image(r["seg_map"], seg_size, "L") for r in rows]).astype(np.int64)}
+
+
 def fit_val_thresholds(model, corpus: Path) -> np.ndarray | None:
     """Choose the attribute head's per-attribute decision thresholds on every val face of the attribute task (the
     maps as evaluation gives them); None where the model has no attribute head or the corpus no such faces."""
@@ -52,11 +57,10 @@ def fit_val_thresholds(model, corpus: Path) -> np.ndarray | None:
     rows = load_faces(corpus, "val", "attributes", required=False)
     if model.cooccurrence is None or not rows:
         return None
-    images = np.stack([decode_image(r["image"], model.cfg.vision.image_size) for r in rows])
-    maps = (torch.as_tensor(np.stack([decode_image(r["seg_map"], model.cfg.seg.image_size, "L") for r in rows])
-                            .astype(np.int64)) if model.seg_encoder is not None else None)
+    faces = face_arrays(rows, model.cfg.vision.image_size, model.cfg.seg.image_size)
+    maps = torch.as_tensor(faces["seg_map"]) if model.seg_encoder is not None else None
     labels = np.array([r["labels"]["attributes"] for r in rows], dtype=np.int64)
-    return model.fit_attribute_thresholds(model.preprocess(images), maps, labels)
+    return model.fit_attribute_thresholds(model.preprocess(faces["image"]), maps, labels)
 
 
 def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
