@@ -166,6 +166,11 @@ class AlignmentConfig:
     # The twelfth default run (add): 10% of its expression answers were a background sentence; mix, from the same
     # align: none, the text = the head on expression and age (benchmarks/RESULTS.md, twelfth pass)
     pointer_form: str = "mix"
+    # attribute yes/no answers through the pointer too: where the question turn names an attribute (its key words,
+    # model/knowledge_modules.ATTRIBUTE_KEYS) the head's decision on it is copied into "No" / "Yes". The twelfth
+    # default run's yes/no text read its head 0.026 below the head's own decisions and never said yes to Gray_Hair
+    # (head 0.93). Acts only where the attribute head (use_cooccurrence) and the answer pointer exist
+    verdict_pointer: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
@@ -253,7 +258,16 @@ class FaceInsightConfig:
 
     @classmethod
     def load(cls, path: Path) -> FaceInsightConfig:
-        return cls.from_dict(json.loads(path.read_text()))
+        """A saved config (a checkpoint's); a field it predates takes the value the checkpoint was built with."""
+        data = json.loads(path.read_text())
+        for (section, name), value in SAVED_BEFORE.items():
+            data.setdefault(section, {}).setdefault(name, value)
+        return cls.from_dict(data)
+
+
+# fields added after checkpoints had been saved -> the value that rebuilds such a checkpoint as it was trained (a
+# yes/no pointer would add a gate row the saved weights do not have)
+SAVED_BEFORE: dict[tuple[str, str], Any] = {("alignment", "verdict_pointer"): False}
 
 
 def _build(cls, data: dict[str, Any] | None, where: str):

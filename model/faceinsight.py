@@ -24,6 +24,8 @@ from model.knowledge_modules import (
     ANSWER_CLASSES,
     ANSWER_KEYS,
     ATTRIBUTE_KEYS,
+    NEGATED_KEYS,
+    VERDICT_WORDS,
     AnswerEmbedding,
     AnswerPointer,
     AttributeLinker,
@@ -104,9 +106,8 @@ class FaceInsight(Checkpointable, nn.Module):
                                     and cfg.alignment.knowledge_embedding else None)
         self.attribute_linker = None
         if self.knowledge_embedding is not None and exact:
-            self.attribute_linker = AttributeLinker([  # each word with its leading space, as inside a sentence
-                [[t for w in phrase.split() for t in tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
-                 for phrase in ATTRIBUTE_KEYS[a]] for a in CELEBA_ATTRIBUTES])
+            self.attribute_linker = AttributeLinker([[self.phrase_ids(p) for p in ATTRIBUTE_KEYS[a]]
+                                                     for a in CELEBA_ATTRIBUTES])
         self.seg_encoder, self.seg_projector, self.seg_tokens = None, None, 0
         if cfg.use_seg_map:
             self.seg_encoder = SegMapEncoder(cfg.seg)
@@ -167,19 +168,41 @@ class FaceInsight(Checkpointable, nn.Module):
 
         tasks = self.cfg.alignment.pointer_tasks
         keys = self.answer_key_ids()
-        return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ANSWER_CLASSES[t]] for t in tasks},
+        words = {t: ANSWER_CLASSES[t] for t in tasks}
+        linker = None
+        if self.cfg.alignment.verdict_pointer and self.cooccurrence is not None:  # yes/no: the attribute head's
+            words["attributes"] = VERDICT_WORDS
+            linker = AttributeLinker(  # built from the tokenizer, so not saved with the weights
+                [[self.phrase_ids(p) for p in ATTRIBUTE_KEYS[a]] for a in CELEBA_ATTRIBUTES],
+                negated=[[p in NEGATED_KEYS for p in ATTRIBUTE_KEYS[a]] for a in CELEBA_ATTRIBUTES], persistent=False)
+        return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ws] for t, ws in words.items()},
                              {t: keys[t] for t in tasks}, self.chat.turn_start_id(self.tokenizer),
-                             self.cfg.alignment.pointer_form)
+                             self.cfg.alignment.pointer_form, linker)
+
+    def phrase_ids(self, phrase: str) -> list[int]:
+        """A key phrase's token ids, each word with its leading space, as inside a sentence."""
+        return [t for w in phrase.split() for t in self.tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
+
+    def pointer_inputs(self, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, T) token ids and the verdicts the text reads -> what the answer pointer copies from at each position:
+        whether each of its tasks is named (B, T, tasks), and per task the (B, T, classes) logits (a face's head
+        logits at every position; for attribute yes/no, the verdict on the attribute last named)."""
+        b, t = input_ids.shape
+        logits = {k: verdicts[k][:, None].expand(b, t, -1) for k in self.answer_pointer.tasks if k != "attributes"}
+        if "attributes" in self.answer_pointer.tasks:
+            logits["attributes"] = self.answer_pointer.verdict_logits(input_ids, verdicts["attributes"])
+        return self.answer_pointer.named(input_ids), logits
 
     def copy_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor],
                     lm_logits: torch.Tensor) -> torch.Tensor:
         """(B, T, W) hidden states of (B, T) tokens and the LM's (B, T, vocab) logits -> the fp32 scores with the
         pointer's copy (AnswerPointer.next_token_scores)."""
         b, t, w = hidden.shape
-        logits = {k: verdicts[k][:, None].expand(b, t, -1).reshape(b * t, -1) for k in self.answer_pointer.tasks}
-        named = self.answer_pointer.named(input_ids).reshape(b * t, -1)
-        return self.answer_pointer.next_token_scores(hidden.reshape(b * t, w), named, logits,
-                                                     lm_logits.reshape(b * t, -1)).view(b, t, -1)
+        named, logits = self.pointer_inputs(input_ids, verdicts)
+        return self.answer_pointer.next_token_scores(
+            hidden.reshape(b * t, w), named.reshape(b * t, -1), {k: v.reshape(b * t, -1) for k, v in logits.items()},
+            lm_logits.reshape(b * t, -1)).view(b, t, -1)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:
@@ -411,11 +434,9 @@ class FaceInsight(Checkpointable, nn.Module):
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])
         scores = logits.float()
         if self.answer_pointer is not None and copy is not None:
-            input_ids, verdicts = copy
-            rows = supervised.nonzero()[:, 0]
-            named = self.answer_pointer.named(input_ids[:, :-1])[supervised]
+            named, copied = self.pointer_inputs(copy[0][:, :-1], copy[1])
             scores = self.answer_pointer.next_token_scores(
-                hidden[:, :-1][supervised], named, {t: verdicts[t][rows] for t in self.answer_pointer.tasks}, logits)
+                hidden[:, :-1][supervised], named[supervised], {t: v[supervised] for t, v in copied.items()}, logits)
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not
@@ -477,8 +498,7 @@ class FaceInsight(Checkpointable, nn.Module):
         outputs: list[list[int]] = [[] for _ in input_ids]
         past = None
         pointer = self.answer_pointer is not None
-        # per prompt and task: whether a word naming the task stands in the prompt or in what was generated so far
-        named = self.answer_pointer.named(ids)[:, -1] if pointer else None
+        so_far = ids  # the prompt and what was generated so far: the pointer reads which task and attribute it names
         hidden = {"output_hidden_states": True} if pointer else {}  # the pointer's gate reads the last hidden state
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(1) - 1).clamp(min=0)
@@ -491,7 +511,9 @@ class FaceInsight(Checkpointable, nn.Module):
             past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             if pointer:
-                logits = self.answer_pointer.next_token_scores(out.hidden_states[-1][:, -1], named, verdicts, logits)
+                named, copied = self.pointer_inputs(so_far, verdicts)
+                logits = self.answer_pointer.next_token_scores(out.hidden_states[-1][:, -1], named[:, -1],
+                                                               {t: v[:, -1] for t, v in copied.items()}, logits)
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)
@@ -508,8 +530,7 @@ class FaceInsight(Checkpointable, nn.Module):
             done |= torch.tensor([int(t) in stop for t in token])
             if done.all():
                 break
-            if pointer:
-                named = self.answer_pointer.advance(named, token)
+            so_far = torch.cat([so_far, token[:, None]], dim=1)
             embeds = torch.cat([embeds, self.embed_text(token[:, None], verdicts).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]

@@ -48,6 +48,11 @@ ATTRIBUTE_KEYS: dict[str, tuple[str, ...]] = {
     "Wavy_Hair": ("wavy",), "Wearing_Earrings": ("earrings",), "Wearing_Hat": ("hat",),
     "Wearing_Lipstick": ("lipstick",), "Wearing_Necklace": ("necklace",), "Wearing_Necktie": ("necktie",),
     "Young": ("young",)}
+# key phrases that name their attribute's absence ("Is this person female?" is yes where Male is false): the answer
+# pointer's yes/no copy reads them with the verdict's sign turned
+NEGATED_KEYS: frozenset[str] = frozenset({"female", "mouth closed", "beard", "sharp photo"})
+# the words a yes/no answer opens with, absent then present: what the answer pointer copies an attribute verdict into
+VERDICT_WORDS: tuple[str, ...] = ("No", "Yes")
 # tasks whose labels are values, not classes: the bins' upper edges (a label in years -> its class)
 ANSWER_BINS: dict[str, tuple[int, ...]] = {"age": AGE_EDGES}
 
@@ -167,29 +172,43 @@ class AttributeLinker(nn.Module):
     so a word is linked from what precedes it, as in generation ("hair ... black" links "black"; "black hair" links
     "hair")."""
 
-    def __init__(self, phrases: list[list[list[int]]], window: int = 6):
-        """phrases: per attribute, its key phrases' token ids."""
+    def __init__(self, phrases: list[list[list[int]]], window: int = 6, negated: list[list[bool]] | None = None,
+                 persistent: bool = True):
+        """phrases: per attribute, its key phrases' token ids; `negated`: per phrase, whether it names the
+        attribute's absence (for `signed`); `persistent`: whether the tables are saved with the weights (a table
+        built from the tokenizer at construction need not be)."""
         super().__init__()
         tokens = sorted({t for attribute in phrases for ids in attribute for t in ids})
         rows = [(a, ids) for a, attribute in enumerate(phrases) for ids in attribute]
+        negated = negated or [[False] * len(attribute) for attribute in phrases]
+        signs = [s for attribute in negated for s in attribute]
         member = torch.zeros(len(rows), len(tokens))
         owner = torch.zeros(len(rows), len(phrases))
         for r, (a, ids) in enumerate(rows):
             owner[r, a] = 1.0
             for t in ids:
                 member[r, tokens.index(t)] = 1.0
-        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long))
-        self.register_buffer("member", member)  # (phrases, key tokens)
-        self.register_buffer("owner", owner)  # (phrases, attributes)
+        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long), persistent=persistent)
+        self.register_buffer("member", member, persistent=persistent)  # (phrases, key tokens)
+        self.register_buffer("owner", owner, persistent=persistent)  # (phrases, attributes)
+        self.register_buffer("sign", 1.0 - 2.0 * torch.tensor(signs, dtype=torch.float32), persistent=False)
         self.window = window
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, attributes) 0/1 links."""
-        present = (input_ids[..., None] == self.tokens).float()  # (B, T, K)
+    def phrase_links(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, phrases) 0/1: the phrases completed at each position."""
+        present = (input_ids[..., None] == self.tokens).to(self.member.dtype)  # (B, T, K); the tables' dtype
         seen = F.max_pool1d(F.pad(present.transpose(1, 2), (self.window, 0)), self.window + 1, stride=1)
         complete = seen.transpose(1, 2) @ self.member.T >= self.member.sum(1)  # every token of the phrase seen
         at_key = present @ self.member.T > 0
-        return ((complete & at_key).float() @ self.owner).clamp(max=1.0)
+        return (complete & at_key).float()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, attributes) 0/1 links."""
+        return (self.phrase_links(input_ids) @ self.owner).clamp(max=1.0)
+
+    def signed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, attributes) links in {-1, 0, 1}: -1 where the phrase names the absence."""
+        return (self.phrase_links(input_ids) @ (self.owner * self.sign[:, None])).clamp(-1.0, 1.0)
 
 
 class AnswerEmbedding(nn.Module):
@@ -275,11 +294,20 @@ class AnswerPointer(nn.Module):
     generator proper, next_token_scores): the gate's weight mixes the head's distribution with the LM's, so an open
     gate writes a class word whatever the LM prefers. The gate learns where an answer starts; the copy is the head's,
     so a class the LM rarely saw answered is written as readily as a frequent one. A token shared by two classes'
-    words gains both terms."""
+    words gains both terms.
+
+    With a `linker` (AttributeLinker), yes/no answers about attributes are one more task, "attributes": where the
+    turn has named an attribute ("Is this person wearing a hat?"), its verdict (the attribute head's logit, sign
+    turned for a phrase that names the absence: "female") is copied into "No" / "Yes". The twelfth default run's
+    yes/no text read its head 0.026 below the head's own decisions, and never said yes to Gray_Hair (head 0.93)."""
 
     def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
-                 key_ids: dict[str, list[int]], turn_id: int | None = None, form: str = "add"):
+                 key_ids: dict[str, list[int]], turn_id: int | None = None, form: str = "add",
+                 linker: AttributeLinker | None = None):
         super().__init__()
+        self.linker = linker
+        if linker is not None:  # the yes/no verdict: its words' first tokens come in first_ids["attributes"]
+            tasks = (*tasks, "attributes")
         self.tasks = tasks
         self.form = form  # add: the copy's scores added to the LM's logits; mix: a mixture of the two distributions
         self.gate = nn.Linear(width, len(tasks))
@@ -288,7 +316,7 @@ class AnswerPointer(nn.Module):
         nn.init.constant_(self.gate.bias, -2.0)
         for t in tasks:
             self.register_buffer(f"{t}_first", torch.tensor(first_ids[t], dtype=torch.long))  # (classes, forms)
-            self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids[t])), dtype=torch.long))
+            self.register_buffer(f"{t}_keys", torch.tensor(sorted(set(key_ids.get(t, []))), dtype=torch.long))
         # the token that opens a question turn closes the previous question's scope: a conversation asks ~20 things,
         # and an expression question's word must not open the gate on the yes/no answers of the turns after it
         # (not persistent: the chat template's, as the model is built)
@@ -297,15 +325,33 @@ class AnswerPointer(nn.Module):
 
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position
-        within its turn (after the last token that opens one)."""
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        opened = torch.where(torch.isin(input_ids, self.turn_ids), pos, -1).cummax(1).values
-        return torch.stack([torch.where(torch.isin(input_ids, getattr(self, f"{t}_keys")), pos, -1).cummax(1).values
-                            > opened for t in self.tasks], -1)
+        within its turn (after the last token that opens one); for "attributes", a phrase naming an attribute."""
+        pos, opened = self._turns(input_ids)
+        last = {t: torch.where(torch.isin(input_ids, getattr(self, f"{t}_keys")), pos, -1).cummax(1).values
+                for t in self.tasks if t != "attributes"}
+        if self.linker is not None:
+            last["attributes"] = self._last_link(input_ids, pos)[1]
+        return torch.stack([last[t] > opened for t in self.tasks], -1)
 
-    def advance(self, named: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        """named (B, tasks) at the last position, token (B,) the next one -> named at that token."""
-        return (named | self.named(token[:, None])[:, -1]) & ~torch.isin(token, self.turn_ids)[:, None]
+    def _turns(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each position's index and that of the last token at or before it that opened a turn (-1: none)."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        return pos, torch.where(torch.isin(input_ids, self.turn_ids), pos, -1).cummax(1).values
+
+    def _last_link(self, input_ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The signed links (B, T, attributes) and, per position, the last position at or before it with one."""
+        links = self.linker.signed(input_ids)
+        return links, torch.where(links.abs().sum(-1) > 0, pos, -1).cummax(1).values
+
+    def verdict_logits(self, input_ids: torch.Tensor, attribute_logits: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids, the attribute head's (B, attributes) logits -> (B, T, 2) logits of "No" / "Yes": at
+        each position the verdict on the attribute last named (0 where none is), its sign turned by a negated
+        phrase; softmax gives (1 - p, p)."""
+        pos, _ = self._turns(input_ids)
+        links, last = self._last_link(input_ids, pos)
+        at = links.float().gather(1, last.clamp(min=0)[..., None].expand_as(links)) * (last >= 0)[..., None]
+        verdict = (at * attribute_logits[:, None].float()).sum(-1) / at.abs().sum(-1).clamp(min=1)
+        return torch.stack([torch.zeros_like(verdict), verdict], -1)
 
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
              vocab: int) -> torch.Tensor:

@@ -413,9 +413,11 @@ def test_checkpoint_round_trip_is_exact_and_pickle_free(model, conversations, tm
 
 
 def test_tiny_overfits_32_examples_and_answers_them(tokenizer, knowledge):
-    """Random images, each with its own yes/no answer: the model must memorise image -> answer."""
+    """Random images, each with its own yes/no answer: the model must memorise image -> answer. The LM's memory, so
+    no yes/no pointer: its source, the attribute head, has no labels here to learn the random answers from."""
     torch.manual_seed(0)
-    model = FaceInsight(SMALL, tokenizer, knowledge)
+    cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, verdict_pointer=False))
+    model = FaceInsight(cfg, tokenizer, knowledge)
     model.apply_recipe(RECIPES["full"])
     g = torch.Generator().manual_seed(3)
     n = 32
@@ -535,14 +537,15 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     assert named[0, :, k].tolist() == [False, True, True]
     assert not named[0, :, m.answer_pointer.tasks.index("gender")].any()
     # the pointer opens where the answer embedding writes: the task words as a question tokenizes them
-    for task in m.answer_pointer.tasks:
+    for task in set(m.answer_pointer.tasks) - {"attributes"}:  # the yes/no verdict opens on attribute words
         assert torch.equal(getattr(m.answer_pointer, f"{task}_keys"), getattr(m.answer_embedding, f"{task}_keys"))
     for question, task in (("What is this person's gender?", "gender"), ("How old is this person?", "age")):
         asked = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
         assert m.answer_pointer.named(asked)[0, -1, m.answer_pointer.tasks.index(task)], question
     sure = torch.full((1, 7), -4.0)
     sure[0, EXPRESSIONS.index("Sadness")] = 4.0
-    verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 100)}
+    verdicts = {"expression": sure, "gender": torch.zeros(1, 2), "race": torch.zeros(1, 5), "age": torch.zeros(1, 100),
+                "attributes": torch.zeros(1, 40)}
     with torch.no_grad():
         # the additive form's term: the scores on zero LM logits
         bias = m.copy_logits(torch.randn(1, 3, m.llm.config.hidden_size), ids, verdicts,
@@ -560,8 +563,7 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
 
 def test_answer_pointer_closes_at_the_next_question_turn(pointer_model):
     """A conversation asks many things: after an expression turn, the next turn's yes/no answer gains nothing from the
-    expression head (the gate's scope is its own turn), in the whole-sequence form and step by step as generation
-    advances it."""
+    expression head (the gate's scope is its own turn); the yes/no verdict opens on that turn's attribute alone."""
     m = pointer_model
     turns = [{"from": "human", "value": "<image>\nHow does this person feel?"}, {"from": "gpt", "value": "Happiness"},
              {"from": "human", "value": "Is this person smiling?"}, {"from": "gpt", "value": "Yes"}]
@@ -575,11 +577,8 @@ def test_answer_pointer_closes_at_the_next_question_turn(pointer_model):
     second_answer = [k - 1 for k in answers if k > opens[1]]
     assert named[first_answer].all() and not named[second_answer].any()
     assert not named[opens[1]:].any()
-    # generation's step-by-step form agrees with the whole-sequence one at every position
-    step = m.answer_pointer.named(ids[:, :1])[:, -1]
-    for k in range(1, ids.shape[1]):
-        step = m.answer_pointer.advance(step, ids[:, k])
-        assert torch.equal(step, m.answer_pointer.named(ids[:, :k + 1])[:, -1]), k
+    verdict = m.answer_pointer.named(ids)[0, :, m.answer_pointer.tasks.index("attributes")]
+    assert not verdict[first_answer].any() and verdict[second_answer].all()
 
 
 def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
@@ -591,7 +590,8 @@ def test_answer_pointer_copies_only_its_tasks(answer_tokenizer, knowledge):
     assert ANSWER_TASKS == tuple(ANSWER_CLASSES)
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, answer_pointer=True,
-                                                                    pointer_tasks=("age",), pointer_form="add"))
+                                                                    pointer_tasks=("age",), pointer_form="add",
+                                                                    verdict_pointer=False))
     m = FaceInsight(cfg, answer_tokenizer, knowledge)
     assert m.answer_pointer.tasks == ("age",) and m.answer_pointer.gate.out_features == 1
     verdicts = {"expression": torch.randn(1, 7), "gender": torch.randn(1, 2), "race": torch.randn(1, 5),
@@ -642,8 +642,8 @@ def test_answer_pointer_in_the_loss_path_equals_the_full_logits_and_makes_genera
     prompt = m.chat.prompt(m.tokenizer, "How does this person feel?", m.image_tokens, m.seg_tokens)
     said = m.generate([prompt], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=1)
     assert said[0][0] in m.answer_pointer.expression_first[EXPRESSIONS.index("Fear")].tolist()
-    # a question that names no task is answered as without the pointer
-    other = m.chat.prompt(m.tokenizer, "Is this person wearing a hat?", m.image_tokens, m.seg_tokens)
+    # a question that names no task and no attribute is answered as without the pointer
+    other = m.chat.prompt(m.tokenizer, "Is the background of this photo mostly gray?", m.image_tokens, m.seg_tokens)
     opened = m.generate([other], b["pixel_values"][:1], b["seg_maps"][:1], max_new_tokens=6)
     with torch.no_grad():
         m.answer_pointer.gate.bias.fill_(-60.0)
@@ -702,7 +702,8 @@ def test_mixture_pointer_is_a_distribution_that_writes_the_head_class_whatever_t
     vocab, width = m.llm.config.vocab_size, m.llm.config.hidden_size
     sure = torch.full((2, 7), -6.0)
     sure[:, EXPRESSIONS.index("Fear")] = 6.0
-    verdicts = {"expression": sure, "gender": torch.zeros(2, 2), "race": torch.zeros(2, 5), "age": torch.zeros(2, 100)}
+    verdicts = {"expression": sure, "gender": torch.zeros(2, 2), "race": torch.zeros(2, 5), "age": torch.zeros(2, 100),
+                "attributes": torch.zeros(2, 2)}
     lm = torch.randn(2, vocab)
     lm[:, 5] = 20.0  # the LM is sure of another token
     hidden = torch.randn(2, width)
@@ -728,3 +729,56 @@ def test_mixture_pointer_in_the_loss_path_equals_the_full_logits(mixture_model, 
                                                    {"from": "gpt", "value": "Fear."}]])
     logits, full, loss = loss_path_and_full_logits(mixture_model, b)
     assert torch.allclose(logits, full, atol=1e-4) and torch.isfinite(loss)
+
+
+def test_verdict_pointer_reads_the_attribute_the_turn_names_with_its_sign(mixture_model):
+    """verdict_logits: at each position the head's logit on the attribute last named in the turn ("hat" -> Wearing_Hat;
+    "hair ... black" -> Black_Hair), its sign turned where the phrase names the absence ("female" -> -Male), 0 and
+    not named before any attribute word; a new turn closes it."""
+    from model.labels import ATTRIBUTE_INDEX
+
+    m = mixture_model
+    p = m.answer_pointer
+    k = p.tasks.index("attributes")
+    head = torch.arange(1.0, 41.0)[None]  # a distinct logit per attribute: index + 1
+    for question, attribute, sign in (("Is this person wearing a hat?", "Wearing_Hat", 1),
+                                      ("Is this person's hair black?", "Black_Hair", 1),
+                                      ("Is this person female?", "Male", -1),
+                                      ("Is this person male?", "Male", 1)):
+        ids = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
+        logits = p.verdict_logits(ids, head)[0]
+        named = p.named(ids)[0, :, k]
+        assert named[-1] and logits[-1].tolist() == [0.0, sign * (ATTRIBUTE_INDEX[attribute] + 1.0)], question
+        assert not named[0] and logits[0].tolist() == [0.0, 0.0]
+    turns = [{"from": "human", "value": "<image>\nIs this person wearing a hat?"}, {"from": "gpt", "value": "Yes."},
+             {"from": "human", "value": "How does this person feel?"}, {"from": "gpt", "value": "Fear."}]
+    ids = torch.tensor([m.chat.encode(m.tokenizer, turns, m.image_tokens, m.seg_tokens)[0]])
+    opens = (ids[0] == m.chat.turn_start_id(m.tokenizer)).nonzero()[:, 0].tolist()
+    assert not p.named(ids)[0, opens[1]:, k].any()
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_verdict_pointer_makes_the_yes_no_answer_the_heads_decision(mixture_model, conversations, present):
+    """With an open gate, a yes/no question about an attribute is answered Yes where the head decides present (its
+    val threshold below the face's logit) and No where it decides absent, whatever the LM prefers."""
+    m = mixture_model
+    b = batch(m, conversations[:1])
+    with torch.no_grad():
+        m.attribute_threshold.fill_(-1e4 if present else 1e4)
+        m.answer_pointer.gate.bias.fill_(60.0)
+    prompt = m.chat.prompt(m.tokenizer, "Is this person wearing a hat?", m.image_tokens, m.seg_tokens)
+    said = m.generate([prompt], b["pixel_values"], b["seg_maps"], max_new_tokens=1)[0][0]
+    assert said in m.answer_pointer.attributes_first[int(present)].tolist()
+
+
+def test_a_config_saved_before_the_verdict_pointer_loads_without_it(tmp_path):
+    """A checkpoint's config that predates `verdict_pointer` rebuilds the model it was trained as (no yes/no gate row
+    its weights lack); a new config keeps the default."""
+    from model.config import FaceInsightConfig
+
+    data = SMALL.to_dict()
+    data["alignment"].pop("verdict_pointer")
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert FaceInsightConfig.load(tmp_path / "old.json").alignment.verdict_pointer is False
+    SMALL.save(tmp_path / "new.json")
+    assert FaceInsightConfig.load(tmp_path / "new.json").alignment.verdict_pointer is SMALL.alignment.verdict_pointer
