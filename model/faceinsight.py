@@ -21,6 +21,7 @@ from model.checkpoint import Checkpointable
 from model.config import FaceInsightConfig, Recipe
 from model.encoders import ImagePreprocessor, SegMapEncoder, build_projector, build_vision
 from model.knowledge_modules import (
+    ANSWER_BINS,
     ANSWER_CLASSES,
     ANSWER_KEYS,
     ATTRIBUTE_KEYS,
@@ -389,8 +390,24 @@ class FaceInsight(Checkpointable, nn.Module):
         return {name: confident_logits(name, self.decide(name, logits), logits) for name, logits in verdicts.items()}
 
     def decide(self, name: str, logits: torch.Tensor) -> torch.Tensor:
-        """A head's decision: attributes present above their val-chosen thresholds, a task's top class."""
-        return logits > self.attribute_threshold.to(logits.dtype) if name == "attributes" else logits.argmax(-1)
+        """A head's decision: attributes present above their val-chosen thresholds; an ordered task (age in years)
+        the median class of its distribution, the estimate with the least expected absolute error (the twelfth
+        default run's age head: test MAE 11.55 -> 11.14, val 12.37 -> 11.43, against its top class); another task
+        its top class."""
+        if name == "attributes":
+            return logits > self.attribute_threshold.to(logits.dtype)
+        if name in ANSWER_BINS:
+            return (torch.softmax(logits.float(), -1).cumsum(-1) >= 0.5).int().argmax(-1)
+        return logits.argmax(-1)
+
+    @torch.inference_mode()
+    def answer_decisions(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """The answer heads' decided class per task and face (what the text is handed: `decide`), no decoding."""
+        if self.answer_embedding is None:
+            raise ValueError("this model has no answer heads (alignment.answer_heads is off)")
+        verdicts = self.encode_visual(pixel_values, seg_maps)[1]
+        return {t: self.decide(t, v) for t, v in verdicts.items() if t in ANSWER_CLASSES}
 
     def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
                         answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -196,8 +196,8 @@ def answer_head_predictions(model, images: np.ndarray, maps: np.ndarray | None, 
     for start in range(0, len(images), batch):
         sl = slice(start, start + batch)
         m = None if maps is None else torch.as_tensor(maps[sl])
-        for task, probs in model.answer_probabilities(model.preprocess(images[sl]), m).items():
-            classes.setdefault(task, []).append(answer_value(task, probs.argmax(-1).numpy()))
+        for task, decided in model.answer_decisions(model.preprocess(images[sl]), m).items():
+            classes.setdefault(task, []).append(answer_value(task, decided.numpy()))
     return {t: np.concatenate(classes[t]) if t in classes else np.full(len(images), UNREAD) for t in targets}
 
 

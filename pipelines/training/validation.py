@@ -83,9 +83,9 @@ def _said(model, part: dict[str, Any], question: str, names, maps: bool, batch: 
 def _head_classes(model, part: dict[str, Any], task: str, maps: bool) -> np.ndarray:
     import torch
 
-    probs = model.answer_probabilities(model.preprocess(part["image"]),
-                                       torch.as_tensor(part["seg_map"]) if maps else None)
-    return probs[task].argmax(-1).numpy()
+    decided = model.answer_decisions(model.preprocess(part["image"]),
+                                     torch.as_tensor(part["seg_map"]) if maps else None)
+    return decided[task].numpy()
 
 
 def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: int = 64) -> dict[str, float]:

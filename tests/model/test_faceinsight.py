@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 
 import pytest
@@ -782,3 +783,23 @@ def test_a_config_saved_before_the_verdict_pointer_loads_without_it(tmp_path):
     assert FaceInsightConfig.load(tmp_path / "old.json").alignment.verdict_pointer is False
     SMALL.save(tmp_path / "new.json")
     assert FaceInsightConfig.load(tmp_path / "new.json").alignment.verdict_pointer is SMALL.alignment.verdict_pointer
+
+
+def test_the_age_decision_is_the_median_year_of_the_heads_distribution(model, conversations):
+    """An ordered task's decision is the median class (the least expected absolute error), not the top class: a head
+    with 0.4 on 20 and 0.3 each on 60 and 61 decides 60; the text is handed that decision and the heads' row reads it;
+    a nominal task keeps its top class."""
+    logits = torch.full((1, 100), -1e4)
+    logits[0, 20], logits[0, 60], logits[0, 61] = math.log(0.4), math.log(0.3), math.log(0.3)
+    assert model.decide("age", logits).tolist() == [60]
+    handed = model.decided_verdicts({"age": logits})["age"]
+    assert handed.argmax(-1).tolist() == [60]
+    expression = torch.tensor([[0.1, 0.5, 0.2, 0.3, 0.0, 0.0, 0.0]]).log()
+    assert model.decide("expression", expression).tolist() == [1]
+    b = batch(model, conversations[:4])
+    model.eval()
+    with torch.no_grad():
+        verdicts = model.encode_visual(b["pixel_values"], b["seg_maps"])[1]
+    decided = model.answer_decisions(b["pixel_values"], b["seg_maps"])
+    assert torch.equal(decided["age"], model.decide("age", verdicts["age"]))
+    assert torch.equal(decided["gender"], verdicts["gender"].argmax(-1))
