@@ -66,12 +66,12 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert out.logits.shape == (supervised, len(model.tokenizer)) and out.logits.dtype == torch.float32
     unlabelled = {k: v for k, v in b.items() if k != "labels"}
     assert model(**unlabelled).logits.shape == (*b["input_ids"].shape, len(model.tokenizer))
-    assert set(out.losses) == {"lm", "bce", "answer", "constraint"} and out.attribute_logits.shape == (3, 40)
+    assert set(out.losses) == {"lm", "bce", "answer", "constraint", "gate"} and out.attribute_logits.shape == (3, 40)
     assert {t: v.shape for t, v in out.answer_logits.items()} == {"gender": (3, 2), "race": (3, 5),
                                                                   "expression": (3, 7), "age": (3, 100)}
     weights = SMALL.alignment
     total = out.losses["lm"] + weights.lambda_bce * (out.losses["bce"] + out.losses["answer"]) + \
-        weights.lambda_constraint * out.losses["constraint"]
+        weights.lambda_constraint * out.losses["constraint"] + weights.lambda_gate * out.losses["gate"]
     assert torch.isclose(out.loss, total)
     with pytest.raises(ValueError, match="visual placeholders"):
         model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
@@ -387,11 +387,11 @@ def test_each_ablation_removes_its_module(switch, tokenizer, knowledge, conversa
         assert SEG_TOKEN_ID not in b["input_ids"]
     elif switch == "use_cooccurrence":  # the answer heads stay: they are not the co-occurrence module
         assert ablated.cooccurrence is None and ablated.knowledge_embedding is None
-        assert ablated_n["knowledge"] < full_n["knowledge"] and set(out.losses) == {"lm", "answer"}
+        assert ablated_n["knowledge"] < full_n["knowledge"] and set(out.losses) == {"lm", "answer", "gate"}
     elif switch == "answer_heads":
         assert ablated.answer_embedding is None and set(out.losses) == {"lm", "bce", "constraint"}
     else:
-        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce", "answer"}
+        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce", "answer", "gate"}
     assert torch.isfinite(out.loss)
 
 
