@@ -171,9 +171,13 @@ class AlignmentConfig:
     # default run's yes/no text read its head 0.026 below the head's own decisions and never said yes to Gray_Hair
     # (head 0.93). Acts only where the attribute head (use_cooccurrence) and the answer pointer exist
     verdict_pointer: bool = True
+    # the pointer's gate also learns from its own target (BCE: does the next token open one of the named task's class
+    # words?) with this weight; 0: from the mixture's loss alone, which gave the thirteenth run's yes/no gate no reason
+    # to open (the LM, handed true labels in training, was already sure), so its yes/no text read the head 0.04 low
+    lambda_gate: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.lambda_bce >= 0 and self.lambda_constraint >= 0, "alignment", "lambdas must be >= 0")
+        _check(min(self.lambda_bce, self.lambda_constraint, self.lambda_gate) >= 0, "alignment", "lambdas must be >= 0")
         _check(bool(self.pointer_tasks) and set(self.pointer_tasks) <= set(ANSWER_TASKS), "alignment.pointer_tasks",
                f"one or more of {ANSWER_TASKS}, got {self.pointer_tasks!r}")
         _check(self.pointer_form in ("add", "mix"), "alignment.pointer_form", f"add or mix, got {self.pointer_form!r}")

@@ -337,7 +337,7 @@ class FaceInsight(Checkpointable, nn.Module):
                 logits = self.copy_logits(out.hidden_states[-1], input_ids, shown, logits).to(logits.dtype)
         else:
             logits, losses["lm"] = self.supervised_lm_loss(embeds, attention_mask, position_ids, labels,
-                                                           (input_ids, shown))
+                                                           (input_ids, shown), losses)
         losses.update(self.head_losses(verdicts, attribute_labels, answer_labels, constraint=labels is not None))
         return self.output(losses, logits, verdicts)
 
@@ -374,9 +374,10 @@ class FaceInsight(Checkpointable, nn.Module):
 
     def output(self, losses: dict[str, torch.Tensor], logits: torch.Tensor | None,
                verdicts: dict[str, torch.Tensor]) -> FaceInsightOutput:
-        """The weighted total (lm + lambda_bce x (bce + answer) + lambda_constraint x constraint) and its parts."""
+        """The weighted total (lm + lambda_bce x (bce + answer) + lambda_constraint x constraint + lambda_gate x gate)
+        and its parts."""
         weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "answer": self.cfg.alignment.lambda_bce,
-                   "constraint": self.cfg.alignment.lambda_constraint}
+                   "constraint": self.cfg.alignment.lambda_constraint, "gate": self.cfg.alignment.lambda_gate}
         loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
         return FaceInsightOutput(loss, logits, losses, verdicts.get("attributes"),
                                  {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES})
@@ -438,12 +439,13 @@ class FaceInsight(Checkpointable, nn.Module):
 
     def supervised_lm_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                            position_ids: torch.Tensor | None, labels: torch.Tensor,
-                           copy: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           copy: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+                           losses: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The causal LM's next-token loss (HF's: shifted, mean over labelled tokens), with the LM head applied only
         at the positions that predict a label: answers are ~43 of a tiny sequence's ~230 tokens, the rest image
         tokens and questions, and the head (tied to a vocabulary-sized embedding) ran over all of them. `copy`: the
-        input ids and the verdicts the text was given, for the answer pointer (where the model has one)."""
+        input ids and the verdicts the text was given, for the answer pointer (where the model has one); its gate's
+        own loss (AnswerPointer.gate_loss) goes into `losses` as "gate" where given."""
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                         position_ids=position_ids).last_hidden_state
         targets = labels[:, 1:]
@@ -454,6 +456,9 @@ class FaceInsight(Checkpointable, nn.Module):
             named, copied = self.pointer_inputs(copy[0][:, :-1], copy[1])
             scores = self.answer_pointer.next_token_scores(
                 hidden[:, :-1][supervised], named[supervised], {t: v[supervised] for t, v in copied.items()}, logits)
+            if losses is not None and self.cfg.alignment.lambda_gate > 0:
+                losses["gate"] = self.answer_pointer.gate_loss(hidden[:, :-1][supervised], named[supervised],
+                                                               targets[supervised])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not

@@ -365,6 +365,17 @@ class AnswerPointer(nn.Module):
             out.index_add_(1, first.flatten(), (gate[:, k:k + 1] * scores).repeat_interleave(first.shape[1], 1))
         return out
 
+    def gate_loss(self, hidden: torch.Tensor, named: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """hidden (N, W), named (N, tasks), the next tokens (N,) -> BCE of each named task's gate against whether the
+        next token opens one of its class words: the gate learns where a copy is due even where the LM, reading the
+        true labels verdict forcing hands it in training, is already sure (the thirteenth default run's yes/no gate
+        closed at -7 so: the mixture's loss gave it no reason to open)."""
+        a = self.gate(hidden.to(self.gate.weight.dtype)).float()
+        due = torch.stack([torch.isin(targets, getattr(self, f"{t}_first").flatten()) for t in self.tasks], -1)
+        if not named.any():  # a zero that keeps the graph (DDP expects gradients)
+            return a.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(a[named], due[named].float())
+
     def next_token_scores(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
                           lm_logits: torch.Tensor) -> torch.Tensor:
         """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes), the LM's (N, vocab) -> the (N,

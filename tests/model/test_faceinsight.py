@@ -66,12 +66,12 @@ def test_shapes_fusion_and_loss_terms(model, conversations):
     assert out.logits.shape == (supervised, len(model.tokenizer)) and out.logits.dtype == torch.float32
     unlabelled = {k: v for k, v in b.items() if k != "labels"}
     assert model(**unlabelled).logits.shape == (*b["input_ids"].shape, len(model.tokenizer))
-    assert set(out.losses) == {"lm", "bce", "answer", "constraint"} and out.attribute_logits.shape == (3, 40)
+    assert set(out.losses) == {"lm", "bce", "answer", "constraint", "gate"} and out.attribute_logits.shape == (3, 40)
     assert {t: v.shape for t, v in out.answer_logits.items()} == {"gender": (3, 2), "race": (3, 5),
                                                                   "expression": (3, 7), "age": (3, 100)}
     weights = SMALL.alignment
     total = out.losses["lm"] + weights.lambda_bce * (out.losses["bce"] + out.losses["answer"]) + \
-        weights.lambda_constraint * out.losses["constraint"]
+        weights.lambda_constraint * out.losses["constraint"] + weights.lambda_gate * out.losses["gate"]
     assert torch.isclose(out.loss, total)
     with pytest.raises(ValueError, match="visual placeholders"):
         model.embed(b["input_ids"][:, :-1][:, 1:], visual[:1])
@@ -387,11 +387,11 @@ def test_each_ablation_removes_its_module(switch, tokenizer, knowledge, conversa
         assert SEG_TOKEN_ID not in b["input_ids"]
     elif switch == "use_cooccurrence":  # the answer heads stay: they are not the co-occurrence module
         assert ablated.cooccurrence is None and ablated.knowledge_embedding is None
-        assert ablated_n["knowledge"] < full_n["knowledge"] and set(out.losses) == {"lm", "answer"}
+        assert ablated_n["knowledge"] < full_n["knowledge"] and set(out.losses) == {"lm", "answer", "gate"}
     elif switch == "answer_heads":
         assert ablated.answer_embedding is None and set(out.losses) == {"lm", "bce", "constraint"}
     else:
-        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce", "answer"}
+        assert ablated.rules.numel() == 0 < full.rules.numel() and set(out.losses) == {"lm", "bce", "answer", "gate"}
     assert torch.isfinite(out.loss)
 
 
@@ -803,3 +803,40 @@ def test_the_age_decision_is_the_median_year_of_the_heads_distribution(model, co
     decided = model.answer_decisions(b["pixel_values"], b["seg_maps"])
     assert torch.equal(decided["age"], model.decide("age", verdicts["age"]))
     assert torch.equal(decided["gender"], verdicts["gender"].argmax(-1))
+
+
+def test_the_pointer_gate_learns_where_a_copy_is_due(mixture_model, conversations):
+    """The gate's own loss (lambda_gate): trained on it alone, the yes/no gate opens where the next token is the
+    answer's Yes / No and stays shut on the named turn's other positions; lambda_gate 0 leaves it out."""
+    m = mixture_model
+    turns = [{"from": "human", "value": "<image>\nIs this person wearing a hat?"}, {"from": "gpt", "value": "Yes."}]
+    b = batch(m, [turns] * 4)
+    out = m(**b)
+    assert torch.isfinite(out.losses["gate"]) and out.losses["gate"] > 0
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m.answer_pointer.gate.requires_grad_(True)
+    opt = torch.optim.SGD(m.answer_pointer.gate.parameters(), lr=0.5)
+    for _ in range(60):
+        loss = m(**b).losses["gate"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        visual, verdicts = m.encode_visual(b["pixel_values"], b["seg_maps"])
+        hidden = m.llm(inputs_embeds=m.embed(b["input_ids"], visual, m.decided_verdicts(verdicts)),
+                       attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states[-1][0]
+        gate = m.answer_pointer.gate(hidden)[:, m.answer_pointer.tasks.index("attributes")]
+    answer = (b["labels"][0] != IGNORE).nonzero()[:, 0]
+    assert gate[answer[0] - 1] > 0 and (gate[answer[1:] - 1] < 0).all()
+    off = dataclasses.replace(m.cfg, alignment=dataclasses.replace(m.cfg.alignment, lambda_gate=0.0))
+    assert "gate" not in FaceInsight(off, m.tokenizer, None if off.alignment.use_cooccurrence is False else
+                                     _knowledge_of(m))(**b).losses
+
+
+def _knowledge_of(m: FaceInsight) -> dict:
+    """The knowledge a model was built with, from its buffers (as a checkpoint rebuilds it)."""
+    from model.checkpoint import knowledge_from_weights
+
+    return knowledge_from_weights(m.state_dict())
