@@ -493,15 +493,6 @@ class FaceInsight(Checkpointable, nn.Module):
         return out
 
     @torch.inference_mode()
-    def answer_probabilities(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None
-                             ) -> dict[str, torch.Tensor]:
-        """The answer heads' class probabilities per task (gender, race, expression, age bins), no decoding."""
-        if self.answer_embedding is None:
-            raise ValueError("this model has no answer heads (alignment.answer_heads is off)")
-        verdicts = self.encode_visual(pixel_values, seg_maps)[1]
-        return {t: torch.softmax(v.float(), -1) for t, v in verdicts.items() if t in ANSWER_CLASSES}
-
-    @torch.inference_mode()
     def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
                  generator: torch.Generator | None = None, max_loop: int = 12) -> list[list[int]]:
