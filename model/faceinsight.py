@@ -191,9 +191,10 @@ class FaceInsight(Checkpointable, nn.Module):
         logits at every position; for attribute yes/no, the verdict on the attribute last named)."""
         b, t = input_ids.shape
         logits = {k: verdicts[k][:, None].expand(b, t, -1) for k in self.answer_pointer.tasks if k != "attributes"}
+        named, verdict = self.answer_pointer.scopes(input_ids, verdicts.get("attributes"))
         if "attributes" in self.answer_pointer.tasks:
-            logits["attributes"] = self.answer_pointer.verdict_logits(input_ids, verdicts["attributes"])
-        return self.answer_pointer.named(input_ids), logits
+            logits["attributes"] = verdict
+        return named, logits
 
     def copy_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, verdicts: dict[str, torch.Tensor],
                     lm_logits: torch.Tensor) -> torch.Tensor:
@@ -450,15 +451,16 @@ class FaceInsight(Checkpointable, nn.Module):
                                         position_ids=position_ids).last_hidden_state
         targets = labels[:, 1:]
         supervised = targets != IGNORE
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])
+        rows = hidden[:, :-1][supervised]
+        logits = self.llm.get_output_embeddings()(rows)
         scores = logits.float()
         if self.answer_pointer is not None and copy is not None:
             named, copied = self.pointer_inputs(copy[0][:, :-1], copy[1])
-            scores = self.answer_pointer.next_token_scores(
-                hidden[:, :-1][supervised], named[supervised], {t: v[supervised] for t, v in copied.items()}, logits)
+            named = named[supervised]
+            scores = self.answer_pointer.next_token_scores(rows, named, {t: v[supervised] for t, v in copied.items()},
+                                                           logits)
             if losses is not None and self.cfg.alignment.lambda_gate > 0:
-                losses["gate"] = self.answer_pointer.gate_loss(hidden[:, :-1][supervised], named[supervised],
-                                                               targets[supervised])
+                losses["gate"] = self.answer_pointer.gate_loss(rows, named, targets[supervised])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
             return logits, hidden.sum() * 0.0
         # the loss in fp32; the logits returned in the LM's dtype (bf16 under autocast), pointer or not

@@ -326,32 +326,27 @@ class AnswerPointer(nn.Module):
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position
         within its turn (after the last token that opens one); for "attributes", a phrase naming an attribute."""
-        pos, opened = self._turns(input_ids)
+        return self.scopes(input_ids)[0]
+
+    def scopes(self, input_ids: torch.Tensor, attribute_logits: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) token ids -> `named` (B, T, tasks) and, given the attribute head's (B, attributes) logits and a
+        linker, the (B, T, 2) logits of "No" / "Yes": at each position the verdict on the attribute last named (0
+        where none is), its sign turned by a negated phrase, so softmax gives (1 - p, p); else None. One pass over
+        the ids serves both (the links are the costly part)."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        opened = torch.where(torch.isin(input_ids, self.turn_ids), pos, -1).cummax(1).values
         last = {t: torch.where(torch.isin(input_ids, getattr(self, f"{t}_keys")), pos, -1).cummax(1).values
                 for t in self.tasks if t != "attributes"}
+        verdict = None
         if self.linker is not None:
-            last["attributes"] = self._last_link(input_ids, pos)[1]
-        return torch.stack([last[t] > opened for t in self.tasks], -1)
-
-    def _turns(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each position's index and that of the last token at or before it that opened a turn (-1: none)."""
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        return pos, torch.where(torch.isin(input_ids, self.turn_ids), pos, -1).cummax(1).values
-
-    def _last_link(self, input_ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The signed links (B, T, attributes) and, per position, the last position at or before it with one."""
-        links = self.linker.signed(input_ids)
-        return links, torch.where(links.abs().sum(-1) > 0, pos, -1).cummax(1).values
-
-    def verdict_logits(self, input_ids: torch.Tensor, attribute_logits: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids, the attribute head's (B, attributes) logits -> (B, T, 2) logits of "No" / "Yes": at
-        each position the verdict on the attribute last named (0 where none is), its sign turned by a negated
-        phrase; softmax gives (1 - p, p)."""
-        pos, _ = self._turns(input_ids)
-        links, last = self._last_link(input_ids, pos)
-        at = links.float().gather(1, last.clamp(min=0)[..., None].expand_as(links)) * (last >= 0)[..., None]
-        verdict = (at * attribute_logits[:, None].float()).sum(-1) / at.abs().sum(-1).clamp(min=1)
-        return torch.stack([torch.zeros_like(verdict), verdict], -1)
+            links = self.linker.signed(input_ids)
+            last["attributes"] = linked = torch.where(links.abs().sum(-1) > 0, pos, -1).cummax(1).values
+            if attribute_logits is not None:
+                at = links.float().gather(1, linked.clamp(min=0)[..., None].expand_as(links)) * (linked >= 0)[..., None]
+                v = (at * attribute_logits[:, None].float()).sum(-1) / at.abs().sum(-1).clamp(min=1)
+                verdict = torch.stack([torch.zeros_like(v), v], -1)
+        return torch.stack([last[t] > opened for t in self.tasks], -1), verdict
 
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
              vocab: int) -> torch.Tensor:

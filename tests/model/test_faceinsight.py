@@ -733,9 +733,9 @@ def test_mixture_pointer_in_the_loss_path_equals_the_full_logits(mixture_model, 
 
 
 def test_verdict_pointer_reads_the_attribute_the_turn_names_with_its_sign(mixture_model):
-    """verdict_logits: at each position the head's logit on the attribute last named in the turn ("hat" -> Wearing_Hat;
-    "hair ... black" -> Black_Hair), its sign turned where the phrase names the absence ("female" -> -Male), 0 and
-    not named before any attribute word; a new turn closes it."""
+    """The verdict logits of `scopes`: at each position the head's logit on the attribute last named in the turn
+    ("hat" -> Wearing_Hat; "hair ... black" -> Black_Hair), its sign turned where the phrase names the absence
+    ("female" -> -Male), 0 and not named before any attribute word; a new turn closes it."""
     from model.labels import ATTRIBUTE_INDEX
 
     m = mixture_model
@@ -747,7 +747,7 @@ def test_verdict_pointer_reads_the_attribute_the_turn_names_with_its_sign(mixtur
                                       ("Is this person female?", "Male", -1),
                                       ("Is this person male?", "Male", 1)):
         ids = torch.tensor([m.tokenizer(question, add_special_tokens=False)["input_ids"]])
-        logits = p.verdict_logits(ids, head)[0]
+        logits = p.scopes(ids, head)[1][0]
         named = p.named(ids)[0, :, k]
         assert named[-1] and logits[-1].tolist() == [0.0, sign * (ATTRIBUTE_INDEX[attribute] + 1.0)], question
         assert not named[0] and logits[0].tolist() == [0.0, 0.0]
