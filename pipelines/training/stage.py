@@ -11,7 +11,7 @@ from pipelines.config import build
 from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.training.corpus_data import knowledge_file
 from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
-from pipelines.training.variants import variant_config
+from pipelines.training.variants import ablation_budget, variant_config
 
 
 def train_pass(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Path, knowledge: Path,
@@ -43,21 +43,27 @@ def train_stage(stage: str, params: dict[str, Any], corpus: Path, tokenizer: Pat
 def train_variant(name: str, params: dict[str, Any], corpus: Path, tokenizer: Path, knowledge: Path, out: Path,
                   metrics: Path, history: Path, storage: str) -> dict[str, Any]:
     """A baseline or ablation (params.yaml `variants.<name>`): align then finetune as the main model does,
-    with the variant's model overrides and record kinds; `out`/align and `out`/model hold the checkpoints."""
+    with the variant's model overrides and record kinds, at the ablation budget's step counts where params.yaml
+    gives one; `out`/align and `out`/model hold the checkpoints."""
     variant = variant_config(params, name)
-    change = {"model_overrides": variant.model, "overrides": {"kinds": list(variant.kinds)} if variant.kinds else None}
+    budget = ablation_budget(params)
+    kinds = {"kinds": list(variant.kinds)} if variant.kinds else {}
+
+    def change(section: str) -> dict[str, Any]:
+        return {"model_overrides": variant.model, "overrides": {**budget[section], **kinds} or None}
+
     with atomic_dir(out) as tmp:  # both checkpoints or neither
         aligned = train_pass(f"variant-{name}-align", params, corpus, tokenizer, knowledge, None, tmp / "align",
-                             storage, section="align", **change)
+                             storage, section="align", **change("align"))
         tuned = train_pass(f"variant-{name}-finetune", params, corpus, tokenizer, knowledge, tmp / "align",
-                           tmp / "model", storage, section="finetune", **change)
+                           tmp / "model", storage, section="finetune", **change("finetune"))
     # one curve across both passes, as for the main model's align + finetune
     offset = aligned["steps"]
     curve = [{**h, "pass": "align"} for h in aligned.pop("history")]
     curve += [{**h, "step": h["step"] + offset, "pass": "finetune"} for h in tuned.pop("history")]
     write_json_atomic(history, curve)
     result = {"variant": name, "label": variant.label, "model_overrides": variant.model, "kinds": list(variant.kinds),
-              "align": aligned, "finetune": tuned}
+              "ablation_budget": budget, "align": aligned, "finetune": tuned}
     write_json_atomic(metrics, result)
     return result
 
