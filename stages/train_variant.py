@@ -1,7 +1,8 @@
 """DVC stage `train_variant@<name>`: a baseline or an ablation, trained as FaceInsight is (align, then
-finetune, the same sections of params.yaml) with the one change params.yaml `variants.<name>` names;
-the default variants:
+finetune, the same sections of params.yaml) with the one change params.yaml `variants.<name>` names, for the
+step counts of params.yaml `ablation_budget` where it gives them; the default variants:
 
+    reference        FaceInsight itself at the ablation budget (the row the others are judged against)
     general          the general MLLM: the same architecture on the same images, generic captions only
                      (record kind `description`), no parsing map, no co-occurrence head, no constraint loss
     no_map           FaceInsight without the parsing map

@@ -50,9 +50,13 @@ def system_title(system: str, evals: dict[str, dict[str, Any]] | None = None) ->
 
 
 def system_order(evals: dict[str, dict[str, Any]]) -> list[str]:
-    """The known systems in table order, the variants by name, then the Hugging Face ones by name."""
+    """The known systems in table order, the variants by name (the same-budget reference first: the row they are
+    judged against), then the Hugging Face ones by name."""
     present = {s for e in evals.values() for s in e.get("systems", {})}
-    variants = sorted(s for s in present if s.startswith(VARIANT_PREFIX))  # by name, each head after its model
+    reference = f"{VARIANT_PREFIX}{REFERENCE}"
+    # by name, each head after its model
+    variants = sorted((s for s in present if s.startswith(VARIANT_PREFIX)),
+                      key=lambda s: (not s.startswith(reference), s))
     known = [s for s in SYSTEM_TITLES if s in present]
     at = known.index("faceinsight_head") + 1 if "faceinsight_head" in known else len(known)
     return known[:at] + variants + known[at:] + sorted(s for s in present if s.startswith(HF_PREFIX))

@@ -278,7 +278,11 @@ def test_ablations_are_judged_against_faceinsight_retrained_at_their_budget():
         results["attributes"]["systems"][f"variant_{name}"] = {
             "label": label, "summary": {"mean_balanced_accuracy": bal, "rule_violation_rate": viol}}
         _answers(results, "attributes", f"variant_{name}", right, 10 + k)
+    results["attributes"]["systems"]["variant_reference_head"] = {"label": "FaceInsight at the ablation budget"}
     md = results_markdown(results, {}, 0, None, (True, []), False)
+    titles = [r.split(" | ")[0][2:] for r in md.split("## What")[0].splitlines() if r.startswith("| ")][2:]
+    assert titles[2:] == ["FaceInsight at the ablation budget", "FaceInsight at the ablation budget (its heads)",
+                          "FaceInsight without the constraint loss", "FaceInsight without the parsing map"]
     no_map = next(line for line in md.splitlines() if line.startswith("- **The parsing map helps.**"))
     # against the same-budget reference (0.55), not FaceInsight's full-budget 0.6
     assert "FaceInsight at the ablation budget against FaceInsight without the parsing map" in no_map
