@@ -68,7 +68,7 @@ def variant_configs(params: dict[str, Any]) -> dict[str, VariantConfig]:
     if out and any(ablation_budget(params).values()) and REFERENCE not in out:
         raise ValueError(f"params.yaml ablation_budget trains the variants for fewer steps than FaceInsight: keep the "
                          f"`{REFERENCE}` variant (FaceInsight retrained at that budget, the row they are judged "
-                         f"against) in `variants`, or remove ablation_budget")
+                         f"against) in `variants`, or set `ablation_budget: {{}}`")
     return out
 
 
