@@ -49,14 +49,16 @@ def system_title(system: str, evals: dict[str, dict[str, Any]] | None = None) ->
     return SYSTEM_TITLES[system]
 
 
+REFERENCE_SYSTEM = f"{VARIANT_PREFIX}{REFERENCE}"  # the variants' same-budget FaceInsight, as evaluate names it
+
+
 def system_order(evals: dict[str, dict[str, Any]]) -> list[str]:
     """The known systems in table order, the variants by name (the same-budget reference first: the row they are
     judged against), then the Hugging Face ones by name."""
     present = {s for e in evals.values() for s in e.get("systems", {})}
-    reference = f"{VARIANT_PREFIX}{REFERENCE}"
     # by name, each head after its model
     variants = sorted((s for s in present if s.startswith(VARIANT_PREFIX)),
-                      key=lambda s: (not s.startswith(reference), s))
+                      key=lambda s: (not s.startswith(REFERENCE_SYSTEM), s))
     known = [s for s in SYSTEM_TITLES if s in present]
     at = known.index("faceinsight_head") + 1 if "faceinsight_head" in known else len(known)
     return known[:at] + variants + known[at:] + sorted(s for s in present if s.startswith(HF_PREFIX))
@@ -225,8 +227,8 @@ def claims(evals: dict[str, dict[str, Any]]) -> list[str]:
 def ablation_reference(evals: dict[str, dict[str, Any]]) -> str:
     """The system the variants are judged against: FaceInsight retrained at their budget (the `reference` variant)
     where it was evaluated, else FaceInsight itself (the variants then trained at its budget)."""
-    ref = f"{VARIANT_PREFIX}{REFERENCE}"
-    return ref if any(ref in e.get("systems", {}) for e in evals.values()) else "faceinsight"
+    present = any(REFERENCE_SYSTEM in e.get("systems", {}) for e in evals.values())
+    return REFERENCE_SYSTEM if present else "faceinsight"
 
 
 def against(evals: dict[str, dict[str, Any]], other: str, ref: str = "faceinsight") -> str | None:
@@ -311,12 +313,13 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
 
 def budget_note(evals: dict[str, dict[str, Any]]) -> str:
     """How the variants were trained, as the table must say when their budget is not FaceInsight's."""
-    if ablation_reference(evals) == "faceinsight":
+    ref = ablation_reference(evals)
+    if ref == "faceinsight":
         return ("The variants (params.yaml `variants`) are trained as FaceInsight is, same passes, steps and data, "
                 "with the one change their name says.")
     return (f"The variants (params.yaml `variants`) are trained as FaceInsight is, same passes and data, with the one "
             f"change their name says, at a smaller budget (params.yaml `ablation_budget`), beside FaceInsight "
-            f"retrained at that budget (\"{system_title(ablation_reference(evals), evals)}\"): the claims about the "
+            f"retrained at that budget (\"{system_title(ref, evals)}\"): the claims about the "
             "parsing map, the co-occurrence module, the constraint loss and the general MLLM compare each variant "
             "with that row, not with FaceInsight's full-budget numbers.")
 

@@ -47,6 +47,9 @@ def ablation_budget(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name in BUDGET_PASSES:
         section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"params.yaml ablation_budget.{name}: give step counts by name (e.g. max_steps: 300), "
+                             f"got {section!r}")
         wrong = set(section) - BUDGET_KEYS
         if wrong:
             raise ValueError(f"params.yaml ablation_budget.{name}: {', '.join(sorted(wrong))} would change how the "

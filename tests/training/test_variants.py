@@ -35,6 +35,8 @@ def test_the_ablation_budget_changes_step_counts_only():
         ablation_budget({"ablation_budget": {"align": {"lr": 0.1}}})
     with pytest.raises(ValueError, match="under align / finetune"):
         ablation_budget({"ablation_budget": {"finetune_task": {"max_steps": 2}}})
+    with pytest.raises(ValueError, match=r"ablation_budget.align: give step counts by name .* got 300"):
+        ablation_budget({"ablation_budget": {"align": 300}})
     # a smaller budget without FaceInsight retrained at it would leave the ablations nothing fair to be judged by
     with pytest.raises(ValueError, match="keep the `reference` variant"):
         variant_configs({**params({"no_map": {"label": "x"}}), "ablation_budget": budget})
