@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## run the DVC pipeline on params.yaml (a no-op when nothing changed)
 	$(BIN)/dvc repro
 
-test: $(STAMP)  ## lint, then the whole test suite, as CI runs it
+test: $(STAMP)  ## lint, then the whole test suite on two workers, as CI runs it
 	$(BIN)/ruff check model pipelines stages tests benchmarks
-	$(BIN)/python -m pytest
+	# two workers: the two whole-DAG tests (~6 min each) start first, one each, the rest beside them (tests/conftest.py)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-cluster: $(STAMP)  ## only the dvc repro of the Ray stages on a 2-node Ray cluster with everything on S3 (~5 min; also in make test)
 	$(BIN)/python -m pytest tests/test_dvc_cluster.py

@@ -21,6 +21,20 @@ SMALL = SyntheticConfig(celebamask_hq=200, utkface=60, rafdb=60, utkface_size=96
                         workers=2)
 
 
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): these two
+# whole-DAG tests (~6 minutes each, half the suite alone) start first, one on each worker, and the rest of the suite
+# runs beside them and after them
+FIRST = ("tests/test_dvc_pipeline.py", "tests/test_dvc_cluster.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """The whole-DAG tests first; each module one xdist group, so its module fixtures are set up on one worker."""
+    items.sort(key=lambda item: next((k for k, path in enumerate(FIRST) if item.nodeid.startswith(path)), len(FIRST)))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def synthetic_roots(tmp_path_factory) -> dict[str, Path]:
     """Clean synthetic datasets (no crafted defects). Read-only: copy before changing."""
