@@ -29,7 +29,8 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
     client = MlflowClient(tracking_uri)
     with refused_access_named(tracking_uri):
         champion = alias_metrics(client, "champion")
-        if champion and champion.pop("_version") == entry["version"]:
+        # MLflow gives the alias' version as an int, registry/faceinsight.json as a string
+        if champion and str(champion.pop("_version")) == str(entry["version"]):
             champion = None  # this version already is the champion: judge it on the thresholds alone
         passed, reasons = gate(results, cfg, champion)
         if passed:

@@ -245,6 +245,34 @@ def against(evals: dict[str, dict[str, Any]], other: str, ref: str = "faceinsigh
             f"{system_title(other, evals)}: " + "; ".join(judged(evals, ref, other, k) for k in keys) + f".{caveat}")
 
 
+def below_majority(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Each variant's and the fine-tuned model's gated numbers that do not beat the majority class (the paired interval
+    of the difference does not exclude zero in their favour), with what their answers show of why."""
+    out = []
+    rows = [s for s in system_order(evals) if (s.startswith(VARIANT_PREFIX) or s in TUNED) and not s.endswith("_head")]
+    for system in rows:
+        for key in GATED:
+            found = compare(evals, system, "majority", key)
+            if found is None or found[1] == "supported":
+                continue
+            out.append(f"{system_title(system, evals)}: {judged(evals, system, 'majority', key)}. "
+                       + why_not(evals, system, key))
+    return out
+
+
+def why_not(evals: dict[str, dict[str, Any]], system: str, key: str) -> str:
+    """What a system's answers behind `key` show: how many went unread, or one answer for every face."""
+    unread = unread_share(evals, system, key)
+    if unread is not None and unread >= 0.05:
+        return f"{unread:.0%} of its answers could not be read (counted wrong)."
+    predictions = evals[key.split(".", 1)[0]]["systems"][system]["predictions"]
+    target = UNREAD_TARGET.get(key)  # None: every attribute's answers
+    columns = list(predictions.values()) if target is None else [predictions.get(target, [])]
+    if columns and all(len(set(map(json.dumps, c))) == 1 for c in columns):
+        return "It gives the same answer for every face."
+    return "Its answers follow the face no better than the class shares do."
+
+
 # the question whose answers a gated number is read from (attributes: all 40)
 UNREAD_TARGET = {"attributes.mean_balanced_accuracy": None, "age_gender_race.gender_accuracy": "gender",
                  "expression.uar": "expression"}
@@ -300,6 +328,10 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
               "are in reports/eval/). " + budget_note(evals),
               "", "## What this says about the paper's claims", ""]
     lines += [f"- {c}" for c in claims(evals)]
+    below = below_majority(evals)
+    lines += ["", "## Rows that do not beat the majority class", ""]
+    lines += [f"- {b}" for b in below] if below else [
+        "Every variant and the fine-tuned setting beat the majority class on each gated number."]
     passed, reasons = verdict
     lines += ["", "## Registry gate", ""]
     if passed:

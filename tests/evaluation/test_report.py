@@ -291,3 +291,33 @@ def test_ablations_are_judged_against_faceinsight_retrained_at_their_budget():
     assert "20.0% of test faces" in same and "(FaceInsight at the ablation budget)" in same
     assert "as the paper says" in same  # 30% without the constraint loss against the reference's 20%
     assert "at a smaller budget (params.yaml `ablation_budget`)" in md
+
+
+def test_rows_that_do_not_beat_the_majority_are_named_with_why():
+    from pipelines.evaluation.report import results_markdown
+
+    results = evals()
+    _faces(results, "attributes")
+    _faces(results, "expression")
+    results["attributes"]["systems"]["majority"]["predictions"] = {
+        a: [0] * len(t) for a, t in results["attributes"]["truth"].items()}
+    results["expression"]["systems"]["majority"]["predictions"] = {"expression": [3] * 300}
+    for name, right in (("good", 0.9), ("chance", 0.5)):
+        results["attributes"]["systems"][f"variant_{name}"] = {"label": f"Variant {name}", "summary": {
+            "mean_balanced_accuracy": right, "rule_violation_rate": 0.1}}
+        _answers(results, "attributes", f"variant_{name}", right, 3)
+    # one expression word for every face: the majority's own level
+    results["expression"]["systems"]["variant_chance"] = {"label": "Variant chance", "summary": {"uar": 0.143},
+                                                          "predictions": {"expression": [3] * 300}}
+    md = results_markdown(results, {}, 0, None, (True, []), False)
+    below = md.split("## Rows that do not beat the majority class")[1].split("## Registry gate")[0]
+    lines = [line for line in below.splitlines() if line.startswith("- ")]
+    assert len(lines) == 2 and all(line.startswith("- Variant chance:") for line in lines), lines
+    assert "attributes.mean_balanced_accuracy" in lines[0] and "no better than the class shares" in lines[0]
+    assert "expression.uar" in lines[1] and "the same answer for every face" in lines[1]
+    results["attributes"]["systems"]["variant_chance"]["metrics"] = {"faces": 300, "unread": 3000}
+    md = results_markdown(results, {}, 0, None, (True, []), False)
+    assert "25% of its answers could not be read" in md.split("## Rows that do not beat")[1]
+    del results["attributes"]["systems"]["variant_chance"], results["expression"]["systems"]["variant_chance"]
+    md = results_markdown(results, {}, 0, None, (True, []), False)
+    assert "Every variant and the fine-tuned setting beat the majority class" in md
