@@ -106,8 +106,12 @@ def compare(evals: dict[str, dict[str, Any]], a: str, b: str, key: str):
 
 def judged(evals: dict[str, dict[str, Any]], a: str, b: str, key: str) -> str:
     """'0.812 vs 0.640, difference +0.172 [+0.140, +0.205]: supported' for the claim that a beats b on key."""
+    return stated(evals, a, b, key, compare(evals, a, b, key))
+
+
+def stated(evals: dict[str, dict[str, Any]], a: str, b: str, key: str, found) -> str:
+    """judged's sentence from compare's result, where the caller has it already (the bootstrap is not run twice)."""
     va, vb = value(evals, a, key), value(evals, b, key)
-    found = compare(evals, a, b, key)
     if va is None or vb is None:
         return f"{key}: not measured"
     if found is None:
@@ -255,7 +259,7 @@ def below_majority(evals: dict[str, dict[str, Any]]) -> list[str]:
             found = compare(evals, system, "majority", key)
             if found is None or found[1] == "supported":
                 continue
-            out.append(f"{system_title(system, evals)}: {judged(evals, system, 'majority', key)}. "
+            out.append(f"{system_title(system, evals)}: {stated(evals, system, 'majority', key, found)}. "
                        + why_not(evals, system, key))
     return out
 
@@ -268,7 +272,7 @@ def why_not(evals: dict[str, dict[str, Any]], system: str, key: str) -> str:
     predictions = evals[key.split(".", 1)[0]]["systems"][system]["predictions"]
     target = UNREAD_TARGET.get(key)  # None: every attribute's answers
     columns = list(predictions.values()) if target is None else [predictions.get(target, [])]
-    if columns and all(len(set(map(json.dumps, c))) == 1 for c in columns):
+    if columns and all(len(set(c)) == 1 for c in columns):
         return "It gives the same answer for every face."
     return "Its answers follow the face no better than the class shares do."
 
