@@ -2,6 +2,7 @@
 
     python benchmarks/pass_cost.py encode [--records 1280]
     python benchmarks/pass_cost.py stage [--steps 1 21]
+    python benchmarks/pass_cost.py cache [--records 83200]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
 train split, in this process: records/s, and the share of the chat template's tokenising.
@@ -10,6 +11,8 @@ section at each `--steps` (checkpoint at the end only, its own MLflow store and 
 folder; no heads-only phase): wall seconds each, then the per-step cost (the slope) and the fixed cost (process
 and Ray start, data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown)
 that a pass pays however short it is, and each run's timeline by phase (the stage metrics' `seconds`).
+`cache`: a long pass' records (`--records`; 83,200 = a variant's align at the ablation budget) encoded by Ray
+Data's tasks and kept (pipelines/training/encoded_cache.py), then read back as the next such pass reads them.
 Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
 """
 
@@ -81,6 +84,31 @@ def stage(steps: list[int], name: str = "align") -> None:
     print_phases(steps, times, phases)
 
 
+def cache(records: int) -> None:
+    import tempfile
+
+    from model.config import model_config
+    from pipelines.config import load_params
+    from pipelines.ray_runtime import init_ray
+    from pipelines.training.corpus_data import corpus_dataset, encoder_kwargs
+    from pipelines.training.encoded_cache import cached_encoding, encoding_key
+
+    params = load_params()
+    cfg = model_config(params.get("model"))
+    split, tokenizer = Path("data/corpus/train"), str(Path("models/tokenizer").resolve())
+    encoder = encoder_kwargs(cfg, tokenizer, *cfg.visual_token_counts(), params["align"]["max_tokens"])
+    init_ray()
+    with tempfile.TemporaryDirectory() as tmp:
+        key = encoding_key(split, encoder, records, (), ())
+        for what in ("encoded (Ray Data tasks) and kept", "read back from the kept encoding"):
+            start = time.perf_counter()
+            dataset = cached_encoding(Path(tmp), key, lambda: corpus_dataset(split, encoder, records).materialize())
+            rows = dataset.count()
+            took = time.perf_counter() - start
+            size = sum(f.stat().st_size for f in Path(tmp).rglob("*.arrow")) / 2**30
+            print(f"{rows:,} records {what}: {took:.1f} s ({dataset.num_blocks()} blocks, {size:.2f} GiB on disk)")
+
+
 def print_phases(steps: list[int], times: list[float], phases: list[dict[str, float]]) -> None:
     """The pass's timeline (the metrics' `seconds`) per run; what is left is the process's exit (Ray's shutdown)."""
     from pipelines.training.loop import PASS_PHASES
@@ -101,9 +129,13 @@ def main() -> None:
     enc.add_argument("--records", type=int, default=1280)
     st = sub.add_parser("stage")
     st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
+    ca = sub.add_parser("cache")
+    ca.add_argument("--records", type=int, default=83200)
     args = ap.parse_args()
     if args.what == "encode":
         encode(args.records)
+    elif args.what == "cache":
+        cache(args.records)
     else:
         stage(args.steps)
 

@@ -103,16 +103,13 @@ def corpus_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: 
                           concurrency=workers or None)
 
 
-def driver_encoded_dataset(split_dir: str | Path, encoder: dict[str, Any], max_records: int,
-                           kinds: tuple[str, ...] = (), tasks: tuple[str, ...] = ()):
-    """The same dataset as `corpus_dataset(...).materialize()` (same records, order, encoding, and one block as Ray
-    Data writes up to 128 MiB, ~6,800 tiny-preset records: the same batches come out of a seeded local shuffle),
-    encoded in this process and handed to Ray Data. For a pass that reads few records: Ray Data's
-    read and encode tasks cost ~13 s of worker start-up before the first of them (benchmarks/RESULTS.md, a pass's
-    timeline), the driver encodes ~1,000 records a second."""
+def encode_records(split_dir: str | Path, encoder: dict[str, Any], max_records: int, kinds: tuple[str, ...] = (),
+                   tasks: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The first `max_records` records of a split (after the filters), encoded in this process: no Ray (a stage
+    runs it while Ray starts). For a pass that reads few records: Ray Data's read and encode tasks cost ~13 s of
+    worker start-up before the first of them (benchmarks/RESULTS.md, a pass's timeline), the driver encodes ~1,000
+    records a second."""
     import pyarrow.parquet as pq
-    import ray
-    from ray.data.block import BlockAccessor
 
     files, filesystem = _split_files(split_dir)
     filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
@@ -127,8 +124,17 @@ def driver_encoded_dataset(split_dir: str | Path, encoder: dict[str, Any], max_r
     if not batches:
         raise ValueError(f"{split_dir}: no records of tasks {list(tasks) or 'any'} and kinds {list(kinds) or 'any'}; "
                          "check the stage's `tasks` / `kinds` params, or rerun `dvc repro build_corpus`")
-    block = BlockAccessor.batch_to_block({key: np.concatenate([b[key] for b in batches]) for key in batches[0]})
-    return ray.data.from_arrow(block)
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+def driver_encoded_dataset(encoded: dict[str, np.ndarray]):
+    """`encode_records`' rows as the same dataset as `corpus_dataset(...).materialize()` (same records, order,
+    encoding, and one block as Ray Data writes up to 128 MiB, ~6,800 tiny-preset records: the same batches come out
+    of a seeded local shuffle)."""
+    import ray
+    from ray.data.block import BlockAccessor
+
+    return ray.data.from_arrow(BlockAccessor.batch_to_block(encoded))
 
 
 def encoder_kwargs(model_cfg, tokenizer_dir: str, image_tokens: int, seg_tokens: int, max_tokens: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from pipelines.corpus.records import KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.augmentation import mirror_and_shift
-from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset, encoder_kwargs
+from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset, encode_records, encoder_kwargs
+from pipelines.training.encoded_cache import cache_root, cached_encoding, encoding_key
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 from pipelines.training.schedule import Phase
@@ -226,30 +228,54 @@ def with_val_thresholds(corpus: Path) -> Callable[[Path], FaceInsight]:
     return check
 
 
+def starting_point(inputs: TrainInputs) -> tuple[FaceInsightConfig, Path]:
+    """The model's config and the tokenizer folder a pass starts from: the previous stage's (saved beside its
+    weights) or params' and the trained tokenizer's."""
+    if inputs.init_from is not None:
+        return FaceInsightConfig.load(Path(inputs.init_from) / CONFIG_FILE), Path(inputs.init_from)
+    return FaceInsightConfig.from_dict(inputs.model), Path(inputs.tokenizer_dir)
+
+
+def while_ray_starts(*calls: tuple[Callable[..., Any], tuple]) -> list[Future]:
+    """The driver's own data work (no Ray in it), run in order on a thread of this process while the main thread
+    starts Ray (~3 s each on 2 cores)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="driver-data")
+    try:
+        return [pool.submit(fn, *args) for fn, args in calls]
+    finally:
+        pool.shutdown(wait=False)
+
+
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
+    model_cfg, local_tokenizer = starting_point(inputs)
+    # the counts from the config: no model is built here (for a 7B preset that loaded 7B weights on the driver)
+    counts = (*model_cfg.visual_token_counts(), cfg.max_tokens)
+    # with max_steps, encode only the records those steps can consume (one pass)
+    limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
+    local_encoder = encoder_kwargs(model_cfg, str(local_tokenizer.resolve()), *counts)
+    short = bool(limit) and limit <= cfg.driver_encode_records  # its records are encoded here, not in Ray Data
+    val_faces = (val_sample, (inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
+                              seed)) if cfg.val_faces else (dict, ())
+    records = (encode_records, (inputs.corpus / "train", local_encoder, limit, cfg.kinds, cfg.tasks))
+    early = while_ray_starts(val_faces, *([records] if short else []))
+
     def prepare(where) -> TrainingPass:
         where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
         # what workers open: absolute local paths on a local cluster, staged s3:// copies on a remote one
         init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
-        if inputs.init_from is not None:  # the previous stage's config and tokenizer (saved beside its weights)
-            model_cfg = FaceInsightConfig.load(Path(inputs.init_from) / CONFIG_FILE)
-            tokenizer_dir = init_from
-        else:
-            model_cfg = FaceInsightConfig.from_dict(inputs.model)
-            tokenizer_dir = where.hand(stage, "tokenizer", inputs.tokenizer_dir)
-        # the counts from the config: no model is built here (for a 7B preset that loaded 7B weights on the driver)
-        encoder = encoder_kwargs(model_cfg, tokenizer_dir, *model_cfg.visual_token_counts(), cfg.max_tokens)
-        # with max_steps, encode only the records those steps can consume (one pass)
-        limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
+        tokenizer_dir = init_from or where.hand(stage, "tokenizer", inputs.tokenizer_dir)
         split = where.hand(stage, "corpus train split", inputs.corpus / "train")
-        if limit and limit <= cfg.driver_encode_records:
-            train = driver_encoded_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks)
+        if short:
+            train = driver_encoded_dataset(early[1].result())
         else:
-            train = corpus_dataset(split, encoder, limit, cfg.kinds, tasks=cfg.tasks).materialize()
-        val = val_sample(inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
-                         seed) if cfg.val_faces else {}
+            encoder = encoder_kwargs(model_cfg, tokenizer_dir, *counts)
+            root = cache_root(storage_path, split, tokenizer_dir)
+            key = encoding_key(inputs.corpus / "train", local_encoder, limit, cfg.kinds, cfg.tasks) if root else ""
+            train = cached_encoding(root, key, lambda: corpus_dataset(split, encoder, limit, cfg.kinds,
+                                                                      tasks=cfg.tasks).materialize())
+        val = early[0].result()
         return TrainingPass(LEARNER, {"train": train},
                             {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge,
                              "tokenizer_dir": tokenizer_dir, "init_from": init_from, "n_train": train.count(),

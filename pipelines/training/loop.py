@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -396,7 +397,7 @@ def run_name(stage: str, payload: dict[str, Any], folders: Iterable[Path] = (),
     digest = hashlib.sha256(json.dumps({"stage": stage, **payload}, sort_keys=True, default=str).encode())
     digest.update(code_fingerprint(code).encode())
     for folder in folders:
-        _digest_files(digest, ((p.name, p) for p in sorted(Path(folder).rglob("*")) if p.is_file()))
+        digest_files(digest, ((p.name, p) for p in sorted(Path(folder).rglob("*")) if p.is_file()))
     return f"{stage}-{digest.hexdigest()[:12]}"
 
 
@@ -404,12 +405,12 @@ def code_fingerprint(roots: tuple[Path, ...]) -> str:
     """sha256 over the relative path and bytes of every .py file below `roots`."""
     digest = hashlib.sha256()
     for root in roots:
-        _digest_files(digest, ((f"{root.name}/{p.relative_to(root).as_posix()}", p)
+        digest_files(digest, ((f"{root.name}/{p.relative_to(root).as_posix()}", p)
                                for p in sorted(Path(root).rglob("*.py"))))
     return digest.hexdigest()
 
 
-def _digest_files(digest, files: Iterable[tuple[str, Path]]) -> None:
+def digest_files(digest, files: Iterable[tuple[str, Path]]) -> None:
     """Each file's name, then its bytes (read in chunks: corpus shards are large), into `digest`."""
     for name, path in files:
         digest.update(name.encode())
@@ -426,6 +427,12 @@ def training_storage(stage: str, storage_path: str, where) -> str:
     return where.train_storage(stage, storage_path)
 
 
+# how often Ray Train's controller asks the workers how they are (Ray's default: 2 s): a pass whose workers had
+# finished waited up to that long to be noticed (benchmarks/pass_cost.py: the final report 3.1 -> 1.2 s at 0.5 s);
+# the environment variable, where set, still decides
+HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+
+
 def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
         storage_path: str, name: str):
     """One Ray Train run of `train_loop_per_worker` for `learner`; its result (with a final checkpoint).
@@ -433,6 +440,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)  # Ray Train hands it to its controller
     retries = retry_settings()
 
     trainer = TorchTrainer(

@@ -115,8 +115,7 @@ def test_a_task_filter_keeps_only_that_tasks_records(ray_local, corpus):
     """finetune_task@<task> trains on its task's records only (the fixture corpus is all attributes)."""
     from pipelines.training.corpus_data import corpus_dataset
 
-    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
-               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+    encoder = small_encoder(corpus)
     split = corpus["root"] / "train"
     assert corpus_dataset(split, encoder, tasks=("attributes",)).count() == corpus["records"]
     assert corpus_dataset(split, encoder, tasks=("expression",)).count() == 0
@@ -381,8 +380,7 @@ def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_
     step = -(-table.num_rows // 4)
     for k in range(4):
         pq.write_table(table.slice(k * step, step), split / f"part-{k:05d}.parquet")
-    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
-               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+    encoder = small_encoder(corpus)
     expected = CorpusEncoder(**encoder)(table.select(["task", "kind", "conversations", "labels", "image",
                                                       "seg_map"]))["input_ids"]
     for _ in range(2):
@@ -394,23 +392,77 @@ def test_the_training_rows_come_in_file_order_every_time(ray_local, corpus, tmp_
 
 def test_a_short_pass_encoded_in_the_driver_trains_on_the_same_batches(ray_local, corpus):
     """A pass that reads few records skips Ray Data's encode tasks; its seeded shuffled batches stay the same."""
-    from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset
+    from pipelines.training.corpus_data import corpus_dataset, driver_encoded_dataset, encode_records
 
-    encoder = {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
-               "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
     split = corpus["root"] / "train"
-
-    def batches(ds):
-        return [{k: v.numpy() for k, v in b.items()} for b in ds.iter_torch_batches(
-            batch_size=8, drop_last=True, local_shuffle_buffer_size=32, local_shuffle_seed=5)]
-
     for limit in (40, 0):
-        ours = batches(driver_encoded_dataset(split, encoder, limit, tasks=("attributes",)))
-        ray_data = batches(corpus_dataset(split, encoder, limit, tasks=("attributes",)).materialize())
+        ours = shuffled_batches(driver_encoded_dataset(encode_records(split, small_encoder(corpus), limit,
+                                                                      tasks=("attributes",))))
+        ray_data = shuffled_batches(corpus_dataset(split, small_encoder(corpus), limit,
+                                                   tasks=("attributes",)).materialize())
         assert len(ours) == len(ray_data) == (limit or corpus["records"]) // 8
-        assert all(np.array_equal(a[k], b[k]) for a, b in zip(ours, ray_data, strict=True) for k in a)
+        assert same_batches(ours, ray_data)
     with pytest.raises(ValueError, match=r"no records of tasks \['expression'\].*build_corpus"):
-        driver_encoded_dataset(split, encoder, 40, tasks=("expression",))
+        encode_records(split, small_encoder(corpus), 40, tasks=("expression",))
+
+
+def test_an_encoding_kept_by_one_pass_gives_the_next_the_same_batches(ray_local, corpus, tmp_path):
+    """The long passes' encoded records are written once and read back as the same blocks; another limit, another
+    tokenizer or a write that did not finish encodes again."""
+    import shutil
+
+    import ray
+
+    from pipelines.training.corpus_data import corpus_dataset
+    from pipelines.training.encoded_cache import COMPLETE, cache_root, cached_encoding, encoding_key
+
+    split, encoder = corpus["root"] / "train", small_encoder(corpus)
+    encoded = []
+
+    def encode():
+        encoded.append(1)
+        return corpus_dataset(split, encoder, workers=1).materialize()
+
+    root = cache_root(str(tmp_path / "ray"), str(split), encoder["tokenizer_dir"])
+    assert root == tmp_path / "encoded"
+    key = encoding_key(split, encoder, 0, (), ())
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, 256 * 1024  # several blocks
+    try:
+        first = cached_encoding(root, key, encode)
+    finally:
+        context.target_max_block_size = block_size
+    again = cached_encoding(root, key, encode)
+    assert len(encoded) == 1 and (root / key / COMPLETE).exists() and first.num_blocks() > 1  # boundaries kept
+    assert again.num_blocks() == first.num_blocks() and again.count() == corpus["records"]
+    assert same_batches(shuffled_batches(again), shuffled_batches(first))
+
+    other_tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(encoder["tokenizer_dir"], other_tokenizer)
+    (other_tokenizer / "tokenizer.json").write_text((other_tokenizer / "tokenizer.json").read_text() + " ")
+    keys = {key, encoding_key(split, encoder, 10, (), ()), encoding_key(split, encoder, 0, ("description",), ()),
+            encoding_key(split, {**encoder, "tokenizer_dir": str(other_tokenizer)}, 0, (), ())}
+    assert len(keys) == 4
+    assert encoding_key(split, encoder, corpus["records"] + 1, (), ()) == key  # a limit above the records: all
+    (root / key / COMPLETE).unlink()  # as if the write had stopped half-way
+    cached_encoding(root, key, encode)
+    assert len(encoded) == 2 and (root / key / COMPLETE).exists()
+    assert cache_root("s3://bucket/ray", str(split), encoder["tokenizer_dir"]) is None
+
+
+def small_encoder(corpus) -> dict:
+    return {"tokenizer_dir": str(corpus["tokenizer"]), "chat_template": SMALL.llm.chat_template,
+            "image_tokens": 16, "seg_tokens": 4, "max_tokens": 64, "image_size": 32, "seg_size": 32}
+
+
+def shuffled_batches(ds) -> list[dict]:
+    """A dataset's batches as a worker's shard iterates them (seeded local shuffle)."""
+    return [{k: v.numpy() for k, v in b.items()} for b in ds.iter_torch_batches(
+        batch_size=8, drop_last=True, local_shuffle_buffer_size=32, local_shuffle_seed=5)]
+
+
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
 
 
 @pytest.mark.slow
