@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from pipelines.corpus.reader import shard_files
 from pipelines.training.loop import CODE_ROOTS, code_fingerprint, digest_files
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,6 @@ def encoding_key(split_dir: Path, encoder: dict[str, Any], limit: int, kinds: tu
 
 def records_in(split_dir: Path, kinds: tuple[str, ...], tasks: tuple[str, ...]) -> int:
     """The split's records of these kinds and tasks (empty: all), from two short columns."""
-    import pyarrow.parquet as pq
-
-    from pipelines.corpus.reader import shard_files
-
     filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
     return sum(pq.read_table(f, columns=["task", "kind"], filters=filters or None).num_rows
                for f in shard_files(split_dir))
