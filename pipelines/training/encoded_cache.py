@@ -64,23 +64,36 @@ def cache_root(storage: str, split_dir: str, tokenizer_dir: str) -> Path | None:
 
 def cached_encoding(root: Path | None, key: str, encode: Callable[[], Any]):
     """The materialised dataset `encode()` makes, read from `root`/`key` where an earlier pass wrote it; else
-    encoded now and written there for the next pass (a write that fails, e.g. a full disk, only logs)."""
-    import ray
-
+    encoded now and written there for the next pass. The cache only saves time: a kept encoding that does not read
+    is encoded again, and a write that fails (a full disk) only logs."""
     folder = root / key if root is not None else None
     if folder is not None and (folder / COMPLETE).exists():
-        os.utime(folder)  # recently used: kept by _prune
-        files = sorted(folder.glob("block-*.arrow"))
-        log.info("training records: the encoding in %s (%d blocks)", folder, len(files))
-        return ray.data.from_arrow([pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files])
+        try:
+            return _read(folder)
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("training records: the kept encoding in %s does not read (%s); encoding again", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
     dataset = encode()
     if folder is not None:
         try:
             _write(dataset, folder)
             _prune(root)
-        except OSError as exc:
+        except (OSError, pa.ArrowException) as exc:
             log.warning("training records not kept for the next pass (%s): %s", folder, exc)
     return dataset
+
+
+def _read(folder: Path):
+    """The kept blocks, in order, as one dataset block each."""
+    import ray
+
+    files = sorted(folder.glob("block-*.arrow"))
+    if not files:
+        raise OSError(f"{folder}: no blocks")
+    tables = [pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files]
+    os.utime(folder)  # recently used: kept by _prune
+    log.info("training records: the encoding in %s (%d blocks)", folder, len(files))
+    return ray.data.from_arrow(tables)
 
 
 def _write(dataset, folder: Path) -> None:

@@ -447,6 +447,8 @@ def test_an_encoding_kept_by_one_pass_gives_the_next_the_same_batches(ray_local,
     (root / key / COMPLETE).unlink()  # as if the write had stopped half-way
     cached_encoding(root, key, encode)
     assert len(encoded) == 2 and (root / key / COMPLETE).exists()
+    (root / key / "block-00000.arrow").write_bytes(b"not arrow")  # a damaged file: encoded again, not a failure
+    assert cached_encoding(root, key, encode).count() == corpus["records"] and len(encoded) == 3
     assert cache_root("s3://bucket/ray", str(split), encoder["tokenizer_dir"]) is None
 
 
