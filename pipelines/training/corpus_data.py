@@ -112,10 +112,9 @@ def encode_records(split_dir: str | Path, encoder: dict[str, Any], max_records: 
     import pyarrow.parquet as pq
 
     files, filesystem = _split_files(split_dir)
-    filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
     batches, left = [], max_records
     for path in files:
-        table = pq.read_table(path, columns=RECORD_COLUMNS, filesystem=filesystem, filters=filters or None)
+        table = pq.read_table(path, columns=RECORD_COLUMNS, filesystem=filesystem, filters=_filters(kinds, tasks))
         table = table.slice(0, left) if max_records else table
         batches += [encode_batch(table.slice(k, 64), **encoder) for k in range(0, table.num_rows, 64)]
         left -= table.num_rows
@@ -125,6 +124,20 @@ def encode_records(split_dir: str | Path, encoder: dict[str, Any], max_records: 
         raise ValueError(f"{split_dir}: no records of tasks {list(tasks) or 'any'} and kinds {list(kinds) or 'any'}; "
                          "check the stage's `tasks` / `kinds` params, or rerun `dvc repro build_corpus`")
     return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+def count_records(split_dir: str | Path, kinds: tuple[str, ...] = (), tasks: tuple[str, ...] = ()) -> int:
+    """The split's records of these kinds and tasks (empty: all), read from the two short columns alone."""
+    import pyarrow.parquet as pq
+
+    files, filesystem = _split_files(split_dir)
+    return sum(pq.read_table(path, columns=["task", "kind"], filesystem=filesystem,
+                             filters=_filters(kinds, tasks)).num_rows for path in files)
+
+
+def _filters(kinds: tuple[str, ...], tasks: tuple[str, ...]) -> list[tuple] | None:
+    """The Parquet filters that keep these record kinds and tasks (empty: all)."""
+    return [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values] or None
 
 
 def driver_encoded_dataset(encoded: dict[str, np.ndarray]):

@@ -1,12 +1,12 @@
 """Encoded training records kept between passes, so a pass that reads what an earlier one encoded skips the work.
 
-The default DAG's long passes (`align`, and each variant's align at the ablation budget) encode tens of thousands of
-records in Ray Data before their first step (~150-175 s on 2 cores, benchmarks/RESULTS.md); three variants encode the
-same records the same way. The first pass writes its materialised blocks, one Arrow IPC file each, in order; a later
-pass with the same key reads them back as the same blocks, so its seeded local shuffle yields the same batches
-(tests/training/test_training.py). The key is the bytes of the split and the tokenizer, the encoder's settings, the
-record limit and filters, and the code that encodes: anything else is a fresh encoding.
-"""
+The default DAG's long passes (`align`, and each variant's align at the ablation budget) encode every train record in
+Ray Data before their first step (73,287 records: ~30 s on 2 cores, benchmarks/RESULTS.md, sixteenth pass); `align`
+and three of the variants encode the same records the same way. The first pass writes its materialised blocks, one
+Arrow IPC file each, in order; a later pass with the same key reads them back as the same blocks (~5 s), so its
+seeded local shuffle yields the same batches (tests/training/test_training.py). The key is the bytes of the split and
+the tokenizer, the encoder's settings, the records taken and their filters, and the code that encodes: anything else
+is a fresh encoding."""
 
 from __future__ import annotations
 
@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipelines.corpus.reader import shard_files
+from pipelines.training.corpus_data import count_records
 from pipelines.training.loop import CODE_ROOTS, code_fingerprint, digest_files
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "complete"  # written last: a folder without it is a write that did not finish
-KEEP = 4  # encodings kept (the newest used); each is ~1.6 GB for the default corpus' 89,000 records
+KEEP = 4  # encodings kept (the newest used); each is ~0.2 GB (lz4) for the default corpus' 73,287 train records
 
 
 def encoding_key(split_dir: Path, encoder: dict[str, Any], limit: int, kinds: tuple[str, ...],
@@ -38,20 +37,13 @@ def encoding_key(split_dir: Path, encoder: dict[str, Any], limit: int, kinds: tu
     """What decides the encoded rows and their blocks (the tokenizer by its bytes, not by where it lies; a limit
     above the records there are, as none: `align` and the variants at the ablation budget read every record)."""
     settings = {k: v for k, v in encoder.items() if k != "tokenizer_dir"}
-    rows = records_in(split_dir, kinds, tasks)
+    rows = count_records(split_dir, kinds, tasks)
     digest = hashlib.sha256(json.dumps({"encoder": settings, "rows": min(limit, rows) if limit else rows,
                                         "kinds": list(kinds), "tasks": list(tasks)}, sort_keys=True).encode())
     digest.update(code_fingerprint(CODE_ROOTS).encode())
     for folder in (Path(split_dir), Path(encoder["tokenizer_dir"])):
         digest_files(digest, ((p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file()))
     return digest.hexdigest()[:16]
-
-
-def records_in(split_dir: Path, kinds: tuple[str, ...], tasks: tuple[str, ...]) -> int:
-    """The split's records of these kinds and tasks (empty: all), from two short columns."""
-    filters = [(name, "in", list(values)) for name, values in (("task", tasks), ("kind", kinds)) if values]
-    return sum(pq.read_table(f, columns=["task", "kind"], filters=filters or None).num_rows
-               for f in shard_files(split_dir))
 
 
 def cache_root(storage: str, split_dir: str, tokenizer_dir: str) -> Path | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,16 +236,6 @@ def starting_point(inputs: TrainInputs) -> tuple[FaceInsightConfig, Path]:
     return FaceInsightConfig.from_dict(inputs.model), Path(inputs.tokenizer_dir)
 
 
-def while_ray_starts(*calls: tuple[Callable[..., Any], tuple]) -> list[Future]:
-    """The driver's own data work (no Ray in it), run in order on a thread of this process while the main thread
-    starts Ray (~3 s each on 2 cores)."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="driver-data")
-    try:
-        return [pool.submit(fn, *args) for fn, args in calls]
-    finally:
-        pool.shutdown(wait=False)
-
-
 def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, out_dir: Path,
                  storage_path: str) -> dict[str, Any]:
     """Train on the corpus' train split; copy the final checkpoint to `out_dir` (a DVC out)."""
@@ -256,10 +246,13 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
     limit = cfg.max_records or ((cfg.max_steps + cfg.visual_steps) * cfg.batch_size if cfg.max_steps else 0)
     local_encoder = encoder_kwargs(model_cfg, str(local_tokenizer.resolve()), *counts)
     short = bool(limit) and limit <= cfg.driver_encode_records  # its records are encoded here, not in Ray Data
-    val_faces = (val_sample, (inputs.corpus, cfg.val_faces, model_cfg.vision.image_size, model_cfg.seg.image_size,
-                              seed)) if cfg.val_faces else (dict, ())
-    records = (encode_records, (inputs.corpus / "train", local_encoder, limit, cfg.kinds, cfg.tasks))
-    early = while_ray_starts(val_faces, *([records] if short else []))
+    # the driver's own data (no Ray in it) on a thread, while the main thread starts Ray (~3 s each on 2 cores)
+    thread = ThreadPoolExecutor(1, thread_name_prefix="driver-data")
+    val = thread.submit(val_sample, inputs.corpus, cfg.val_faces, model_cfg.vision.image_size,
+                        model_cfg.seg.image_size, seed) if cfg.val_faces else None
+    records = thread.submit(encode_records, inputs.corpus / "train", local_encoder, limit, cfg.kinds,
+                            cfg.tasks) if short else None
+    thread.shutdown(wait=False)
 
     def prepare(where) -> TrainingPass:
         where.require(stage, {"model.llm.path (pretrained weights)": pretrained_path(inputs.model)})
@@ -267,19 +260,18 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
         init_from = where.hand(stage, "init_from", inputs.init_from) if inputs.init_from is not None else None
         tokenizer_dir = init_from or where.hand(stage, "tokenizer", inputs.tokenizer_dir)
         split = where.hand(stage, "corpus train split", inputs.corpus / "train")
-        if short:
-            train = driver_encoded_dataset(early[1].result())
+        if records is not None:
+            train = driver_encoded_dataset(records.result())
         else:
             encoder = encoder_kwargs(model_cfg, tokenizer_dir, *counts)
             root = cache_root(storage_path, split, tokenizer_dir)
             key = encoding_key(inputs.corpus / "train", local_encoder, limit, cfg.kinds, cfg.tasks) if root else ""
             train = cached_encoding(root, key, lambda: corpus_dataset(split, encoder, limit, cfg.kinds,
                                                                       tasks=cfg.tasks).materialize())
-        val = early[0].result()
         return TrainingPass(LEARNER, {"train": train},
                             {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge,
                              "tokenizer_dir": tokenizer_dir, "init_from": init_from, "n_train": train.count(),
-                             "val": val, "val_questions": val_questions()},
+                             "val": val.result() if val is not None else {}, "val_questions": val_questions()},
                             faceinsight_run_name(stage, cfg, inputs, seed), with_val_thresholds(inputs.corpus))
 
     job, state = train_and_publish(stage, cfg, storage_path, out_dir, prepare)
