@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pipelines.config import build, load_params
+from pipelines.ray_runtime import stop_without_waiting_at_exit
 
 T = TypeVar("T")
 
@@ -49,7 +50,9 @@ def run_stage(name: str, fn: Callable[[], Any]) -> Any:
     """Run a stage body; a known failure becomes a one-paragraph message and exit code 1."""
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     try:
-        return fn()
+        result = fn()
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"\n[{name}] FAILED: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    stop_without_waiting_at_exit()  # it finished: no late error message to wait for
+    return result

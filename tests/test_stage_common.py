@@ -3,8 +3,12 @@ failure into one line and exit code 1; the shared options keep their names."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -27,3 +31,30 @@ def test_stage_names_the_failing_stage_with_its_options_and_exits_1():
     failed = runner.invoke(app, ["--task", "bad"])
     assert failed.exit_code == 1
     assert "[evaluate@bad] FAILED: params.yaml: no such section" in failed.output + (failed.stderr or "")
+
+
+# a stage body in a fresh process: the exit hook registered first runs last and reports whether Ray slept its 0.5 s
+# "for late error messages" (ray._private.worker.shutdown at exit) and whether Ray is still up
+_EXIT_PROBE = '''
+import atexit, sys, time
+slept, real_sleep = [], time.sleep
+time.sleep = lambda s: (slept.append(s), real_sleep(s))[1]
+atexit.register(lambda: print("EXIT", 0.5 in slept, __import__("ray").is_initialized(), flush=True))
+from pipelines.ray_runtime import init_ray
+from stages.common import run_stage
+def body():
+    init_ray()
+    if sys.argv[1] == "fail":
+        raise RuntimeError("the stage failed")
+run_stage("probe", body)
+'''
+
+
+@pytest.mark.parametrize("outcome", ["finish", "fail"])
+def test_a_finished_stage_stops_ray_without_waiting_for_late_errors_and_a_failed_one_waits(outcome, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance of its own
+    done = subprocess.run([sys.executable, "-c", _EXIT_PROBE, outcome], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == (0 if outcome == "finish" else 1), done.stderr[-2000:]
+    waited = outcome == "fail"  # a failed stage keeps Ray's wait, so its workers' last lines still print
+    assert f"EXIT {waited} False" in done.stdout, done.stdout[-2000:]
