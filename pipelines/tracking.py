@@ -128,9 +128,16 @@ def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mappi
                             tags={"dvc.stage": stage, "git.commit": commit, **(tags or {})})
 
 
+# the registered version's run keeps FaceInsight's per-face answers of each task here: a later version's registry
+# gate pairs its own answers with them face by face (pipelines/evaluation/champion.py)
+EVAL_ANSWERS_ARTIFACT = "eval/{task}.json"
+GATED_SYSTEM = "faceinsight"
+
+
 def log_eval_metrics(task: str, result: dict[str, Any], registry: Path, tracking_uri: str) -> str | None:
     """evaluate@<task>'s headline numbers, and the 95% bootstrap interval beside each, on the registered
-    version's run (eval.<task>.<system>.<metric>[.ci95_low|high]); the run id, or None where there is none."""
+    version's run (eval.<task>.<system>.<metric>[.ci95_low|high]), with FaceInsight's per-face answers as the
+    artifact EVAL_ANSWERS_ARTIFACT; the run id, or None where there is none."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -151,4 +158,12 @@ def log_eval_metrics(task: str, result: dict[str, Any], registry: Path, tracking
               "metrics not logged there")
         return None
     client.log_batch(run_id, metrics=metrics)
+    if GATED_SYSTEM in result["systems"] and "face_keys" in result:
+        client.log_dict(run_id, eval_answers(result), EVAL_ANSWERS_ARTIFACT.format(task=task))
     return run_id
+
+
+def eval_answers(result: dict[str, Any]) -> dict[str, Any]:
+    """What of an evaluation a later registry gate pairs with: the faces, their labels, FaceInsight's answers."""
+    return {"task": result["task"], "split": result["split"], "face_keys": result["face_keys"],
+            "truth": result["truth"], "predictions": result["systems"][GATED_SYSTEM]["predictions"]}

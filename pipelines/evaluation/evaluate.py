@@ -11,6 +11,7 @@ ablations: asked exactly as FaceInsight is), and any Hugging Face MLLM named in 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -268,8 +269,14 @@ def evaluate_task(task: str, corpus: Path, model_dir: Path | None, knowledge: di
         add(f"{HF_PREFIX}{name}", pred, examples=examples, path=str(path))
     map_sources = sorted({f["map_source"] for f in faces})
     return {"task": task, "split": cfg.split, "faces": len(faces), "map_sources": map_sources,
-            "questions": [q.text for q in asked], "systems": systems,
+            "face_keys": face_keys(faces), "questions": [q.text for q in asked], "systems": systems,
             "truth": {k: np.asarray(v).astype(int).tolist() for k, v in true.items()}}
+
+
+def face_keys(faces: list[dict[str, Any]]) -> list[str]:
+    """Each face as `<face_id>:<digest of its image>`, in the evaluation's order: two evaluations' answers pair face
+    by face (the registry gate's paired interval against the champion) only where these lists are equal."""
+    return [f"{f['face_id']}:{hashlib.sha1(f['image']).hexdigest()[:12]}" for f in faces]
 
 
 def intervals(task: str, pred: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -126,30 +126,6 @@ def better(key: str, a: float, b: float) -> bool:
     return a <= b if key in LOWER_IS_BETTER else a >= b
 
 
-def gate(evals: dict[str, dict[str, Any]], cfg: ReportConfig, champion: dict[str, float] | None
-         ) -> tuple[bool, list[str]]:
-    """Whether FaceInsight's numbers earn `champion`, and every reason they do not (empty when they do)."""
-    reasons = []
-    for key, least in sorted(cfg.gate.items()):
-        got = value(evals, "faceinsight", key)
-        if got is None:
-            reasons.append(f"{key}: not measured")
-            continue
-        if not better(key, got, least):
-            reasons.append(f"{key} = {got:.3f}, the gate asks {'at most' if key in LOWER_IS_BETTER else 'at least'} "
-                           f"{least}")
-        base = value(evals, "majority", key)
-        if cfg.beat_majority and base is not None and (got == base or not better(key, got, base)):
-            reasons.append(f"{key} = {got:.3f} does not beat the majority class ({base:.3f})")
-    if champion:
-        keys = [k for k in sorted(cfg.gate) if k in champion and value(evals, "faceinsight", k) is not None]
-        ours = {k: value(evals, "faceinsight", k) for k in keys}
-        if keys and (not all(better(k, ours[k], champion[k]) for k in keys) or ours == {k: champion[k] for k in keys}):
-            reasons.append("does not beat the current champion on the gated numbers ("
-                           + ", ".join(f"{k}: {ours[k]:.3f} vs {champion[k]:.3f}" for k in keys) + ")")
-    return not reasons, reasons
-
-
 def _fmt(v: float | None, key: str, ci: dict[str, float] | None = None) -> str:
     if v is None:
         return "—"
@@ -338,9 +314,14 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
         "Every variant and the fine-tuned setting beat the majority class on each gated number."]
     passed, reasons = verdict
     lines += ["", "## Registry gate", ""]
+    against = (registry or {}).get("against_champion")
     if passed:
         lines.append(f"This version {'is now' if alias_moved else 'would be'} `champion`: it clears every threshold "
-                     "in params.yaml (report.gate), beats the majority class on each, and beats the previous champion.")
+                     "in params.yaml (report.gate) and beats the majority class on each"
+                     + (f", and it beats the previous champion (version {against['version']}), "
+                        + ("by point values" if against["unpaired"] else "by the paired 95% interval over the same "
+                           "test faces") + ":" if against else " (no other version was champion)."))
+        lines += [f"- {line}" for line in against["lines"]] if against else []
     else:
         lines.append("`champion` was not moved to this version:")
         lines += [f"- {r}" for r in reasons]

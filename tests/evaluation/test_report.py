@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.evaluation.report import ReportConfig, gate
+from pipelines.evaluation.gate import against_champion, gate
+from pipelines.evaluation.report import ReportConfig, value
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE = {"attributes.mean_balanced_accuracy": 0.55, "age_gender_race.age_mae": 10.0, "expression.uar": 0.2}
@@ -32,11 +33,15 @@ def test_gate_thresholds_majority_and_champion():
     assert not ok and any("at most 10.0" in r for r in why)
     ok, why = gate(evals(uar=0.25, base=(0.5, 12.0, 0.3)), cfg, None)
     assert not ok and any("majority" in r for r in why)
+    # a champion with its numbers alone (no per-face answers in its run): compared by point values, and said so
     better_champion = {"attributes.mean_balanced_accuracy": 0.7, "age_gender_race.age_mae": 7.0, "expression.uar": 0.4}
-    ok, why = gate(evals(), cfg, better_champion)
-    assert not ok and any("champion" in r for r in why)
+    ok, why = gate(evals(), cfg, against_champion(evals(), sorted(GATE), "3", better_champion))
+    assert not ok and any("champion (version 3)" in r and "compared by point values: the champion's run has no "
+                          "per-face answers" in r for r in why), why
     worse_champion = {"attributes.mean_balanced_accuracy": 0.56, "age_gender_race.age_mae": 9.0, "expression.uar": 0.25}
-    assert gate(evals(), cfg, worse_champion) == (True, [])
+    assert gate(evals(), cfg, against_champion(evals(), sorted(GATE), "3", worse_champion)) == (True, [])
+    assert not gate(evals(), cfg, against_champion(evals(), sorted(GATE), "3", {k: value(evals(), "faceinsight", k)
+                                                                                for k in GATE}))[0]  # a tie
     with pytest.raises(ValueError, match="unknown metric"):
         ReportConfig(gate={"attributes.nonsense": 1.0})
 
@@ -326,3 +331,69 @@ def test_rows_that_do_not_beat_the_majority_are_named_with_why():
     del results["attributes"]["systems"]["variant_chance"], results["expression"]["systems"]["variant_chance"]
     md = results_markdown(results, {}, 0, None, (True, []), False)
     assert "Every variant and the fine-tuned setting beat the majority class" in md
+
+
+def _expression_result(right: float, seed: int, faces: str = "f") -> dict:
+    """evaluate@expression's result for a FaceInsight right on a `right` share of 300 faces, its uar from them."""
+    import numpy as np
+
+    from pipelines.evaluation.uncertainty import METRICS, as_arrays
+
+    results = {"expression": {"task": "expression", "split": "test", "faces": 300,
+                              "face_keys": [f"{faces}{i}:0123456789ab" for i in range(300)],
+                              "systems": {"faceinsight": {}, "majority": {"summary": {"uar": 1 / 7}}}}}
+    _faces(results, "expression")
+    _answers(results, "expression", "faceinsight", right, seed)
+    e = results["expression"]
+    uar = METRICS["expression.uar"](as_arrays(e["systems"]["faceinsight"]["predictions"]), as_arrays(e["truth"]),
+                                    np.arange(300))
+    e["systems"]["faceinsight"]["summary"] = {"uar": uar}
+    return e
+
+
+def test_the_champion_is_judged_by_the_paired_interval_over_the_same_faces(tmp_path):
+    """evaluate logs FaceInsight's per-face answers on the version's run; the next version's gate pairs its own with
+    them: a better point value inside the noise does not move `champion`, a resolved gain does; a champion evaluated
+    on other faces is compared by point values, and the reason says so."""
+    from mlflow import MlflowClient
+
+    from pipelines.evaluation.champion import judge_champion
+    from pipelines.tracking import log_eval_metrics
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    cfg = ReportConfig(gate={"expression.uar": 0.2})
+    registry = tmp_path / "registry.json"
+
+    def version(result: dict) -> tuple[bool, list[str], dict]:
+        v, run_id = _register(client, tmp_path, {})
+        registry.write_text(json.dumps({"version": v, "run_id": run_id}))
+        assert log_eval_metrics("expression", result, registry, uri) == run_id
+        return judge_champion({"expression": result}, cfg, registry, uri)
+
+    moved, reasons, entry = version(_expression_result(0.60, seed=1))
+    assert moved and "against_champion" not in entry  # nothing to beat
+    first = client.get_model_version_by_alias("faceinsight", "champion").version
+    # a higher point value within the noise of 300 faces: kept, with the interval that says why
+    close = _expression_result(0.62, seed=2)
+    moved, reasons, _ = version(close)
+    assert not moved and client.get_model_version_by_alias("faceinsight", "champion").version == first
+    assert len(reasons) == 1 and reasons[0].startswith(f"not resolved better than the current champion (version "
+                                                       f"{first})") and "95% CI" in reasons[0], reasons
+    # resolved better: moved, and the report shows the paired difference
+    moved, reasons, entry = version(_expression_result(0.85, seed=3))
+    assert moved and reasons == []
+    assert entry["against_champion"]["version"] == str(first) and entry["against_champion"]["unpaired"] == ""
+    assert "**supported**" in entry["against_champion"]["lines"][0]
+    md = results_markdown_for(entry)
+    assert f"beats the previous champion (version {first}), by the paired 95% interval" in md
+    # evaluated on other faces: point values, named as such
+    moved, reasons, _ = version(_expression_result(0.70, seed=4, faces="g"))
+    assert not moved and "compared by point values: the champion was evaluated on other expression faces" in reasons[0]
+
+
+def results_markdown_for(entry: dict) -> str:
+    from pipelines.evaluation.report import results_markdown
+
+    return results_markdown({"expression": _expression_result(0.85, seed=3)}, {}, 0,
+                            {"version_uri": "models:/faceinsight/3"} | entry, (True, []), True)
