@@ -34,12 +34,20 @@ def test_stage_names_the_failing_stage_with_its_options_and_exits_1():
 
 
 # a stage body in a fresh process: the exit hook registered first runs last and reports whether Ray slept its 0.5 s
-# "for late error messages" (ray._private.worker.shutdown at exit) and whether Ray is still up
+# "for late error messages" (ray._private.worker.shutdown at exit), whether Ray is still up, and whether Ray's own
+# shutdown found the autoscaler monitor still running (it then sends SIGTERM and waits up to a second for it)
 _EXIT_PROBE = '''
 import atexit, sys, time
-slept, real_sleep = [], time.sleep
+slept, real_sleep, alive_at_kill = [], time.sleep, {}
 time.sleep = lambda s: (slept.append(s), real_sleep(s))[1]
-atexit.register(lambda: print("EXIT", 0.5 in slept, __import__("ray").is_initialized(), flush=True))
+atexit.register(lambda: print("EXIT", 0.5 in slept, __import__("ray").is_initialized(), alive_at_kill.get("monitor"),
+                              flush=True))
+from ray._private import node as N  # after the hook above: Ray's own exit hook, registered at import, runs first
+real_kill = N.Node._kill_process_impl
+def kill(self, kind, *a, **k):
+    alive_at_kill[kind] = any(i.process.poll() is None for i in self.all_processes.get(kind, []))
+    return real_kill(self, kind, *a, **k)
+N.Node._kill_process_impl = kill
 from pipelines.ray_runtime import init_ray
 from stages.common import run_stage
 def body():
@@ -57,4 +65,5 @@ def test_a_finished_stage_stops_ray_without_waiting_for_late_errors_and_a_failed
                           text=True, timeout=120)
     assert done.returncode == (0 if outcome == "finish" else 1), done.stderr[-2000:]
     waited = outcome == "fail"  # a failed stage keeps Ray's wait, so its workers' last lines still print
-    assert f"EXIT {waited} False" in done.stdout, done.stdout[-2000:]
+    # a finished stage kills the local autoscaler monitor before Ray's shutdown reaches it (no second's grace)
+    assert f"EXIT {waited} False {waited}" in done.stdout, done.stdout[-2000:]
