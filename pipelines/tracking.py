@@ -94,19 +94,45 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def local_artifact_root(uri: str) -> str | None:
+    """Where a local SQLite store keeps the experiment's artifacts: `mlartifacts/<experiment>` beside its database,
+    as `mlflow server` keeps them beside its own. MLflow's default, ./mlruns, is relative to the process that creates
+    the experiment, and that is a Ray Train worker, whose working directory is a temporary folder of Ray's session:
+    every run's artifacts and the registered models went there. None for a server (it decides) or a file: store (its
+    artifacts are inside it already)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return str(Path(tracking_store_path(uri)).resolve().parent / "mlartifacts" / EXPERIMENT)
+
+
+def experiment_id(client, uri: str) -> str:
+    """The pipeline's experiment, created where `local_artifact_root` says if it does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=local_artifact_root(uri))
+    except MlflowException:  # another stage's worker created it in between
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 def pipeline_run_id(uri: str, commit: str | None = None) -> str:
     """The parent run of this pipeline state (one per git commit): found by its tag, or created."""
     from mlflow import MlflowClient
 
     commit = commit or git_commit()
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`pipeline.commit` = '{commit}'",
+    experiment = experiment_id(client, uri)
+    found = client.search_runs([experiment], filter_string=f"tags.`pipeline.commit` = '{commit}'",
                                max_results=1)
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"pipeline@{commit[:8]}",
+    run = client.create_run(experiment, run_name=f"pipeline@{commit[:8]}",
                             tags={"pipeline.commit": commit, "git.commit": commit})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -119,7 +145,7 @@ def start_stage_run(uri: str, stage: str, run_id: str | None = None, tags: Mappi
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(EXPERIMENT)
+    mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(uri), uri))
     mlflow.set_system_metrics_sampling_interval(2)  # CPU, memory, (GPU) every 2 s: stages are minutes long
     if run_id:
         return mlflow.start_run(run_id=run_id, log_system_metrics=True)

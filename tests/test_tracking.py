@@ -34,6 +34,30 @@ def test_a_stage_run_carries_the_commit_it_is_handed(tmp_path):
     assert parent["pipeline.commit"] == "0123abcd" * 5
 
 
+def test_a_local_store_keeps_artifacts_beside_its_database_whatever_the_working_directory(tmp_path, monkeypatch):
+    """A Ray Train worker opens the stage's run from a temporary folder of Ray's session: the experiment it creates,
+    its runs' artifacts and the models registered from them must still live beside the store, not in that folder."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    store = tmp_path / "repo"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    worker_folder = tmp_path / "ray_session" / "artifacts" / "train_parser-0"
+    worker_folder.mkdir(parents=True)
+    monkeypatch.chdir(worker_folder)
+    with start_stage_run(uri, "train_parser", commit="0123abcd" * 5) as run:
+        mlflow.log_text("checkpoint", "model/weights.txt")
+        run_id = run.info.run_id
+    artifact_uri = MlflowClient(uri).get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith(str(store / "mlartifacts" / "faceinsight")), artifact_uri
+    assert (store / "mlartifacts" / "faceinsight" / run_id / "artifacts" / "model" / "weights.txt").exists()
+    assert not (worker_folder / "mlruns").exists()
+    monkeypatch.chdir(tmp_path)  # a later stage from elsewhere finds the same experiment
+    with start_stage_run(uri, "align", commit="0123abcd" * 5) as again:
+        assert again.info.experiment_id == run.info.experiment_id
+
+
 def _sh(cwd: Path, *cmd: str) -> str:
     return subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True).stdout
 
