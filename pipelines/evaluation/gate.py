@@ -61,7 +61,8 @@ def unpaired_reason(evals: dict[str, dict[str, Any]], tasks: set[str], answers: 
     """Why FaceInsight's and the champion's answers cannot be paired face by face ("" where they can)."""
     for task in sorted(tasks):
         if task not in answers:
-            return f"the champion's run has no per-face answers for {task} (evaluated before evaluate logged them)"
+            return (f"the champion's run has no per-face answers for {task} that can be read (evaluated before "
+                    "evaluate logged them, or its artifact store does not answer)")
         ours, theirs = evals[task], answers[task]
         if "face_keys" not in ours or "predictions" not in ours["systems"].get("faceinsight", {}):
             return f"this evaluation of {task} has no per-face answers to pair"

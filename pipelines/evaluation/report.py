@@ -320,7 +320,7 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
                      "in params.yaml (report.gate) and beats the majority class on each"
                      + (f", and it beats the previous champion (version {against['version']}), "
                         + ("by point values" if against["unpaired"] else "by the paired 95% interval over the same "
-                           "test faces") + ":" if against else " (no other version was champion)."))
+                           "test faces") + ":" if against else " (no other version holds `champion` to beat)."))
         lines += [f"- {line}" for line in against["lines"]] if against else []
     else:
         lines.append("`champion` was not moved to this version:")
