@@ -37,10 +37,11 @@ def against_champion(evals: dict[str, dict[str, Any]], keys: list[str], version:
     per-face `answers` per task (evaluate's logged artifact) it may hold. Paired only when every gated task's answers
     are there and cover the same faces (ids and image digests, in order) with the same labels."""
     keys = [k for k in keys if k in numbers and value(evals, "faceinsight", k) is not None]
-    why = unpaired_reason(evals, {k.split(".", 1)[0] for k in keys}, answers or {})
+    tasks = {k.split(".", 1)[0] for k in keys}
+    why = unpaired_reason(evals, tasks, answers or {})
     if not why:
         joined = copy.copy(evals)
-        for task in {k.split(".", 1)[0] for k in keys}:
+        for task in tasks:
             systems = dict(evals[task]["systems"])
             systems[CHAMPION] = {"predictions": answers[task]["predictions"],
                                  "summary": {k.split(".", 1)[1]: numbers[k] for k in keys if k.startswith(task + ".")}}
@@ -54,7 +55,8 @@ def against_champion(evals: dict[str, dict[str, Any]], keys: list[str], version:
     ours = {k: value(evals, "faceinsight", k) for k in keys}
     return ChampionComparison(version, [f"{k} {ours[k]:.3f} vs {numbers[k]:.3f}" for k in keys],
                               worse=[k for k in keys if not better(k, ours[k], numbers[k])],
-                              ahead=[k for k in keys if ours[k] != numbers[k]], unpaired=why)
+                              ahead=[k for k in keys if better(k, ours[k], numbers[k]) and ours[k] != numbers[k]],
+                              unpaired=why)
 
 
 def unpaired_reason(evals: dict[str, dict[str, Any]], tasks: set[str], answers: dict[str, dict[str, Any]]) -> str:

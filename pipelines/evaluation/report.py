@@ -316,12 +316,14 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
     lines += ["", "## Registry gate", ""]
     against = (registry or {}).get("against_champion")
     if passed:
-        lines.append(f"This version {'is now' if alias_moved else 'would be'} `champion`: it clears every threshold "
-                     "in params.yaml (report.gate) and beats the majority class on each"
-                     + (f", and it beats the previous champion (version {against['version']}), "
-                        + ("by point values" if against["unpaired"] else "by the paired 95% interval over the same "
-                           "test faces") + ":" if against else " (no other version holds `champion` to beat)."))
-        lines += [f"- {line}" for line in against["lines"]] if against else []
+        clears = (f"This version {'is now' if alias_moved else 'would be'} `champion`: it clears every "
+                        "threshold in params.yaml (report.gate) and beats the majority class on each")
+        if against:
+            how = "by point values" if against["unpaired"] else "by the paired 95% interval over the same test faces"
+            lines.append(f"{clears}, and it beats the previous champion (version {against['version']}), {how}:")
+            lines += [f"- {line}" for line in against["lines"]]
+        else:
+            lines.append(f"{clears} (no other version holds `champion` to beat).")
     else:
         lines.append("`champion` was not moved to this version:")
         lines += [f"- {r}" for r in reasons]
