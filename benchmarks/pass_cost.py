@@ -1,7 +1,7 @@
 """What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
 
     python benchmarks/pass_cost.py encode [--records 1280]
-    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only]
+    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P]
     python benchmarks/pass_cost.py cache [--records 83200]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
@@ -64,10 +64,11 @@ def encode(records: int) -> None:
     print(f"chat template, one conversation per call: {one_by_one / len(convs) * 1000:.2f} ms/record")
 
 
-def stage(steps: list[int], heads_only: bool = False, name: str = "align") -> None:
+def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("params.yaml"),
+          name: str = "align") -> None:
     from pipelines.tracking import pipeline_run_id
 
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    params = yaml.safe_load(params_file.read_text())
     times, phases = [], []
     with tempfile.TemporaryDirectory() as tmp:
         # the store, its experiment and the pipeline's run exist before the timed passes, as they do for every pass of
@@ -140,6 +141,7 @@ def main() -> None:
     st = sub.add_parser("stage")
     st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
     st.add_argument("--heads-only", action="store_true", help="align's heads-only steps instead of whole-loss ones")
+    st.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file the passes start from")
     ca = sub.add_parser("cache")
     ca.add_argument("--records", type=int, default=83200)
     args = ap.parse_args()
@@ -148,7 +150,7 @@ def main() -> None:
     elif args.what == "cache":
         cache(args.records)
     else:
-        stage(args.steps, args.heads_only)
+        stage(args.steps, args.heads_only, args.params)
 
 
 if __name__ == "__main__":
