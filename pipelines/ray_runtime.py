@@ -23,13 +23,7 @@ RAY_INTERNAL_DEPRECATIONS = (r"`ExecutionOptions\.exclude_resources` is deprecat
 DRIVER_NOISY_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
 
-# a training worker's own environment names (comma-separated) what its model build and MLflow run will import: the
-# worker imports them on a thread while Ray sets the worker up (its process, torch.distributed, the dataset shards),
-# which is mostly waiting, instead of after it
-PRELOAD_ENV = "FACEINSIGHT_WORKER_PRELOAD"
-
-
-def setup_worker_process() -> None:
+def quiet_worker_logs() -> None:
     """Runs in every Ray worker process at start (runtime_env worker_process_setup_hook)."""
     import warnings
 
@@ -37,21 +31,6 @@ def setup_worker_process() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for message in RAY_INTERNAL_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-    modules = [m for m in os.environ.get(PRELOAD_ENV, "").split(",") if m]
-    if modules:
-        import threading
-
-        threading.Thread(target=_preload, args=(modules,), name="preload", daemon=True).start()
-
-
-def _preload(modules: list[str]) -> None:
-    import importlib
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - an optimisation only: the code that needs it imports it again
-            log.debug("preloading %s failed: %s", module, exc)
 
 
 def quiet_driver_logs() -> None:
@@ -60,7 +39,7 @@ def quiet_driver_logs() -> None:
 
 
 def job_runtime_env(joining_a_cluster: bool) -> dict:
-    env: dict = {"worker_process_setup_hook": setup_worker_process}
+    env: dict = {"worker_process_setup_hook": quiet_worker_logs}
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if joining_a_cluster and forwarded:
         env["env_vars"] = forwarded

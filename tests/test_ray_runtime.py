@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.ray_runtime import FORWARDED_ENV, NOISY_LOGGERS, PRELOAD_ENV, job_runtime_env, setup_worker_process
+from pipelines.ray_runtime import FORWARDED_ENV, NOISY_LOGGERS, job_runtime_env, quiet_worker_logs
 
 
 def test_mlflow_credentials_travel_to_a_cluster_only_in_the_job_environment(monkeypatch):
@@ -20,7 +20,7 @@ def test_mlflow_credentials_travel_to_a_cluster_only_in_the_job_environment(monk
 
 
 def test_the_setup_hook_quiets_ray_trains_state_api_warnings_in_every_worker(ray_local):
-    assert job_runtime_env(False)["worker_process_setup_hook"] is setup_worker_process
+    assert job_runtime_env(False)["worker_process_setup_hook"] is quiet_worker_logs
 
     @ray_local.remote(num_cpus=0)
     def levels() -> dict[str, int]:
@@ -71,41 +71,3 @@ def test_the_drivers_token_auth_notice_stays_off_the_users_terminal():
         for logger in (setup.logger, other):
             logger.removeHandler(keep)
     assert seen == ["any other Ray warning is still shown"]
-
-
-def test_a_training_worker_imports_what_its_build_needs_while_ray_sets_it_up(ray_local):
-    """The environment names modules (one that does not exist among them): the worker's setup hook imports them on a
-    thread, and a bad name costs nothing but itself."""
-    import sys
-
-    @ray_local.remote(num_cpus=0, runtime_env={"env_vars": {PRELOAD_ENV: "no_such_module_here,wave"}})
-    def imported() -> bool:
-        import time
-
-        deadline = time.monotonic() + 30
-        while "wave" not in sys.modules and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return "wave" in sys.modules
-
-    @ray_local.remote(num_cpus=0)
-    def plain() -> bool:
-        return "wave" in sys.modules
-
-    assert ray_local.get(imported.remote())
-    assert not ray_local.get(plain.remote())  # only where the environment asks
-
-
-def test_every_learner_names_modules_that_exist():
-    """The preload swallows its errors (an optimisation only): a renamed module would silently cost the time again."""
-    import importlib.util
-
-    from pipelines.parser_training import LEARNER as PARSER
-    from pipelines.specialist_training import LEARNER as SPECIALIST
-    from pipelines.training.faceinsight_training import LEARNER as FACEINSIGHT
-    from pipelines.training.loop import preload_env
-
-    for learner in (PARSER, SPECIALIST, FACEINSIGHT):
-        modules = preload_env(learner)[PRELOAD_ENV].split(",")
-        assert "mlflow" in modules
-        assert all(importlib.util.find_spec(m) is not None for m in modules), (learner, modules)
-    assert any(m.startswith("transformers") for m in preload_env(FACEINSIGHT)[PRELOAD_ENV].split(","))

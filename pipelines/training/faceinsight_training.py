@@ -78,7 +78,6 @@ class TrainConfig(LoopConfig):
 
 class FaceInsightLearner(Learner):
     config_class = TrainConfig
-    preload = ("transformers.models.llama.modeling_llama", "transformers.tokenization_utils_tokenizers")
 
     def build(self):
         """Fresh from the config, or from the previous stage's checkpoint; the recipe decides what trains."""

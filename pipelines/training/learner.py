@@ -19,7 +19,6 @@ class Learner:
 
     config_class: ClassVar[type[LoopConfig]] = LoopConfig
     artifact_path: ClassVar[str] = "checkpoint"  # where the final weights go among the MLflow run's artifacts
-    preload: ClassVar[tuple[str, ...]] = ()  # modules build() imports lazily: a worker loads them while Ray sets it up
 
     def __init__(self, config: dict[str, Any]):
         self.config = config

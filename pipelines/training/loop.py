@@ -33,7 +33,6 @@ import torch
 
 from pipelines.cluster import Placement, placement
 from pipelines.provenance import code_tags, host_tags
-from pipelines.ray_runtime import PRELOAD_ENV
 from pipelines.storage import arrow_filesystem, atomic_dir
 from pipelines.tracking import (
     TrackingUnavailable,
@@ -316,8 +315,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run.end_run()
 
 
-# how often rank 0 sends its buffered step metrics to MLflow: one request per step cost ~4-7 ms of a 0.04-0.17 s
-# heads-only or specialist step (a SQLite store here); the loss curve in MLflow lags the training by this much at most
+# rank 0 sends its step metrics to MLflow every this many seconds (and at each checkpoint), not once a step: a request
+# a step is a round trip to a tracking server, or a SQLite commit (py-spy: ~8% of the training thread in align's
+# heads-only steps); the loss curve in MLflow lags the training by this much at most
 METRICS_FLUSH_S = 2.0
 
 
@@ -481,7 +481,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     from ray.train.torch import TorchTrainer
 
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)  # Ray Train hands it to its controller
-    worker_env = retry_settings() | preload_env(learner)
+    retries = retry_settings()
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -492,7 +492,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
         run_config=RunConfig(**ray_storage(storage_path), name=name,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             worker_runtime_env={"env_vars": worker_env}),
+                             worker_runtime_env={"env_vars": retries} if retries else None),
         datasets=datasets,
     )
     try:
@@ -505,14 +505,6 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint; see the Ray Train logs above")
     return result
-
-
-def preload_env(learner: str) -> dict[str, str]:
-    """What a training worker imports while Ray sets it up (ray_runtime.PRELOAD_ENV): MLflow (rank 0 logs) and what
-    the learner's build imports lazily."""
-    module, _, name = learner.partition(":")
-    modules = ("mlflow",) + getattr(importlib.import_module(module), name).preload
-    return {PRELOAD_ENV: ",".join(modules)}
 
 
 def worker_counts(state: dict[str, Any]) -> dict[str, int]:
