@@ -1,16 +1,18 @@
 """What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
 
     python benchmarks/pass_cost.py encode [--records 1280]
-    python benchmarks/pass_cost.py stage [--steps 1 21]
+    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P]
     python benchmarks/pass_cost.py cache [--records 83200]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
 train split, in this process: records/s, and the share of the chat template's tokenising.
 `stage`: the `align` stage's command (`python -m stages.align`) run in a fresh process with its params
-section at each `--steps` (checkpoint at the end only, its own MLflow store and Ray storage in a temporary
-folder; no heads-only phase): wall seconds each, then the per-step cost (the slope) and the fixed cost (process
-and Ray start, data encoding, Ray Train's controller and workers, model build, MLflow, publishing, shutdown)
-that a pass pays however short it is, and each run's timeline by phase (the stage metrics' `seconds`).
+section at each `--steps` (checkpoint at the end only, no heads-only phase; its own MLflow store, created before the
+timed runs as the DAG's first pass creates it for the others, and Ray storage in a temporary folder): wall seconds
+each, then the per-step cost (the slope) and the fixed cost (process and Ray start, data encoding, Ray Train's
+controller and workers, model build, MLflow, publishing, shutdown) that a pass pays however short it is, and each
+run's timeline by phase (the stage metrics' `seconds`). `--heads-only`: the steps are align's heads-only steps
+(`visual_steps`), whose slope is what the long passes (align's visual phase, the variants) pay a step.
 `cache`: a long pass' records (`--records`; 83,200 = a variant's align at the ablation budget) encoded by Ray
 Data's tasks and kept (pipelines/training/encoded_cache.py), then read back as the next such pass reads them.
 Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
@@ -62,13 +64,22 @@ def encode(records: int) -> None:
     print(f"chat template, one conversation per call: {one_by_one / len(convs) * 1000:.2f} ms/record")
 
 
-def stage(steps: list[int], name: str = "align") -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
+def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("params.yaml"),
+          name: str = "align") -> None:
+    from pipelines.tracking import pipeline_run_id
+
+    params = yaml.safe_load(params_file.read_text())
     times, phases = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        # the store, its experiment and the pipeline's run exist before the timed passes, as they do for every pass of
+        # the DAG but its first: otherwise the first timed pass alone pays their creation, and the intercept with it
+        pipeline_run_id(f"sqlite:///{tmp}/mlflow.db")
         for n in steps:
-            # n whole-loss steps, no heads-only phase, one checkpoint (at the end)
-            params[name] = {**params[name], "max_steps": n, "visual_steps": 0, "checkpoint_every": n}
+            # n whole-loss steps and no heads-only phase, or n heads-only steps and one whole-loss step (the same in
+            # every run: the slope is the heads-only step's); one checkpoint (at the end)
+            whole, visual = (1, n) if heads_only else (n, 0)
+            params[name] = {**params[name], "max_steps": whole, "visual_steps": visual,
+                            "checkpoint_every": whole + visual}
             path = Path(tmp) / f"params-{n}.yaml"
             path.write_text(yaml.safe_dump(params))
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
@@ -129,6 +140,8 @@ def main() -> None:
     enc.add_argument("--records", type=int, default=1280)
     st = sub.add_parser("stage")
     st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
+    st.add_argument("--heads-only", action="store_true", help="align's heads-only steps instead of whole-loss ones")
+    st.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file the passes start from")
     ca = sub.add_parser("cache")
     ca.add_argument("--records", type=int, default=83200)
     args = ap.parse_args()
@@ -137,7 +150,7 @@ def main() -> None:
     elif args.what == "cache":
         cache(args.records)
     else:
-        stage(args.steps)
+        stage(args.steps, args.heads_only, args.params)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ the heads' losses alone (no LM), then the heads scored on val faces.
     python benchmarks/visual_phase.py --minutes 3                                    # the default model
     python benchmarks/visual_phase.py --minutes 3 --vision '{"stem_depth": 1, "stem_width": 16}'
     python benchmarks/visual_phase.py --minutes 6                                    # is the curve still rising?
+    python benchmarks/visual_phase.py --steps 4000 --augment --threads 1             # as align's heads-only steps
+
+`--steps` trains a fixed number of steps (the cosine over steps, as the stage) instead of a time; `--augment`
+mirrors and shifts the faces as `align.augment_visual` does. The heads are scored on train faces too (as many as on
+val), so under- and over-fitting show.
 
 A plain torch loop (no Ray), 2 threads, bf16 as the stage uses it here, batches of faces drawn from all three tasks
 of the default corpus' train split, align's lr with a warm-up and a cosine over the time budget. Scored on up to 300
@@ -31,6 +36,7 @@ from model.tokenizer import load_tokenizer
 from pipelines.config import load_params
 from pipelines.corpus.reader import load_faces
 from pipelines.images import decode_image
+from pipelines.training.faceinsight_training import augment_faces
 from pipelines.training.loop import native_bf16
 from pipelines.training.schedule import lr_at
 
@@ -125,6 +131,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
     ap.add_argument("--knowledge", type=Path, default=Path("data/knowledge/knowledge.json"))
     ap.add_argument("--minutes", type=float, default=3.0, help="training time")
+    ap.add_argument("--steps", type=int, default=0, help="train this many steps instead (the cosine over steps)")
+    ap.add_argument("--augment", action="store_true", help="mirror and shift the faces (align.augment_visual)")
     ap.add_argument("--vision", default="{}", help="JSON overrides of model.vision (e.g. a deeper stem)")
     ap.add_argument("--model", default="{}", help="JSON overrides of the model section (other fields)")
     ap.add_argument("--lr", type=float, default=0.0, help="default: align's lr")
@@ -157,21 +165,27 @@ def main() -> None:
     bf16 = native_bf16(False) if align.get("bf16", "auto") == "auto" else bool(align["bf16"])
     rng = np.random.default_rng(args.seed)
     budget, step = args.minutes * 60, 0
+    gen = torch.Generator().manual_seed(args.seed + 17)
     batches = record_stream(train["attributes"][:, 0] >= 0, batch, args.stream_buffer, rng) \
         if args.stream_buffer else None
-    print(f"visual phase, {args.minutes} min: {len(train['image'])} train faces, lr {lr}, batch {batch}, bf16 {bf16}, "
-          f"stream buffer {args.stream_buffer or 'none (uniform faces)'}, "
+    length = f"{args.steps} steps" if args.steps else f"{args.minutes} min"
+    print(f"visual phase, {length}: {len(train['image'])} train faces, lr {lr}, batch {batch}, bf16 {bf16}, "
+          f"augment {args.augment}, stream buffer {args.stream_buffer or 'none (uniform faces)'}, "
           f"vision {model.cfg.vision}, tower {sum(p.numel() for p in model.vision.parameters()):,} parameters")
     model.train()
     start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < budget:
+    while step < args.steps if args.steps else (elapsed := time.perf_counter() - start) < budget:
         idx = next(batches) if batches else rng.integers(0, len(train["image"]), batch)
-        for group in opt.param_groups:  # the stage's warm-up and cosine, over time instead of steps
-            group["lr"] = lr_at(int(elapsed / budget * 10_000), 10_000, 0, lr) * min(1.0, (step + 1) / 25)
+        # the stage's warm-up and cosine: over the steps, or over the time
+        at, total = (step, args.steps) if args.steps else (int(elapsed / budget * 10_000), 10_000)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(at, total, 0, lr) * min(1.0, (step + 1) / 25)
         labels = {k: torch.from_numpy(train[k][idx]) for k in ("gender", "race", "expression", "age")}
+        pixels, maps = model.preprocess(train["image"][idx]), torch.from_numpy(train["seg"][idx])
+        if args.augment:
+            pixels, maps = augment_faces(pixels, maps, gen, align.get("augment_shift", 4))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=None, pixel_values=model.preprocess(train["image"][idx]),
-                        seg_maps=torch.from_numpy(train["seg"][idx]),
+            out = model(input_ids=None, pixel_values=pixels, seg_maps=maps,
                         attribute_labels=torch.from_numpy(train["attributes"][idx]), answer_labels=labels,
                         visual_only=True)
         opt.zero_grad(set_to_none=True)
@@ -179,9 +193,19 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(weights, 1.0)
         opt.step()
         step += 1
-    scores = head_scores(model, val, train["age"][train["age"] >= 0])
-    print(json.dumps({"steps": step, "s_per_step": round(budget / step, 3), **{k: round(v, 3)
-                                                                              for k, v in scores.items()}}))
+    took = time.perf_counter() - start
+    train_ages = train["age"][train["age"] >= 0]
+    scores = head_scores(model, val, train_ages)
+    seen = head_scores(model, subset(train, args.val_faces), train_ages)
+    print(json.dumps({"steps": step, "s_per_step": round(took / step, 3), **{k: round(v, 3) for k, v in scores.items()},
+                      "train": {k: round(v, 3) for k, v in seen.items() if k != "median_age_mae"}}))
+
+
+def subset(faces: dict[str, np.ndarray], per_task: int) -> dict[str, np.ndarray]:
+    """Up to `per_task` faces of each task (the first ones: the train split is in the corpus' order), to score fit."""
+    task = np.where(faces["attributes"][:, 0] >= 0, 0, np.where(faces["age"] >= 0, 1, 2))
+    keep = np.concatenate([np.flatnonzero(task == t)[:per_task] for t in range(3)])
+    return {k: v[keep] for k, v in faces.items()}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ LLM_KINDS = ("tiny", "pretrained")
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp3x_gelu")
 TRAIN_MODES = ("frozen", "full", "lora")
 KNOWLEDGE_TOKENS = ("per_attribute", "pooled", "none")
+# how the tiny models' transformer blocks attend: torch's fused kernel, or plain ops (model/encoders.py; transformers'
+# "eager" for the tiny LM)
+ATTENTION_KINDS = ("sdpa", "eager")
 COMPONENTS = ("vision", "seg_encoder", "projector", "llm", "knowledge")
 
 
@@ -43,9 +46,11 @@ class VisionConfig:
     stem_depth: int = 0
     stem_width: int = 0
     feature_layer: int = -1  # which hidden layer's patch tokens feed the projector (LLaVA-1.5: -2)
+    attention: str = "sdpa"  # tiny: its blocks' attention, one of ATTENTION_KINDS
 
     def __post_init__(self) -> None:
         _check(self.kind in VISION_KINDS, "vision.kind", f"one of {VISION_KINDS}, got {self.kind!r}")
+        _check(self.attention in ATTENTION_KINDS, "vision.attention", f"one of {ATTENTION_KINDS}")
         _check(self.kind == "tiny" or bool(self.path), "vision.path", f"needed for kind {self.kind!r}")
         _check(self.image_size % self.patch_size == 0, "vision.patch_size",
                f"must divide image_size {self.image_size}, got {self.patch_size}")
@@ -67,9 +72,11 @@ class SegEncoderConfig:
     hidden: int = 64
     layers: int = 1
     heads: int = 4
+    attention: str = "sdpa"  # its blocks' attention, one of ATTENTION_KINDS
 
     def __post_init__(self) -> None:
         _check(self.image_size % self.patch_size == 0, "seg.patch_size", "must divide seg.image_size")
+        _check(self.attention in ATTENTION_KINDS, "seg.attention", f"one of {ATTENTION_KINDS}")
         _check(self.hidden % self.heads == 0, "seg.heads", f"must divide hidden {self.hidden}")
 
 
@@ -94,9 +101,11 @@ class LLMConfig:
     max_positions: int = 1024
     chat_template: str = "tiny"  # a name in model/chat.py's CHAT_TEMPLATES (vicuna_v1 for Vicuna)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    attention: str = "sdpa"  # tiny: transformers' attn_implementation, one of ATTENTION_KINDS
 
     def __post_init__(self) -> None:
         _check(self.kind in LLM_KINDS, "llm.kind", f"one of {LLM_KINDS}, got {self.kind!r}")
+        _check(self.attention in ATTENTION_KINDS, "llm.attention", f"one of {ATTENTION_KINDS}")
         _check(self.kind == "tiny" or bool(self.path), "llm.path", "needed for kind 'pretrained'")
         _check(self.hidden % self.heads == 0, "llm.heads", f"must divide hidden {self.hidden}")
         _check(bool(self.lora_targets), "llm.lora_targets", "name at least one module")
@@ -271,7 +280,8 @@ class FaceInsightConfig:
 
 # fields added after checkpoints had been saved -> the value that rebuilds such a checkpoint as it was trained (a
 # yes/no pointer would add a gate row the saved weights do not have)
-SAVED_BEFORE: dict[tuple[str, str], Any] = {("alignment", "verdict_pointer"): False}
+SAVED_BEFORE: dict[tuple[str, str], Any] = {("alignment", "verdict_pointer"): False, ("vision", "attention"): "sdpa",
+                                            ("seg", "attention"): "sdpa", ("llm", "attention"): "sdpa"}
 
 
 def _build(cls, data: dict[str, Any] | None, where: str):

@@ -14,9 +14,9 @@ class Block(nn.Module):
     """A pre-norm transformer block (one code path in training and inference, unlike nn.TransformerEncoderLayer's
     fast path, so a model's outputs do not depend on which of its parameters require gradients)."""
 
-    def __init__(self, hidden: int, heads: int):
+    def __init__(self, hidden: int, heads: int, attention: str = "sdpa"):
         super().__init__()
-        self.heads = heads
+        self.heads, self.attention = heads, attention
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv, self.out = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
@@ -24,8 +24,18 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        x = x + self.out(attend(q, k, v, self.attention).transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str) -> torch.Tensor:
+    """Full attention of (B, heads, N, head_dim) queries over keys and values. `eager`: three plain ops. On CPUs the
+    fused kernel's backward runs one small GEMM per block of every head, each a oneDNN call of its own: for these
+    ~100-token sequences it took 40% of align's heads-only step (py-spy; benchmarks/RESULTS.md)."""
+    if kind == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    weights = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+    return weights.to(v.dtype) @ v
 
 
 def _stem(c_in: int, hidden: int, patch: int) -> nn.Module:
@@ -65,7 +75,7 @@ class TinyViT(nn.Module):
             self.stem = _stem(3, cfg.hidden, cfg.patch_size)
         self.num_tokens = (cfg.image_size // cfg.patch_size) ** 2
         self.position = nn.Parameter(torch.randn(1, self.num_tokens, cfg.hidden) * 0.02)
-        self.blocks = nn.ModuleList([Block(cfg.hidden, cfg.heads) for _ in range(cfg.layers)])
+        self.blocks = nn.ModuleList([Block(cfg.hidden, cfg.heads, cfg.attention) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(cfg.hidden)
         self.out_dim = cfg.hidden
 
@@ -135,7 +145,7 @@ class SegMapEncoder(nn.Module):
         self.patch = _stem(cfg.num_classes, cfg.hidden, cfg.patch_size)
         self.num_tokens = (cfg.image_size // cfg.patch_size) ** 2
         self.position = nn.Parameter(torch.randn(1, self.num_tokens, cfg.hidden) * 0.02)
-        self.blocks = nn.Sequential(*[Block(cfg.hidden, cfg.heads) for _ in range(cfg.layers)])
+        self.blocks = nn.Sequential(*[Block(cfg.hidden, cfg.heads, cfg.attention) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(cfg.hidden)
         self.out_dim = cfg.hidden
 

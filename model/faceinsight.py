@@ -63,7 +63,7 @@ def build_llm(cfg: FaceInsightConfig, vocab_size: int) -> nn.Module:
         vocab_size=max(vocab_size, cfg.llm.vocab_size), hidden_size=cfg.llm.hidden,
         intermediate_size=cfg.llm.intermediate,
         num_hidden_layers=cfg.llm.layers, num_attention_heads=cfg.llm.heads, num_key_value_heads=cfg.llm.heads,
-        max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True))
+        max_position_embeddings=cfg.llm.max_positions, tie_word_embeddings=True, attn_implementation=cfg.llm.attention))
 
 
 def loop_tokens(seq: list[int], longest: int) -> list[int]:

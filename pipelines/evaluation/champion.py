@@ -47,6 +47,8 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
         if champion and champion.lines:
             entry["against_champion"] = {"version": champion.version, "lines": champion.lines,
                                          "unpaired": champion.unpaired}
+        # a rerun of the report for the version that holds `champion` already (an ablation row retrained, say)
+        entry["held_champion"] = bool(numbers) and champion is None
     return passed, reasons, entry
 
 

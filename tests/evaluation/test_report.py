@@ -70,7 +70,7 @@ def _register(client, tmp_path: Path, numbers: dict[str, float]) -> str:
 
 def _report(tmp_path: Path, uri: str, version: str, run_id: str, results: dict) -> dict:
     folder = tmp_path / f"v{version}"
-    (folder / "eval").mkdir(parents=True)
+    (folder / "eval").mkdir(parents=True, exist_ok=True)
     for task, r in results.items():
         (folder / "eval" / f"{task}.json").write_text(json.dumps(r))
     (folder / "registry.json").write_text(json.dumps({"version": version, "run_id": run_id,
@@ -99,6 +99,11 @@ def test_report_moves_champion_only_when_earned(tmp_path):
         out = _report(tmp_path, uri, v1, r1, first)
         assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v1
         assert "| FaceInsight (generated answers) | — | 0.600 |" in out["md"]
+        assert "no other version holds `champion` to beat" in out["md"]
+        # the same version reported again (other rows retrained): it keeps the alias and says it held it already
+        out = _report(tmp_path, uri, v1, r1, first)
+        assert out["champion"] and client.get_model_version_by_alias("faceinsight", "champion").version == v1
+        assert "This version holds `champion` already" in out["md"] and "no other version holds" not in out["md"]
         # a worse candidate: the alias stays, and the report says why
         worse = evals(bal=0.58, mae=9.0, uar=0.25)
         v2, r2 = _register(client, tmp_path, {"attributes.mean_balanced_accuracy": 0.58,
