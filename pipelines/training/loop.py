@@ -231,11 +231,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def tracked():  # rank 0's MLflow calls: a server that stops answering stops the stage with one message
         return reaching(config["tracking_uri"], lambda: _outage_note(config, state, step, saved))
 
-    run = metrics_log = None
+    run = None
     if rank == 0:
         with tracked():
             run = _open_mlflow(config, learner, module, trainable, state)
-        metrics_log = MetricsLog(config["tracking_uri"], state["mlflow_run_id"])
     state["timeline"]["tracked"] = time.time()
     started = time.perf_counter()
     samples = tokens = 0
@@ -277,11 +276,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 elapsed = time.perf_counter() - started
                 metrics.update(samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed)
                 state["history"].append({"step": step, **{k2: round(v, 6) for k2, v in metrics.items()}})
-                if metrics_log is not None:
-                    metrics_log.add({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step)
-                    if metrics_log.due():  # blocks while MLflow's client retries: a server restart is ridden out
-                        with tracked():
-                            metrics_log.flush()
+                if run is not None:  # blocks while MLflow's client retries: a server restart is ridden out
+                    with tracked():
+                        run.log_metrics({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step=step)
                 _maybe_fail(config, cfg, step)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     final = step == total
@@ -293,59 +290,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     scalars = {k2: v for k2, v in evaluation.items() if isinstance(v, int | float)}
                     if evaluation:
                         state["evaluation"] = evaluation
-                    if metrics_log is not None:  # all of MLflow's steps up to the checkpoint's are in MLflow
-                        metrics_log.add(scalars, step)
-                        with tracked():
-                            metrics_log.flush()
+                        if run is not None:
+                            with tracked():
+                                run.log_metrics(scalars, step=step)
                     _report(learner, module, optimizer, engine, state | {"step": step}, metrics | scalars, rank,
                             run, final=final, tracked=tracked)
                     saved = step
                 if step >= total:
                     break
-    except BaseException as exc:
+    except BaseException:
         if run is not None:  # the server may be why we are here: the rerun reopens the run and ends it
-            if not isinstance(exc, TrackingUnavailable):  # the steps taken before the failure, as they were taken
-                with contextlib.suppress(Exception):
-                    metrics_log.flush()
             with contextlib.suppress(Exception):
                 run.end_run(status="FAILED")
         raise
     if run is not None:
         with tracked():
             run.end_run()
-
-
-# rank 0 sends its step metrics to MLflow every this many seconds (and at each checkpoint), not once a step: a request
-# a step is a round trip to a tracking server, or a SQLite commit (py-spy: ~8% of the training thread in align's
-# heads-only steps); the loss curve in MLflow lags the training by this much at most
-METRICS_FLUSH_S = 2.0
-
-
-class MetricsLog:
-    """Rank 0's step metrics, sent to the MLflow run in one batch when METRICS_FLUSH_S have passed and at each
-    checkpoint (so every step up to a checkpoint is in MLflow when it is saved), with each step's own timestamp."""
-
-    def __init__(self, tracking_uri: str, run_id: str, every_s: float = METRICS_FLUSH_S):
-        from mlflow import MlflowClient
-
-        self.client, self.run_id, self.every_s = MlflowClient(tracking_uri), run_id, every_s
-        self.pending: list = []
-        self.sent_at = time.monotonic()
-
-    def add(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
-
-    def due(self) -> bool:
-        return time.monotonic() - self.sent_at >= self.every_s
-
-    def flush(self) -> None:
-        if self.pending:
-            self.client.log_batch(self.run_id, metrics=self.pending)
-            self.pending = []  # only once MLflow has them: a failed send is sent again by the next flush
-        self.sent_at = time.monotonic()
 
 
 def _outage_note(config: dict[str, Any], state: dict, step: int, saved: int) -> str:
