@@ -316,15 +316,15 @@ def results_markdown(evals: dict[str, dict[str, Any]], corpus: dict[str, Any], s
     lines += ["", "## Registry gate", ""]
     against = (registry or {}).get("against_champion")
     if passed:
-        clears = (f"This version {'is now' if alias_moved else 'would be'} `champion`: it clears every "
-                        "threshold in params.yaml (report.gate) and beats the majority class on each")
+        thresholds = "clears every threshold in params.yaml (report.gate) and beats the majority class on each"
+        clears = f"This version {'is now' if alias_moved else 'would be'} `champion`: it {thresholds}"
         if against:
             how = "by point values" if against["unpaired"] else "by the paired 95% interval over the same test faces"
             lines.append(f"{clears}, and it beats the previous champion (version {against['version']}), {how}:")
             lines += [f"- {line}" for line in against["lines"]]
         elif (registry or {}).get("held_champion"):
-            lines.append("This version holds `champion` already (it earned it when it was first judged) and still "
-                         "clears every threshold in params.yaml (report.gate) and beats the majority class on each.")
+            lines.append(f"This version holds `champion` already (it earned it when it was first judged) and still "
+                         f"{thresholds}.")
         else:
             lines.append(f"{clears} (no other version holds `champion` to beat).")
     else:
