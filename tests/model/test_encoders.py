@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from model.config import FaceInsightConfig, LLMConfig, SegEncoderConfig, VisionConfig
 from model.encoders import Block
+from model.faceinsight import build_llm
 
 
 def test_eager_attention_is_the_fused_kernels_attention_values_and_gradients():
@@ -42,10 +44,6 @@ def test_the_attention_kind_is_checked_and_older_checkpoints_load_as_they_were_t
 
 
 def test_the_tiny_lm_answers_the_same_with_eager_attention():
-    import dataclasses
-
-    from model.faceinsight import build_llm
-
     torch.manual_seed(0)
     cfg = FaceInsightConfig()
     fused = build_llm(cfg, 300)
