@@ -24,7 +24,7 @@ from pipelines.storage import upload_dir
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 from tests.conftest import REPO, SEED
 from tests.ray_cluster import cluster_env, two_node_cluster
-from tests.smoke_repo import SMOKE, commit, git, run, smoke_repo
+from tests.smoke_repo import HANG_GUARD_S, SMOKE, commit, git, run, smoke_repo
 from tests.training.mlflow_server import AUTH_ADMIN, auth_mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
 
         # without cluster storage the first Ray stage stops at start-up and names what the far node can't see
         failed = subprocess.run([sys.executable, "-m", "dvc", "repro", "build_corpus"], cwd=repo, env=env,
-                                capture_output=True, text=True, timeout=900)
+                                capture_output=True, text=True, timeout=HANG_GUARD_S)
         said = failed.stderr[-3000:]
         assert failed.returncode != 0
         assert "exist only here" in said and "FACEINSIGHT_CLUSTER_STORAGE" in said, said
@@ -107,7 +107,7 @@ def test_dvc_repro_on_a_two_node_cluster_with_everything_on_s3(s3_server, tmp_pa
         env["FACEINSIGHT_CLUSTER_STORAGE"] = "s3://cluster/faceinsight"
         # the stages the second node takes part in (Ray Data, Ray Train) and what they need; the rest of the DAG
         # (the per-task passes, the variant, evaluation, the report) runs in the local smoke DAG test
-        out = run([sys.executable, "-m", "dvc", "repro", *TARGETS], repo, env=env, timeout=1800)
+        out = run([sys.executable, "-m", "dvc", "repro", *TARGETS], repo, env=env)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_USER[1])
         leaks = credential_leaks(tracking, (PIPELINE_USER[1], AUTH_ADMIN[1]), tmp_path / "scan")
