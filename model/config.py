@@ -304,8 +304,10 @@ def _build(cls, data: dict[str, Any] | None, where: str):
 
 
 PRESETS: dict[str, FaceInsightConfig] = {
-    # ~1M parameters: trains from scratch on 2 CPU cores in minutes (../shared/DESIGN.md)
-    "tiny": FaceInsightConfig(),
+    # ~1M parameters: trains from scratch on 2 CPU cores in minutes (../shared/DESIGN.md). Eager attention: at its
+    # sizes the CPU's fused kernel's backward was ~40% of a heads-only step (benchmarks/RESULTS.md, 19th pass)
+    "tiny": FaceInsightConfig(vision=VisionConfig(attention="eager"), seg=SegEncoderConfig(attention="eager"),
+                              llm=LLMConfig(attention="eager")),
     # LLaVA-1.5-7B's backbones; weights come from the paths the user gives (ids or local dirs)
     "llava15-7b": FaceInsightConfig(
         vision=VisionConfig(kind="clip", path="openai/clip-vit-large-patch14-336", image_size=336, patch_size=14,

@@ -33,8 +33,10 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
         numbers = alias_metrics(client, "champion")
         champion = None
         # MLflow gives the alias' version as an int, registry/faceinsight.json as a string; a version that already
-        # is the champion is judged on the thresholds alone
-        if numbers and str(numbers["_version"]) != str(entry["version"]):
+        # is the champion (a rerun of the report after an ablation row was retrained, say) is judged on the
+        # thresholds alone
+        held = bool(numbers) and str(numbers["_version"]) == str(entry["version"])
+        if numbers and not held:
             version, run_id = str(numbers.pop("_version")), numbers.pop("_run_id")
             champion = against_champion(results, sorted(cfg.gate), version, numbers,
                                         logged_answers(client, run_id, sorted(results)))
@@ -47,8 +49,7 @@ def judge_champion(results: dict[str, dict[str, Any]], cfg: ReportConfig, regist
         if champion and champion.lines:
             entry["against_champion"] = {"version": champion.version, "lines": champion.lines,
                                          "unpaired": champion.unpaired}
-        # a rerun of the report for the version that holds `champion` already (an ablation row retrained, say)
-        entry["held_champion"] = bool(numbers) and champion is None
+        entry["held_champion"] = held
     return passed, reasons, entry
 
 

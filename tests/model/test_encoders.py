@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from model.config import FaceInsightConfig, LLMConfig, SegEncoderConfig, VisionConfig
+from model.config import FaceInsightConfig, LLMConfig, SegEncoderConfig, VisionConfig, model_config
 from model.encoders import Block
 from model.faceinsight import build_llm
 
@@ -57,3 +57,10 @@ def test_the_tiny_lm_answers_the_same_with_eager_attention():
     b = eager(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(a[0], b[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a[1, :8], b[1, :8], rtol=1e-4, atol=1e-4)
+
+
+def test_the_tiny_preset_computes_attention_eagerly_and_the_7b_preset_with_the_fused_kernel():
+    tiny, big = model_config({"preset": "tiny"}), model_config({"preset": "llava15-7b"})
+    assert tiny.vision.attention == tiny.seg.attention == tiny.llm.attention == "eager"
+    assert big.seg.attention == big.llm.attention == "sdpa"
+    assert model_config({"preset": "tiny", "llm": {"attention": "sdpa"}}).llm.attention == "sdpa"  # params override
