@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from pipelines.corpus.reader import load_faces
 from pipelines.corpus.templates import Templates
 from pipelines.evaluation.evaluate import EvalConfig, model_predictions, questions, truth
 from pipelines.evaluation.metrics import UNREAD
+from pipelines.provenance import host_tags
 
 
 def split_scores(pointer: AnswerPointer, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
@@ -56,16 +55,6 @@ def split_scores(pointer: AnswerPointer, hidden: torch.Tensor, named: torch.Tens
         copy = torch.zeros_like(lm).index_add_(1, first.flatten(), p)
         parts.append(log_pi[:, k + 1:k + 2] + torch.where(copy > 0, copy.clamp_min(1e-30).log(), float("-inf")))
     return torch.logsumexp(torch.stack(parts), 0)
-
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def compare(folder: Path, faces: list, asked: list, true: dict[str, np.ndarray], cfg: EvalConfig) -> None:
@@ -117,7 +106,8 @@ def main() -> None:
     faces = load_faces(args.corpus, args.split, args.task)
     true = truth(args.task, faces)
     cfg = EvalConfig(split=args.split)
-    print(f"{cpu_name()}; {len(faces)} {args.split} faces; task {args.task}")
+    host = host_tags()
+    print(f"{host['host.cpu']} (bf16: {host['host.cpu_bf16']}); {len(faces)} {args.split} faces; task {args.task}")
     for folder in args.model or [Path("models/faceinsight")]:
         compare(folder, faces, asked, true, cfg)
 
