@@ -73,11 +73,11 @@ def compare(folder: Path, faces: list, asked: list, true: dict[str, np.ndarray],
 
     def by_position(*a):
         step[0] += 1
-        return split_scores(pointer, *a, opening=step[0] == 1)
+        return split_scores(pointer, *a[:4], opening=step[0] == 1)
 
     model.generate = counted
-    for arm, scores in (("forms even (as trained)", as_trained),
-                        ("forms by the LM", lambda *a: split_scores(pointer, *a, opening=None)),
+    for arm, scores in (("as the model decodes", as_trained),
+                        ("forms by the LM", lambda *a: split_scores(pointer, *a[:4], opening=None)),
                         ("form by position", by_position)):
         pointer.next_token_scores = scores
         pred, extra = model_predictions(model, faces, asked, cfg)

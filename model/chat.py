@@ -83,6 +83,10 @@ class ChatTemplate:
         """The token that opens a human turn: a question's scope starts there (the answer pointer's)."""
         return self._text(tokenizer, self.user)[0]
 
+    def answer_opening(self, tokenizer) -> list[int]:
+        """The tokens an answer's text follows (the assistant opening): the answer pointer's word forms."""
+        return self._text(tokenizer, self.assistant)
+
     def stop_ids(self, tokenizer) -> set[int]:
         ids = set(self._text(tokenizer, self.end)[-1:])
         return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

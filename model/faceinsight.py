@@ -178,7 +178,7 @@ class FaceInsight(Checkpointable, nn.Module):
                 negated=[[p in NEGATED_KEYS for p in ATTRIBUTE_KEYS[a]] for a in CELEBA_ATTRIBUTES], persistent=False)
         return AnswerPointer(width, tasks, {t: [[first(w), first(" " + w)] for w in ws] for t, ws in words.items()},
                              {t: keys[t] for t in tasks}, self.chat.turn_start_id(self.tokenizer),
-                             self.cfg.alignment.pointer_form, linker)
+                             self.cfg.alignment.pointer_form, linker, self.chat.answer_opening(self.tokenizer))
 
     def phrase_ids(self, phrase: str) -> list[int]:
         """A key phrase's token ids, each word with its leading space, as inside a sentence."""
@@ -204,7 +204,7 @@ class FaceInsight(Checkpointable, nn.Module):
         named, logits = self.pointer_inputs(input_ids, verdicts)
         return self.answer_pointer.next_token_scores(
             hidden.reshape(b * t, w), named.reshape(b * t, -1), {k: v.reshape(b * t, -1) for k, v in logits.items()},
-            lm_logits.reshape(b * t, -1)).view(b, t, -1)
+            lm_logits.reshape(b * t, -1), self.answer_pointer.opens(input_ids).reshape(-1)).view(b, t, -1)
 
     # -- components and the training recipe ------------------------------------------------------------
     def components(self) -> dict[str, list[nn.Module]]:
@@ -456,9 +456,9 @@ class FaceInsight(Checkpointable, nn.Module):
         scores = logits.float()
         if self.answer_pointer is not None and copy is not None:
             named, copied = self.pointer_inputs(copy[0][:, :-1], copy[1])
-            named = named[supervised]
+            named, opens = named[supervised], self.answer_pointer.opens(copy[0][:, :-1])[supervised]
             scores = self.answer_pointer.next_token_scores(rows, named, {t: v[supervised] for t, v in copied.items()},
-                                                           logits)
+                                                           logits, opens)
             if losses is not None and self.cfg.alignment.lambda_gate > 0:
                 losses["gate"] = self.answer_pointer.gate_loss(rows, named, targets[supervised])
         if not supervised.any():  # nothing to predict here: a zero that keeps the graph (DDP expects gradients)
@@ -528,7 +528,8 @@ class FaceInsight(Checkpointable, nn.Module):
             if pointer:
                 named, copied = self.pointer_inputs(so_far, verdicts)
                 logits = self.answer_pointer.next_token_scores(out.hidden_states[-1][:, -1], named[:, -1],
-                                                               {t: v[:, -1] for t, v in copied.items()}, logits)
+                                                               {t: v[:, -1] for t, v in copied.items()}, logits,
+                                                               self.answer_pointer.opens(so_far)[:, -1])
             if max_loop:
                 for k, seq in enumerate(outputs):
                     banned = [] if done[k] else loop_tokens(seq, max_loop)

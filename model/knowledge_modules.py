@@ -303,7 +303,7 @@ class AnswerPointer(nn.Module):
 
     def __init__(self, width: int, tasks: tuple[str, ...], first_ids: dict[str, list[list[int]]],
                  key_ids: dict[str, list[int]], turn_id: int | None = None, form: str = "add",
-                 linker: AttributeLinker | None = None):
+                 linker: AttributeLinker | None = None, answer_opening: list[int] | None = None):
         super().__init__()
         self.linker = linker
         if linker is not None:  # the yes/no verdict: its words' first tokens come in first_ids["attributes"]
@@ -322,6 +322,12 @@ class AnswerPointer(nn.Module):
         # (not persistent: the chat template's, as the model is built)
         self.register_buffer("turn_ids", torch.tensor([] if turn_id is None else [turn_id], dtype=torch.long),
                              persistent=False)
+        # the tokens after which an answer's text starts (the chat template's assistant opening): a class word there
+        # is written without its leading space ("female."), anywhere else with it (" female,"); the copy goes on that
+        # form alone. Split evenly, the two forms tied wherever the gate was open and rounding chose: the twentieth
+        # run wrote " female" and the LM went on with a sentence (benchmarks/RESULTS.md, twenty-first pass). Without
+        # it (None) the split is even.
+        self.register_buffer("answer_ids", torch.tensor(answer_opening or [], dtype=torch.long), persistent=False)
 
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position
@@ -348,16 +354,42 @@ class AnswerPointer(nn.Module):
                 verdict = torch.stack([torch.zeros_like(v), v], -1)
         return torch.stack([last[t] > opened for t in self.tasks], -1), verdict
 
+    def opens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(..., T) token ids -> (..., T) bool: whether the next token is an answer's first (the assistant opening's
+        whole sequence ends at this position; its last token alone, ":" in "ASSISTANT:", occurs in text too)."""
+        seq = self.answer_ids.tolist()
+        out = torch.zeros_like(input_ids, dtype=torch.bool)
+        if not seq or input_ids.shape[-1] < len(seq):
+            return out
+        k, t = len(seq), input_ids.shape[-1]
+        hit = torch.ones_like(input_ids[..., k - 1:], dtype=torch.bool)
+        for j, token in enumerate(seq):  # position p ends the opening where p - (k - 1 - j) holds seq[j]
+            hit &= input_ids[..., j:t - k + 1 + j] == token
+        out[..., k - 1:] = hit
+        return out
+
+    def forms(self, task: str, opens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where a task's copy goes: (N, classes x forms) token ids and each one's share of its class. With `opens`
+        (N,) bool, the one form the position writes (the first, which opens an answer, or the second, inside a
+        sentence); without, every form, evenly."""
+        first = getattr(self, f"{task}_first")  # (classes, forms)
+        if opens is None or not len(self.answer_ids):
+            n = len(opens) if opens is not None else 1
+            return first.flatten().expand(n, -1), torch.full((1, first.numel()), 1.0 / first.shape[1])
+        chosen = torch.where(opens[:, None], first[:, 0], first[:, -1])  # (N, classes)
+        return chosen, torch.ones(1, first.shape[0])
+
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
-             vocab: int) -> torch.Tensor:
+             vocab: int, opens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes; entries of other heads are ignored)
-        -> (N, vocab) additions."""
+        -> (N, vocab) additions. `opens`: as in `forms`."""
         gate = F.softplus(self.gate(hidden.to(self.gate.weight.dtype)).float()) * named.float()
         out = torch.zeros(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
         for k, t in enumerate(self.tasks):
-            first = getattr(self, f"{t}_first")  # (classes, forms)
-            scores = torch.log_softmax(logits[t].float(), -1) + math.log(first.shape[0])
-            out.index_add_(1, first.flatten(), (gate[:, k:k + 1] * scores).repeat_interleave(first.shape[1], 1))
+            ids, _ = self.forms(t, opens)
+            scores = torch.log_softmax(logits[t].float(), -1) + math.log(logits[t].shape[-1])
+            add = (gate[:, k:k + 1] * scores).repeat_interleave(ids.shape[1] // scores.shape[1], 1)
+            out.scatter_add_(1, ids.expand(len(out), -1), add)
         return out
 
     def gate_loss(self, hidden: torch.Tensor, named: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -372,22 +404,24 @@ class AnswerPointer(nn.Module):
         return F.binary_cross_entropy_with_logits(a[named], due[named].float())
 
     def next_token_scores(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
-                          lm_logits: torch.Tensor) -> torch.Tensor:
+                          lm_logits: torch.Tensor, opens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (N, W), named (N, tasks), the heads' logits per task (N, classes), the LM's (N, vocab) -> the (N,
         vocab) fp32 scores the next token is read from. `add`: the LM's logits plus `bias`. `mix` (pointer-generator
         proper): log of pi_0 p_LM + sum_k pi_k p_copy_k, pi = softmax(0, the gate's a_k where task k is named), p_copy_k
         the head's class probabilities on its words' first tokens (split between a word's two forms). An open gate
         then writes a class word whatever the LM prefers (a sentence start the LM learned from another question), and
-        where no task is named the scores are the LM's own log-probabilities."""
+        where no task is named the scores are the LM's own log-probabilities. `opens` (N,): whether the next token
+        opens an answer, which decides the form a class word is copied in (`forms`)."""
         if self.form == "add":
-            return lm_logits.float() + self.bias(hidden, named, logits, lm_logits.shape[-1])
+            return lm_logits.float() + self.bias(hidden, named, logits, lm_logits.shape[-1], opens)
         gate = self.gate(hidden.to(self.gate.weight.dtype)).float().masked_fill(~named, float("-inf"))
         log_pi = torch.log_softmax(torch.cat([torch.zeros_like(gate[:, :1]), gate], -1), -1)
         parts = [log_pi[:, 0:1] + torch.log_softmax(lm_logits.float(), -1)]
         for k, t in enumerate(self.tasks):
-            first = getattr(self, f"{t}_first")  # (classes, forms)
-            p = torch.softmax(logits[t].float(), -1).repeat_interleave(first.shape[1], 1) / first.shape[1]
-            copy = torch.zeros_like(parts[0]).index_add_(1, first.flatten(), p)  # tokens shared by words: summed
+            ids, share = self.forms(t, opens)
+            p = torch.softmax(logits[t].float(), -1)
+            p = p.repeat_interleave(ids.shape[1] // p.shape[1], 1) * share.to(p.device)
+            copy = torch.zeros_like(parts[0]).scatter_add_(1, ids.expand(len(p), -1), p)  # tokens shared: summed
             # -inf off the class words, without log(0) in the graph (its gradient, 0 / 0, would be NaN)
             parts.append(log_pi[:, k + 1:k + 2] + torch.where(copy > 0, copy.clamp_min(1e-30).log(), float("-inf")))
         return torch.logsumexp(torch.stack(parts), 0)

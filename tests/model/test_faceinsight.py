@@ -554,11 +554,12 @@ def test_answer_pointer_adds_the_heads_class_scores_only_after_a_word_names_the_
     assert torch.equal(bias[0], torch.zeros_like(bias[0]))
     first = m.answer_pointer.expression_first  # (classes, forms)
     assert len(set(first.flatten().tolist())) == first.numel()  # no token shared by two classes' words
-    sad = first[EXPRESSIONS.index("Sadness")]
-    others = torch.tensor([i for i in first.flatten().tolist() if i not in sad.tolist()])
-    assert (bias[1, sad] > 0).all() and (bias[1, others] < 0).all()
+    # inside a sentence (no answer opens here) the in-sentence form (" Sadness") takes the copy, not the opening one
+    sad = int(first[EXPRESSIONS.index("Sadness"), 1])
+    others = torch.tensor([i for i in first[:, 1].tolist() if i != sad])
+    assert bias[1, sad] > 0 and (bias[1, others] < 0).all()
     rest = torch.ones(bias.shape[-1], dtype=torch.bool)
-    rest[first.flatten()] = False
+    rest[first[:, 1]] = False
     assert torch.equal(bias[1, rest], torch.zeros(int(rest.sum())))
 
 
@@ -723,6 +724,44 @@ def test_mixture_pointer_is_a_distribution_that_writes_the_head_class_whatever_t
     loss = torch.nn.functional.cross_entropy(p.next_token_scores(hidden, named, verdicts, lm), torch.tensor([5, 5]))
     loss.backward()
     assert torch.isfinite(hidden.grad).all() and torch.isfinite(p.gate.weight.grad).all() and p.gate.weight.grad.any()
+
+
+def test_the_pointer_copies_a_class_word_in_the_form_its_position_writes(mixture_model):
+    """At an answer's first token the copy goes on the word's opening form ("Fear", as "Fear." is written), inside a
+    sentence on its in-sentence form (" Fear"), not half on each: split evenly, the two tied where the gate was open
+    and the twentieth default run wrote " female" and ran on; the copied token's loss can then reach zero (an even
+    split floors it at log 2)."""
+    from model.labels import EXPRESSIONS
+
+    m = mixture_model
+    p = m.answer_pointer
+    prompt = torch.tensor([m.chat.prompt(m.tokenizer, "How does this person feel?", m.image_tokens, m.seg_tokens)])
+    opens = p.opens(prompt)
+    assert opens[0, -1] and not opens[0, :-1].any()  # only where the assistant opening ends
+    assert p.opens(prompt[:, :-1]).sum() == 0 and p.opens(prompt[:, -1:]).sum() == int(len(p.answer_ids) == 1)
+    fear = EXPRESSIONS.index("Fear")
+    sure = torch.full((2, 7), -8.0)
+    sure[:, fear] = 8.0
+    verdicts = {"expression": sure, "gender": torch.zeros(2, 2), "race": torch.zeros(2, 5), "age": torch.zeros(2, 100),
+                "attributes": torch.zeros(2, 2)}
+    named = torch.zeros(2, len(p.tasks), dtype=torch.bool)
+    named[:, p.tasks.index("expression")] = True
+    with torch.no_grad():
+        p.gate.bias.fill_(60.0)
+    lm = torch.randn(2, m.llm.config.vocab_size)
+    hidden = torch.randn(2, m.llm.config.hidden_size)
+    opening, inside = p.expression_first[fear].tolist()
+    assert opening != inside
+    scores = p.next_token_scores(hidden, named, verdicts, lm, torch.tensor([True, False]))
+    assert scores.argmax(-1).tolist() == [opening, inside]
+    loss = torch.nn.functional.cross_entropy(scores, torch.tensor([opening, inside]))
+    even = torch.nn.functional.cross_entropy(p.next_token_scores(hidden, named, verdicts, lm),
+                                             torch.tensor([opening, inside]))
+    assert loss < 0.01 and even > 0.69  # log 2 = 0.693
+    added = p.bias(hidden, named, verdicts, lm.shape[-1], torch.tensor([True, False]))  # the add form
+    assert added[0, opening] > 0 and added[0, inside] == 0 and added[1, inside] > 0 and added[1, opening] == 0
+    with torch.no_grad():
+        p.gate.bias.fill_(-2.0)
 
 
 def test_mixture_pointer_in_the_loss_path_equals_the_full_logits(mixture_model, conversations):
