@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,23 +31,13 @@ from model.labels import CELEBA_ATTRIBUTES
 from model.specialist import SpecialistCNN, SpecialistConfig
 from pipelines.config import build, load_params
 from pipelines.evaluation.metrics import attribute_metrics
+from pipelines.provenance import host_tags
 from pipelines.specialist_training import label_tensors
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
 from pipelines.training.augmentation import mirror_and_shift
 
 TARGETS = {"drawn_mean": 0.85, "drawn_min": 0.70, "gender": 0.95, "expression_uar": 0.80, "age_mae": 7.0}
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    bf16 = [f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")]
-    return f"{model} ({', '.join(bf16) or 'no bf16'})"
 
 
 def corpus_rows(corpus: Path, split: str, size: int) -> list[dict]:
@@ -168,8 +156,10 @@ def main() -> None:
     else:
         rows = {s: corpus_rows(args.corpus, s, size) for s in ("train", "val", "test")}
     data = {s: stack(r, args.only) for s, r in rows.items()}
-    print(f"CPU: {cpu_name()}; torch threads {args.threads}; faces train/val/test "
-          f"{len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} ({'rendered' if args.render else args.corpus}, "
+    host = host_tags()
+    print(f"CPU: {host['host.cpu']} (bf16: {host['host.cpu_bf16']}); torch threads {args.threads}; "
+          f"faces train/val/test {len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} "
+          f"({'rendered' if args.render else args.corpus}, "
           f"{time.perf_counter() - t0:.0f} s to load)")
     cfg = build(SpecialistConfig, params["train_specialist"]["model"], "train_specialist.model")
     t1 = time.perf_counter()
