@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import bootstrap
 
-from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS
-from pipelines.evaluation.metrics import UNREAD, attribute_metrics, classification_metrics
+from model.knowledge_modules import EXCLUSION, IMPLICATION
+from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS
+from pipelines.evaluation.metrics import UNREAD, attribute_metrics, classification_metrics, rule_violations
 
 RESAMPLES = 1000
 SEED = 20250421
@@ -59,6 +60,20 @@ def _mae(pred: Predictions, true: Predictions, idx: np.ndarray) -> float:
     return float(np.abs(p[read] - t[read]).mean()) if read.any() else float("nan")
 
 
+def rules_array(per_rule: list[dict[str, Any]]) -> np.ndarray:
+    """evaluate's per-rule report (metrics.rule_violations' `per_rule`: kind and attribute names) -> (R, 3) rules."""
+    kinds = {"exclusion": EXCLUSION, "implication": IMPLICATION}
+    return np.array([[kinds[r["kind"]], ATTRIBUTE_INDEX[r["a"]], ATTRIBUTE_INDEX[r["b"]]] for r in per_rule],
+                    dtype=int).reshape(-1, 3)
+
+
+def violation_rate(rules: np.ndarray) -> Callable[[Predictions, Predictions, np.ndarray], float]:
+    """The share of faces whose 40 answers break one of `rules` (metrics.rule_violations), on a subset of faces."""
+    def rate(pred: Predictions, true: Predictions, idx: np.ndarray) -> float:
+        return rule_violations(np.stack([pred[n][idx] for n in CELEBA_ATTRIBUTES], axis=1), rules)["violation_rate"]
+    return rate
+
+
 # "task.metric" -> the metric on a subset of face indices
 METRICS: dict[str, Callable[[Predictions, Predictions, np.ndarray], float]] = {
     "attributes.mean_balanced_accuracy": _balanced_accuracy,
@@ -89,9 +104,11 @@ def metric_interval(key: str, pred: Predictions, true: Predictions, resamples: i
 
 
 def difference_interval(key: str, pred_a: Predictions, pred_b: Predictions, true: Predictions,
-                        resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
-    """The 95% paired interval of metric(a) - metric(b): the same resampled faces for both systems."""
-    fn = METRICS[key]
+                        resamples: int = RESAMPLES, seed: int = SEED,
+                        metric: Callable[[Predictions, Predictions, np.ndarray], float] | None = None) -> Interval:
+    """The 95% paired interval of metric(a) - metric(b): the same resampled faces for both systems. `metric`: one
+    that needs more than the answers (violation_rate's rules), else METRICS[key]."""
+    fn = metric or METRICS[key]
     n = len(next(iter(true.values())))
     return _interval(lambda idx: fn(pred_a, true, idx) - fn(pred_b, true, idx), n, resamples, seed)
 
