@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.knowledge_modules import rules_tensor
 from pipelines.evaluation import uncertainty
 from pipelines.provenance import code_tags
 from pipelines.training.variants import REFERENCE
@@ -213,7 +214,7 @@ def consistency(evals: dict[str, dict[str, Any]], ref: str) -> str:
     arrays = uncertainty.as_arrays
     diff = uncertainty.difference_interval(key, arrays(systems[ablated_system]["predictions"]),
                                            arrays(systems[ref]["predictions"]), arrays(e["truth"]),
-                                           metric=uncertainty.violation_rate(uncertainty.rules_array(per_rule)))
+                                           metric=uncertainty.violation_rate(rules_tensor(per_rule).numpy()))
     word = uncertainty.verdict(diff)  # the claim: without the loss more faces break a rule
     return (f"{said}, difference {diff.value:+.3f} [95% CI {diff.low:+.3f}, {diff.high:+.3f}]; that the constraint "
             f"loss lowers it: **{word}**.")

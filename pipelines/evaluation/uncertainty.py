@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import bootstrap
 
-from model.knowledge_modules import EXCLUSION, IMPLICATION
-from model.labels import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, EXPRESSIONS
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS
 from pipelines.evaluation.metrics import UNREAD, attribute_metrics, classification_metrics, rule_violations
 
 RESAMPLES = 1000
@@ -60,15 +59,9 @@ def _mae(pred: Predictions, true: Predictions, idx: np.ndarray) -> float:
     return float(np.abs(p[read] - t[read]).mean()) if read.any() else float("nan")
 
 
-def rules_array(per_rule: list[dict[str, Any]]) -> np.ndarray:
-    """evaluate's per-rule report (metrics.rule_violations' `per_rule`: kind and attribute names) -> (R, 3) rules."""
-    kinds = {"exclusion": EXCLUSION, "implication": IMPLICATION}
-    return np.array([[kinds[r["kind"]], ATTRIBUTE_INDEX[r["a"]], ATTRIBUTE_INDEX[r["b"]]] for r in per_rule],
-                    dtype=int).reshape(-1, 3)
-
-
 def violation_rate(rules: np.ndarray) -> Callable[[Predictions, Predictions, np.ndarray], float]:
-    """The share of faces whose 40 answers break one of `rules` (metrics.rule_violations), on a subset of faces."""
+    """The share of faces whose 40 answers break one of `rules` ((R, 3): knowledge_modules.rules_tensor) on a subset
+    of faces (metrics.rule_violations)."""
     def rate(pred: Predictions, true: Predictions, idx: np.ndarray) -> float:
         return rule_violations(np.stack([pred[n][idx] for n in CELEBA_ATTRIBUTES], axis=1), rules)["violation_rate"]
     return rate
