@@ -38,8 +38,10 @@ def test_overfits_a_few_faces_and_round_trips(tmp_path):
     pred = model.predict(images)
     assert (pred["expression"] == y["expression"].numpy()).mean() == 1.0
     assert (pred["gender"] == y["gender"].numpy()).mean() == 1.0
-    # age in one-year classes, the last one 99 and over: the median class lands on each face's year
-    assert np.abs(pred["age"] - np.minimum(y["age"].numpy(), 99)).max() <= 1, pred["age"]
+    # age in one-year classes, the last one 99 and over: the median class lands on each face's year; at the ends the
+    # soft target (sigma 3 years) is cut off on one side, so its median sits a little inside
+    err = np.abs(pred["age"] - np.minimum(y["age"].numpy(), 99))
+    assert err[1:-1].max() <= 1 and err[[0, -1]].max() <= 3, pred["age"]
     save_specialist(model, tmp_path / "s")
     again = load_specialist(tmp_path / "s").predict(images)
     assert all(np.array_equal(again[k], pred[k]) for k in pred)
