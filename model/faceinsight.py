@@ -38,6 +38,7 @@ from model.knowledge_modules import (
     class_weights,
     constraint_loss,
     masked_bce,
+    median_class,
     rules_tensor,
 )
 from model.labels import CELEBA_ATTRIBUTES
@@ -399,7 +400,7 @@ class FaceInsight(Checkpointable, nn.Module):
         if name == "attributes":
             return logits > self.attribute_threshold.to(logits.dtype)
         if name in ANSWER_BINS:
-            return (torch.softmax(logits.float(), -1).cumsum(-1) >= 0.5).int().argmax(-1)
+            return median_class(logits)
         return logits.argmax(-1)
 
     @torch.inference_mode()

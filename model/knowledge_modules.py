@@ -64,6 +64,22 @@ def class_pooling(scores: torch.Tensor, lam: float) -> torch.Tensor:
     return scores.mean(1) + lam * scores.amax(1) if lam else scores.mean(1)
 
 
+def label_classes(task: str, labels: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """A task's labels as class indices (-1 stays unknown): values (age in years) fall into their bin (`edges`:
+    ANSWER_BINS[task], given as a tensor where it lives on the labels' device already)."""
+    if task not in ANSWER_BINS:
+        return labels
+    edges = edges if edges is not None else torch.tensor(ANSWER_BINS[task], dtype=torch.float32, device=labels.device)
+    binned = torch.bucketize(labels.float(), edges, right=True)
+    return torch.where(labels >= 0, binned, torch.full_like(binned, -1))
+
+
+def median_class(logits: torch.Tensor) -> torch.Tensor:
+    """An ordered task's decision: the median class of its distribution, the estimate with the least expected
+    absolute error."""
+    return (torch.softmax(logits.float(), -1).cumsum(-1) >= 0.5).int().argmax(-1)
+
+
 def answer_value(task: str, classes: np.ndarray) -> np.ndarray:
     """The answer heads' class indices -> the label they stand for (age: the class's year; others: as is)."""
     return np.array([int(w) for w in ANSWER_CLASSES[task]])[classes] if task in ANSWER_BINS else classes
@@ -236,10 +252,7 @@ class AnswerEmbedding(nn.Module):
 
     def classes(self, task: str, labels: torch.Tensor) -> torch.Tensor:
         """A task's labels as class indices (-1 stays unknown): values (age in years) fall into their bin."""
-        if task not in ANSWER_BINS:
-            return labels
-        binned = torch.bucketize(labels.float(), getattr(self, f"{task}_edges"), right=True)
-        return torch.where(labels >= 0, binned, torch.full_like(binned, -1))
+        return label_classes(task, labels, getattr(self, f"{task}_edges", None))
 
     def forward(self, visual: torch.Tensor, lam: float = 0.0) -> dict[str, torch.Tensor]:
         """Visual tokens (B, T, width) -> logits per task, (B, classes), pooled by `class_pooling`."""

@@ -1,7 +1,8 @@
 """The specialist baseline: one small CNN with a head per label (40 attributes, age, gender, race, expression).
 
 Trained on the same face images and labels as FaceInsight, for the same number of optimiser steps, with
-no language model: what a task-specific network reaches, the bar an MLLM has to clear.
+no language model: what a task-specific network reaches, the bar an MLLM has to clear. Its age head is FaceInsight's:
+one class a year (0 to 99+), soft ordinal targets, the median class decided.
 """
 
 from __future__ import annotations
@@ -15,12 +16,23 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from model.knowledge_modules import attribute_pos_weight, balanced_thresholds
-from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_MAX_AGE, UTK_RACES
+from model.knowledge_modules import (
+    AGE_SIGMA,
+    AGE_WORDS,
+    answer_value,
+    attribute_pos_weight,
+    balanced_thresholds,
+    label_classes,
+    median_class,
+    ordinal_targets,
+)
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 from model.small_checkpoint import WEIGHTS_FILE, read_small_config, save_small
 
-HEADS = {"attributes": len(CELEBA_ATTRIBUTES), "age": 1, "gender": len(UTK_GENDERS), "race": len(UTK_RACES),
-         "expression": len(EXPRESSIONS)}
+# age: one class a year, as FaceInsight's answer head (an L1 regression on years / 116 stayed near the median age's
+# error in the learnability runs: benchmarks/RESULTS.md, 2026-12-02)
+HEADS = {"attributes": len(CELEBA_ATTRIBUTES), "age": len(AGE_WORDS), "gender": len(UTK_GENDERS),
+         "race": len(UTK_RACES), "expression": len(EXPRESSIONS)}
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class SpecialistCNN(nn.Module):
         self.register_buffer("attribute_threshold", torch.zeros(HEADS["attributes"]))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, 3, H, W) in [0, 1] -> logits per head (age: years / UTK_MAX_AGE)."""
+        """images (B, 3, H, W) in [0, 1] -> logits per head (age: one class a year, 0 to 99+)."""
         x = self.body((images - 0.5) / 0.25).mean(dim=(2, 3))
         return {name: head(x) for name, head in self.heads.items()}
 
@@ -82,9 +94,10 @@ class SpecialistCNN(nn.Module):
             pw = weights.get("attributes")
             terms["attributes"] = F.binary_cross_entropy_with_logits(out["attributes"][rows], attrs[rows].float(),
                                                                      pos_weight=pw)
-        age = labels["age"]
-        if (age >= 0).any():
-            terms["age"] = F.l1_loss(out["age"][age >= 0, 0], age[age >= 0].float() / UTK_MAX_AGE)
+        age = label_classes("age", labels["age"])
+        if (age >= 0).any():  # ordered classes: a neighbouring year is less wrong than a far one
+            soft = ordinal_targets(age[age >= 0], HEADS["age"], AGE_SIGMA)
+            terms["age"] = F.cross_entropy(out["age"][age >= 0].float(), soft)
         for name in ("gender", "race", "expression"):
             y = labels[name]
             if (y >= 0).any():
@@ -102,7 +115,7 @@ class SpecialistCNN(nn.Module):
         self.eval()
         out = self._on_uint8(images)
         return {"attributes": (out["attributes"] > self.attribute_threshold).int().numpy(),
-                "age": (out["age"][:, 0] * UTK_MAX_AGE).round().clamp(0, UTK_MAX_AGE).int().numpy(),
+                "age": answer_value("age", median_class(out["age"]).numpy()),
                 **{n: out[n].argmax(1).numpy() for n in ("gender", "race", "expression")}}
 
     @torch.inference_mode()
