@@ -341,6 +341,7 @@ class AnswerPointer(nn.Module):
         # run wrote " female" and the LM went on with a sentence (benchmarks/RESULTS.md, twenty-first pass). Without
         # it (None) the split is even.
         self.register_buffer("answer_ids", torch.tensor(answer_opening or [], dtype=torch.long), persistent=False)
+        self.answer_opening = tuple(answer_opening or ())  # read per call in `opens`: no device sync on a GPU
 
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position
@@ -370,7 +371,7 @@ class AnswerPointer(nn.Module):
     def opens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(..., T) token ids -> (..., T) bool: whether the next token is an answer's first (the assistant opening's
         whole sequence ends at this position; its last token alone, ":" in "ASSISTANT:", occurs in text too)."""
-        seq = self.answer_ids.tolist()
+        seq = self.answer_opening
         out = torch.zeros_like(input_ids, dtype=torch.bool)
         if not seq or input_ids.shape[-1] < len(seq):
             return out
@@ -386,11 +387,12 @@ class AnswerPointer(nn.Module):
         (N,) bool, the one form the position writes (the first, which opens an answer, or the second, inside a
         sentence); without, every form, evenly."""
         first = getattr(self, f"{task}_first")  # (classes, forms)
-        if opens is None or not len(self.answer_ids):
+        if opens is None or not self.answer_opening:
             n = len(opens) if opens is not None else 1
-            return first.flatten().expand(n, -1), torch.full((1, first.numel()), 1.0 / first.shape[1])
+            return first.flatten().expand(n, -1), torch.full((1, first.numel()), 1.0 / first.shape[1],
+                                                             device=first.device)
         chosen = torch.where(opens[:, None], first[:, 0], first[:, -1])  # (N, classes)
-        return chosen, torch.ones(1, first.shape[0])
+        return chosen, torch.ones(1, first.shape[0], device=first.device)
 
     def bias(self, hidden: torch.Tensor, named: torch.Tensor, logits: dict[str, torch.Tensor],
              vocab: int, opens: torch.Tensor | None = None) -> torch.Tensor:
