@@ -19,6 +19,7 @@ age MAE <= 7 years.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from pipelines.specialist_training import label_tensors
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
 from pipelines.training.augmentation import mirror_and_shift
+from pipelines.training.loop import native_bf16
 
 TARGETS = {"drawn_mean": 0.85, "drawn_min": 0.70, "gender": 0.95, "expression_uar": 0.80, "age_mae": 7.0}
 
@@ -79,9 +81,9 @@ def stack(rows: list[dict], only: str | None = None) -> dict[str, torch.Tensor]:
 
 
 def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, balance: bool, batch: int,
-          lr: float, seed: int, augment: bool, steps: int = 0) -> tuple[SpecialistCNN, int]:
+          lr: float, seed: int, augment: bool, steps: int = 0, bf16: bool = False) -> tuple[SpecialistCNN, int]:
     """For `seconds`, or for `steps` optimiser steps where given (the cosine then runs over the steps: a run beside
-    other work is then comparable, only slower)."""
+    other work is then comparable, only slower). `bf16`: autocast as the stage's loop does where the CPU has it."""
     torch.manual_seed(seed)
     model = SpecialistCNN(cfg)
     weights = SpecialistCNN.balance_weights(data) if balance else None
@@ -97,8 +99,9 @@ def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, 
         images = data["image"][idx].float() / 255.0
         if augment:
             images = mirror_and_shift(images, gen)
-        out = model(images)
-        loss, _ = SpecialistCNN.losses(out, {k: v[idx] for k, v in data.items() if k != "image"}, weights)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # forward and loss, as the stage's loop
+            out = model(images)
+            loss, _ = SpecialistCNN.losses(out, {k: v[idx] for k, v in data.items() if k != "image"}, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,6 +145,10 @@ def main() -> None:
     ap.add_argument("--no-balance", dest="balance", action="store_false",
                     help="plain BCE and threshold 0 (no pos_weight, no per-attribute threshold from val)")
     ap.add_argument("--augment", action="store_true", help="random flips and shifts of the train images")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="autocast to bfloat16 (auto, as the stage's loop: where the CPU has it natively)")
+    ap.add_argument("--model", type=json.loads, default={},
+                    help='SpecialistConfig fields over params.yaml\'s, as JSON: \'{"norm": "batch"}\'')
     ap.add_argument("--train-scores", action="store_true", help="also score 500 train faces (over-fitting)")
     ap.add_argument("--only", choices=sorted(HEAD_DATASET),
                     help="train one head on the faces that carry its label (is it the data or the multi-task mix?)")
@@ -161,10 +168,11 @@ def main() -> None:
           f"faces train/val/test {len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} "
           f"({'rendered' if args.render else args.corpus}, "
           f"{time.perf_counter() - t0:.0f} s to load)")
-    cfg = build(SpecialistConfig, params["train_specialist"]["model"], "train_specialist.model")
+    cfg = build(SpecialistConfig, params["train_specialist"]["model"] | args.model, "train_specialist.model")
+    bf16 = native_bf16(False) if args.bf16 == "auto" else args.bf16 == "on"
     t1 = time.perf_counter()
     model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
-                         args.augment, args.steps)
+                         args.augment, args.steps, bf16)
     minutes = (time.perf_counter() - t1) / 60
     if args.balance and (data["val"]["attributes"][:, 0] >= 0).any():
         model.fit_thresholds(data["val"]["image"].permute(0, 2, 3, 1).numpy(), data["val"]["attributes"].numpy())
@@ -175,7 +183,8 @@ def main() -> None:
                                     if k in t))
     s = scores(model, data["test"])
     how = "pos_weight + val thresholds" if args.balance else "plain BCE"
-    print(f"{steps} steps of {args.batch} in {minutes:.1f} min ({how}{', augmented' if args.augment else ''})")
+    print(f"{steps} steps of {args.batch} in {minutes:.1f} min ({how}{', augmented' if args.augment else ''}; "
+          f"{'bf16' if bf16 else 'fp32'}; {cfg})")
     if "per_attribute" in s:
         print("balanced accuracy per attribute (test):")
         for a, v in sorted(s["per_attribute"].items(), key=lambda kv: kv[1]):
