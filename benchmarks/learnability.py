@@ -33,7 +33,7 @@ from model.specialist import SpecialistCNN, SpecialistConfig
 from pipelines.config import build, load_params
 from pipelines.evaluation.metrics import attribute_metrics
 from pipelines.provenance import host_tags
-from pipelines.specialist_training import label_tensors
+from pipelines.specialist_training import SpecialistTrainConfig, label_tensors
 from pipelines.synthetic.latent import DRAWN_ATTRIBUTES
 from pipelines.synthetic.writers import SyntheticConfig
 from pipelines.training.augmentation import mirror_and_shift
@@ -81,7 +81,8 @@ def stack(rows: list[dict], only: str | None = None) -> dict[str, torch.Tensor]:
 
 
 def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, balance: bool, batch: int,
-          lr: float, seed: int, augment: bool, steps: int = 0, bf16: bool = False) -> tuple[SpecialistCNN, int]:
+          lr: float, seed: int, augment: bool, steps: int = 0, bf16: bool = False, attribute_weight: float = 1.0
+          ) -> tuple[SpecialistCNN, int]:
     """For `seconds`, or for `steps` optimiser steps where given (the cosine then runs over the steps: a run beside
     other work is then comparable, only slower). `bf16`: autocast as the stage's loop does where the CPU has it."""
     torch.manual_seed(seed)
@@ -101,7 +102,8 @@ def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, 
             images = mirror_and_shift(images, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # forward and loss, as the stage's loop
             out = model(images)
-            loss, _ = SpecialistCNN.losses(out, {k: v[idx] for k, v in data.items() if k != "image"}, weights)
+            loss, _ = SpecialistCNN.losses(out, {k: v[idx] for k, v in data.items() if k != "image"}, weights,
+                                           attribute_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -147,6 +149,8 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true", help="random flips and shifts of the train images")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="autocast to bfloat16 (auto, as the stage's loop: where the CPU has it natively)")
+    ap.add_argument("--attribute-weight", type=float,
+                    help="the attribute BCE's weight among the heads' losses (default: params.yaml's train_specialist)")
     ap.add_argument("--model", type=json.loads, default={},
                     help='SpecialistConfig fields over params.yaml\'s, as JSON: \'{"norm": "batch"}\'')
     ap.add_argument("--train-scores", action="store_true", help="also score 500 train faces (over-fitting)")
@@ -170,9 +174,11 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s to load)")
     cfg = build(SpecialistConfig, params["train_specialist"]["model"] | args.model, "train_specialist.model")
     bf16 = native_bf16(False) if args.bf16 == "auto" else args.bf16 == "on"
+    attribute_weight = args.attribute_weight or build(SpecialistTrainConfig, params["train_specialist"],
+                                                      "train_specialist").attribute_weight
     t1 = time.perf_counter()
     model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
-                         args.augment, args.steps, bf16)
+                         args.augment, args.steps, bf16, attribute_weight)
     minutes = (time.perf_counter() - t1) / 60
     if args.balance and (data["val"]["attributes"][:, 0] >= 0).any():
         model.fit_thresholds(data["val"]["image"].permute(0, 2, 3, 1).numpy(), data["val"]["attributes"].numpy())
@@ -184,7 +190,7 @@ def main() -> None:
     s = scores(model, data["test"])
     how = "pos_weight + val thresholds" if args.balance else "plain BCE"
     print(f"{steps} steps of {args.batch} in {minutes:.1f} min ({how}{', augmented' if args.augment else ''}; "
-          f"{'bf16' if bf16 else 'fp32'}; {cfg})")
+          f"{'bf16' if bf16 else 'fp32'}; attribute weight {attribute_weight:g}; {cfg})")
     if "per_attribute" in s:
         print("balanced accuracy per attribute (test):")
         for a, v in sorted(s["per_attribute"].items(), key=lambda kv: kv[1]):

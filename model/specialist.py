@@ -93,7 +93,8 @@ class SpecialistCNN(nn.Module):
 
     @staticmethod
     def losses(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-               weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               weights: dict[str, torch.Tensor] | None = None, attribute_weight: float = 1.0
+               ) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of each head's loss over the faces that have that label (-1: unknown); `weights`
         (balance_weights) re-weights rare positives and classes."""
         weights = weights or {}
@@ -102,8 +103,8 @@ class SpecialistCNN(nn.Module):
         if (attrs >= 0).any():
             rows = attrs[:, 0] >= 0
             pw = weights.get("attributes")
-            terms["attributes"] = F.binary_cross_entropy_with_logits(out["attributes"][rows], attrs[rows].float(),
-                                                                     pos_weight=pw)
+            terms["attributes"] = attribute_weight * F.binary_cross_entropy_with_logits(
+                out["attributes"][rows], attrs[rows].float(), pos_weight=pw)
         age = label_classes("age", labels["age"])
         if (age >= 0).any():  # ordered classes: a neighbouring year is less wrong than a far one
             soft = ordinal_targets(age[age >= 0], HEADS["age"], AGE_SIGMA)

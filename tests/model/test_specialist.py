@@ -115,3 +115,15 @@ def test_the_config_names_its_normalisation():
         SpecialistConfig(norm="layer")
     norms = {type(m) for m in SpecialistCNN(SpecialistConfig(width=8, norm="group")).modules()}
     assert torch.nn.GroupNorm in norms and torch.nn.BatchNorm2d not in norms
+
+
+def test_the_attribute_weight_scales_the_attribute_term_alone():
+    torch.manual_seed(0)
+    model = SpecialistCNN(SpecialistConfig(width=8)).eval()  # BatchNorm's running statistics: one output for both
+    out = model(torch.rand(4, 3, 64, 64))
+    y = labels(4, attributes=torch.randint(0, 2, (4, 40)), age=[30, -1, 5, 70])
+    one, plain = model.losses(out, y)
+    ten, weighted = model.losses(out, y, attribute_weight=10.0)
+    assert weighted["loss_attributes"] == pytest.approx(10 * plain["loss_attributes"])
+    assert weighted["loss_age"] == plain["loss_age"]
+    assert float(ten - one) == pytest.approx(9 * plain["loss_attributes"], rel=1e-5)

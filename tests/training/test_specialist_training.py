@@ -28,3 +28,10 @@ def test_specialist_learns_on_the_shared_loop(ray_local, corpus, tmp_path, monke
     assert (pred == truth).mean() > 0.9
     run = MlflowClient(uri).get_run(result["mlflow_run_id"])
     assert run.data.tags["dvc.stage"] == "train_specialist" and "loss/attributes" in run.data.metrics
+
+
+def test_the_attribute_weight_must_be_positive():
+    import pytest
+
+    with pytest.raises(ValueError, match="attribute_weight must be > 0"):
+        SpecialistTrainConfig(attribute_weight=0.0)
