@@ -339,9 +339,8 @@ class AnswerPointer(nn.Module):
         # is written without its leading space ("female."), anywhere else with it (" female,"); the copy goes on that
         # form alone. Split evenly, the two forms tied wherever the gate was open and rounding chose: the twentieth
         # run wrote " female" and the LM went on with a sentence (benchmarks/RESULTS.md, twenty-first pass). Without
-        # it (None) the split is even.
-        self.register_buffer("answer_ids", torch.tensor(answer_opening or [], dtype=torch.long), persistent=False)
-        self.answer_opening = tuple(answer_opening or ())  # read per call in `opens`: no device sync on a GPU
+        # it (None) the split is even. A Python tuple, not a buffer: `opens` reads it per call, with no device sync.
+        self.answer_opening = tuple(answer_opening or ())
 
     def named(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, tasks): whether a word naming each task stands at or before each position

@@ -738,7 +738,7 @@ def test_the_pointer_copies_a_class_word_in_the_form_its_position_writes(mixture
     prompt = torch.tensor([m.chat.prompt(m.tokenizer, "How does this person feel?", m.image_tokens, m.seg_tokens)])
     opens = p.opens(prompt)
     assert opens[0, -1] and not opens[0, :-1].any()  # only where the assistant opening ends
-    assert p.opens(prompt[:, :-1]).sum() == 0 and p.opens(prompt[:, -1:]).sum() == int(len(p.answer_ids) == 1)
+    assert p.opens(prompt[:, :-1]).sum() == 0 and p.opens(prompt[:, -1:]).sum() == int(len(p.answer_opening) == 1)
     fear = EXPRESSIONS.index("Fear")
     sure = torch.full((2, 7), -8.0)
     sure[:, fear] = 8.0
