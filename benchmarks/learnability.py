@@ -172,10 +172,11 @@ def main() -> None:
           f"faces train/val/test {len(rows['train'])}/{len(rows['val'])}/{len(rows['test'])} "
           f"({'rendered' if args.render else args.corpus}, "
           f"{time.perf_counter() - t0:.0f} s to load)")
-    cfg = build(SpecialistConfig, params["train_specialist"]["model"] | args.model, "train_specialist.model")
+    stage = params["train_specialist"]
+    train_cfg = build(SpecialistTrainConfig, stage | {"model": stage["model"] | args.model}, "train_specialist")
+    cfg = train_cfg.model
     bf16 = native_bf16(False) if args.bf16 == "auto" else args.bf16 == "on"
-    attribute_weight = args.attribute_weight or build(SpecialistTrainConfig, params["train_specialist"],
-                                                      "train_specialist").attribute_weight
+    attribute_weight = args.attribute_weight or train_cfg.attribute_weight
     t1 = time.perf_counter()
     model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
                          args.augment, args.steps, bf16, attribute_weight)
