@@ -96,7 +96,7 @@ class SpecialistCNN(nn.Module):
                weights: dict[str, torch.Tensor] | None = None, attribute_weight: float = 1.0
                ) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of each head's loss over the faces that have that label (-1: unknown); `weights`
-        (balance_weights) re-weights rare positives and classes."""
+        (balance_weights) re-weights rare positives and classes; `attribute_weight` multiplies the attribute BCE."""
         weights = weights or {}
         terms: dict[str, torch.Tensor] = {}
         attrs = labels["attributes"]
