@@ -279,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if run is not None:  # blocks while MLflow's client retries: a server restart is ridden out
                     with tracked():
                         run.log_metrics({k2.replace("loss_", "loss/"): v for k2, v in metrics.items()}, step=step)
-                _maybe_fail(config, cfg, step)
+                _maybe_fail(config, cfg, step, rank)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     final = step == total
                     if final:
@@ -329,10 +329,14 @@ def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: L
     return {"loss": loss.item()} | terms, tokens
 
 
-def _maybe_fail(config: dict[str, Any], cfg: LoopConfig, step: int) -> None:
-    """Fault injection for the resume tests: the first attempt raises at `fail_at_step`."""
+def _maybe_fail(config: dict[str, Any], cfg: LoopConfig, step: int, rank: int) -> None:
+    """Fault injection for the resume tests: rank 0's first attempt raises at `fail_at_step`.
+
+    Rank 0, after it has logged the step: a peer failing first could have the group stopped before rank 0 logs,
+    and the resume test compares that step's loss before the failure with its loss after the resume.
+    """
     marker = Path(config["storage_path"]) / f".failed_once_{config['stage']}"
-    if cfg.fail_at_step and step == cfg.fail_at_step and not marker.exists():
+    if cfg.fail_at_step and rank == 0 and step == cfg.fail_at_step and not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(step))
         raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
