@@ -212,7 +212,7 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     # Nose: bridge to wings to tip.
     top = L.eye_y + 0.005
     nw, ty = L.nose_w, L.nose_tip_y
-    tip = ty + (0.035 if L.nose_pointy else 0.01)
+    tip = ty + (0.05 if L.nose_pointy else 0.01)
     shapes["nose"].append(np.array([
         (cx - 0.011, top), (cx + 0.011, top), (cx + 0.35 * nw, ty - 0.03), (cx + nw, ty - 0.004),
         (cx + 0.75 * nw, ty + 0.01), (cx + (0.15 if L.nose_pointy else 0.35) * nw, tip), (cx, tip + 0.002),
