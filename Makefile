@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)  ## run the DVC pipeline on params.yaml (a no-op when nothing changed)
-	$(BIN)/dvc repro
+	# its Ray stages share one local instance, started by the first that needs it (pipelines/ray_session.py)
+	$(BIN)/python -m pipelines.ray_session $(BIN)/dvc repro
 
 test: $(STAMP)  ## lint, then the whole test suite on two workers, as CI runs it
 	$(BIN)/ruff check model pipelines stages tests benchmarks

@@ -1,7 +1,7 @@
 """What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
 
     python benchmarks/pass_cost.py encode [--records 1280]
-    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P]
+    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P] [--session]
     python benchmarks/pass_cost.py cache [--records 83200]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
@@ -11,8 +11,10 @@ section at each `--steps` (checkpoint at the end only, no heads-only phase; its 
 timed runs as the DAG's first pass creates it for the others, and Ray storage in a temporary folder): wall seconds
 each, then the per-step cost (the slope) and the fixed cost (process and Ray start, data encoding, Ray Train's
 controller and workers, model build, MLflow, publishing, shutdown) that a pass pays however short it is, and each
-run's timeline by phase (the stage metrics' `seconds`). `--heads-only`: the steps are align's heads-only steps
-(`visual_steps`), whose slope is what the long passes (align's visual phase, the variants) pay a step.
+run's timeline by phase (the stage metrics' `seconds`). `--session`: the passes join one Ray instance started
+before them, as the stages of `make run` do (pipelines/ray_session.py), instead of each starting its own.
+`--heads-only`: the steps are align's heads-only steps (`visual_steps`), whose slope is what the long passes
+(align's visual phase, the variants) pay a step.
 `cache`: a long pass' records (`--records`; 83,200 = a variant's align at the ablation budget) encoded by Ray
 Data's tasks and kept (pipelines/training/encoded_cache.py), then read back as the next such pass reads them.
 Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
@@ -65,31 +67,43 @@ def encode(records: int) -> None:
 
 
 def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("params.yaml"),
-          name: str = "align") -> None:
+          name: str = "align", session: bool = False) -> None:
+    from pipelines.ray_session import SESSION_ENV, session_address, stop_processes_mentioning
     from pipelines.tracking import pipeline_run_id
 
     params = yaml.safe_load(params_file.read_text())
     times, phases = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="fi-ray-") as tmp:
         # the store, its experiment and the pipeline's run exist before the timed passes, as they do for every pass of
         # the DAG but its first: otherwise the first timed pass alone pays their creation, and the intercept with it
         pipeline_run_id(f"sqlite:///{tmp}/mlflow.db")
-        for n in steps:
-            # n whole-loss steps and no heads-only phase, or n heads-only steps and one whole-loss step (the same in
-            # every run: the slope is the heads-only step's); one checkpoint (at the end)
-            whole, visual = (1, n) if heads_only else (n, 0)
-            params[name] = {**params[name], "max_steps": whole, "visual_steps": visual,
-                            "checkpoint_every": whole + visual}
-            path = Path(tmp) / f"params-{n}.yaml"
-            path.write_text(yaml.safe_dump(params))
-            env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(path), "--out", f"{tmp}/out-{n}",
-                            "--metrics", f"{tmp}/m-{n}.json", "--history", f"{tmp}/h-{n}.json",
-                            "--storage", f"{tmp}/ray"], env=env, check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-            phases.append(json.loads(Path(f"{tmp}/m-{n}.json").read_text()).get("seconds", {}))
-            print(f"stages.{name} at {n} steps: {times[-1]:.1f} s wall")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+        if session:  # the run's instance, started before the timed passes as the DAG's first Ray stage starts it
+            env[SESSION_ENV] = os.environ[SESSION_ENV] = f"{tmp}/session"
+            Path(env[SESSION_ENV]).mkdir()
+            print(f"the session's Ray instance at {session_address()}")
+        try:
+            for n in steps:
+                # n whole-loss steps and no heads-only phase, or n heads-only steps and one whole-loss step (the same
+                # in every run: the slope is the heads-only step's); one checkpoint (at the end)
+                whole, visual = (1, n) if heads_only else (n, 0)
+                params[name] = {**params[name], "max_steps": whole, "visual_steps": visual,
+                                "checkpoint_every": whole + visual}
+                path = Path(tmp) / f"params-{n}.yaml"
+                path.write_text(yaml.safe_dump(params))
+                start = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(path), "--out",
+                                      f"{tmp}/out-{n}", "--metrics", f"{tmp}/m-{n}.json", "--history",
+                                      f"{tmp}/h-{n}.json", "--storage", f"{tmp}/ray"],
+                                     env=env, capture_output=True, text=True)
+                times.append(time.perf_counter() - start)
+                if out.returncode:
+                    sys.exit(f"stages.{name} failed (exit {out.returncode}):\n{out.stderr[-8000:]}")
+                phases.append(json.loads(Path(f"{tmp}/m-{n}.json").read_text()).get("seconds", {}))
+                print(f"stages.{name} at {n} steps: {times[-1]:.1f} s wall")
+        finally:
+            if session:
+                stop_processes_mentioning(env[SESSION_ENV])
     per_step = (times[-1] - times[0]) / (steps[-1] - steps[0])
     print(f"per step {per_step:.2f} s; fixed cost of a pass {times[0] - per_step * steps[0]:.1f} s")
     print_phases(steps, times, phases)
@@ -142,6 +156,7 @@ def main() -> None:
     st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
     st.add_argument("--heads-only", action="store_true", help="align's heads-only steps instead of whole-loss ones")
     st.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file the passes start from")
+    st.add_argument("--session", action="store_true", help="the passes join one Ray instance, as in `make run`")
     ca = sub.add_parser("cache")
     ca.add_argument("--records", type=int, default=83200)
     args = ap.parse_args()
@@ -150,7 +165,7 @@ def main() -> None:
     elif args.what == "cache":
         cache(args.records)
     else:
-        stage(args.steps, args.heads_only, args.params)
+        stage(args.steps, args.heads_only, args.params, session=args.session)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Starting or joining Ray: a local instance by default, the cluster RAY_ADDRESS names otherwise."""
+"""Starting or joining Ray: a local instance by default, the cluster RAY_ADDRESS names otherwise, or the instance
+the whole run shares (pipelines/ray_session.py: `make run`)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ def init_ray(dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    from pipelines.ray_session import session_address
+
     quiet_driver_logs()
-    address = os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS") or session_address()
     kwargs = {"include_dashboard": dashboard, "log_to_driver": True, "runtime_env": job_runtime_env(bool(address))}
     if address:
         ray.init(address=address, **kwargs)
@@ -64,7 +67,7 @@ def init_ray(dashboard: bool = False) -> None:
     # the same inputs give the same rows in the same order (and `limit` the same rows): without it the
     # actor pool's finishing order decides, and two runs of a stage train on different samples
     ctx.execution_options.preserve_order = True
-    log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
+    log.info("Ray %s: %s", f"at {address}" if address else "local", ray.cluster_resources())
 
 
 _STOP_REGISTERED = False

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipelines.ray_session import stop_processes_mentioning
 from tests.conftest import free_port
 
 
@@ -45,21 +46,7 @@ def two_node_cluster(env: dict[str, str], cpus: int = 2, second_ip: str | None =
 
 def stop_cluster(ip: str, port: int) -> None:
     """End only this cluster's processes (found by its GCS port and temp dir), never the session's own Ray."""
-    import psutil
-
-    mine = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if f"{ip}:{port}" in cmdline or f"gcs_server_port={port}" in cmdline or f"ray_2node_{port}" in cmdline:
-            mine.append(proc)
-    for proc in mine:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(mine, timeout=15)
-    for proc in alive:
-        proc.kill()
+    stop_processes_mentioning(f"{ip}:{port}", f"gcs_server_port={port}", f"ray_2node_{port}")
 
 
 def cluster_env() -> dict[str, str]:

@@ -18,7 +18,8 @@ def repo_copy(tmp_path) -> Path:
 
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(repo_copy):
-    out = run([sys.executable, "-m", "dvc", "repro"], repo_copy)
+    # as `make run` runs it: the Ray stages share one instance (the later, plain `dvc repro`s start their own)
+    out = run([sys.executable, "-m", "pipelines.ray_session", sys.executable, "-m", "dvc", "repro"], repo_copy)
     tasks = ("attributes", "age_gender_race", "expression")
     for stage in ("ingest", "mine_knowledge", "train_parser", "build_corpus", "train_tokenizer", "align", "finetune",
                   *(f"finetune_task@{t}" for t in tasks), "train_variant@no_map", *(f"evaluate@{t}" for t in tasks),
