@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from pipelines.ray_session import session_address
+
 log = logging.getLogger(__name__)
 
 # What a worker on another node needs to reach MLflow as the pipeline's user. It travels in the job's runtime
@@ -53,8 +55,6 @@ def init_ray(dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    from pipelines.ray_session import session_address
-
     quiet_driver_logs()
     address = os.environ.get("RAY_ADDRESS") or session_address()
     kwargs = {"include_dashboard": dashboard, "log_to_driver": True, "runtime_env": job_runtime_env(bool(address))}
