@@ -130,6 +130,10 @@ class AlignmentConfig:
     use_constraints: bool = True
     gcn_hidden: int = 64
     lambda_bce: float = 1.0
+    # the co-occurrence head's BCE (a mean over 40 attributes) against the answer heads' cross-entropies (one per
+    # task, summed), both under lambda_bce: at 1 the attribute term is a fortieth of a task's (the specialist's own
+    # attribute head learned 0.81 at 1 and 0.90 at 10 in the same 3 minutes: benchmarks/RESULTS.md, twenty-third pass)
+    attribute_weight: float = 1.0
     lambda_constraint: float = 0.5
     num_attributes: int = len(CELEBA_ATTRIBUTES)
     # the head's attribute probabilities join the visual tokens (use_cooccurrence only; the no-co-occurrence
@@ -187,6 +191,7 @@ class AlignmentConfig:
 
     def __post_init__(self) -> None:
         _check(min(self.lambda_bce, self.lambda_constraint, self.lambda_gate) >= 0, "alignment", "lambdas must be >= 0")
+        _check(self.attribute_weight > 0, "alignment.attribute_weight", f"> 0, got {self.attribute_weight}")
         _check(bool(self.pointer_tasks) and set(self.pointer_tasks) <= set(ANSWER_TASKS), "alignment.pointer_tasks",
                f"one or more of {ANSWER_TASKS}, got {self.pointer_tasks!r}")
         _check(self.pointer_form in ("add", "mix"), "alignment.pointer_form", f"add or mix, got {self.pointer_form!r}")

@@ -376,10 +376,11 @@ class FaceInsight(Checkpointable, nn.Module):
 
     def output(self, losses: dict[str, torch.Tensor], logits: torch.Tensor | None,
                verdicts: dict[str, torch.Tensor]) -> FaceInsightOutput:
-        """The weighted total (lm + lambda_bce x (bce + answer) + lambda_constraint x constraint + lambda_gate x gate)
-        and its parts."""
-        weights = {"lm": 1.0, "bce": self.cfg.alignment.lambda_bce, "answer": self.cfg.alignment.lambda_bce,
-                   "constraint": self.cfg.alignment.lambda_constraint, "gate": self.cfg.alignment.lambda_gate}
+        """The weighted total (lm + lambda_bce x (attribute_weight x bce + answer) + lambda_constraint x constraint +
+        lambda_gate x gate) and its parts."""
+        a = self.cfg.alignment
+        weights = {"lm": 1.0, "bce": a.lambda_bce * a.attribute_weight, "answer": a.lambda_bce,
+                   "constraint": a.lambda_constraint, "gate": a.lambda_gate}
         loss = sum(weights[k] * v for k, v in losses.items()) if losses else None
         return FaceInsightOutput(loss, logits, losses, verdicts.get("attributes"),
                                  {t: v for t, v in verdicts.items() if t in ANSWER_CLASSES})

@@ -113,7 +113,7 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
               EXPR["Disgust"]: 0.03, EXPR["Fear"]: 0.012}.get(expr, 0.0)
     mouth_scale = {EXPR["Happiness"]: 1.25, EXPR["Surprise"]: 0.72, EXPR["Fear"]: 1.2,
                    EXPR["Anger"]: 0.85}.get(expr, 1.0)
-    lip_scale = (1.8 if at["Big_Lips"] else 1.0) * (0.6 if expr == EXPR["Anger"] else 1.0) \
+    lip_scale = (2.2 if at["Big_Lips"] else 1.0) * (0.6 if expr == EXPR["Anger"] else 1.0) \
         * (1.2 if not f.male else 1.0) * (1.0 - 0.35 * adult_ageing(f.age))  # lips thin with age
     gap = 0.0
     if at["Mouth_Slightly_Open"]:
@@ -129,7 +129,7 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
         brow_arch=0.03 if at["Arched_Eyebrows"] else 0.003,
         brow_inner_dy=brow_inner,
         nose_tip_y=cy + 0.065 + 0.04 * growth + 0.018 * at["Big_Nose"] + j(0.003),
-        nose_w=(0.032 + 0.008 * growth) * (1.6 if at["Big_Nose"] else 1.0) * (0.75 if at["Pointy_Nose"] else 1.0),
+        nose_w=(0.032 + 0.008 * growth) * (1.9 if at["Big_Nose"] else 1.0) * (0.75 if at["Pointy_Nose"] else 1.0),
         nose_pointy=at["Pointy_Nose"],
         mouth_y=cy + 0.16 + 0.018 * growth + j(0.003),
         mouth_w=0.42 * a * mouth_scale, mouth_corner_dy=corner,
@@ -212,7 +212,7 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     # Nose: bridge to wings to tip.
     top = L.eye_y + 0.005
     nw, ty = L.nose_w, L.nose_tip_y
-    tip = ty + (0.035 if L.nose_pointy else 0.01)
+    tip = ty + (0.05 if L.nose_pointy else 0.01)
     shapes["nose"].append(np.array([
         (cx - 0.011, top), (cx + 0.011, top), (cx + 0.35 * nw, ty - 0.03), (cx + nw, ty - 0.004),
         (cx + 0.75 * nw, ty + 0.01), (cx + (0.15 if L.nose_pointy else 0.35) * nw, tip), (cx, tip + 0.002),
@@ -228,7 +228,7 @@ def part_shapes(L: FaceLayout) -> dict[str, list[Polygon]]:
     for part, (ex, ey), side in zip(("l_ear", "r_ear"), ear_centres(L), (-1, 1), strict=True):
         shapes[part].append(ellipse(ex + side * 0.008, ey, 0.03, 0.056))
         if L.earrings:
-            shapes["ear_r"].append(ellipse(ex + side * 0.008, ey + 0.072, 0.02, 0.028, n=16))
+            shapes["ear_r"].append(ellipse(ex + side * 0.008, ey + 0.076, 0.026, 0.036, n=16))
     # Glasses: two lenses (frame + glass), a bridge, the arms to the ears.
     if L.glasses:
         for ex, ey in eye_centres(L):

@@ -277,14 +277,16 @@ class _Painter:
     def hair(self) -> np.ndarray:
         at, u, v = self.f.attributes, self.u, self.v
         layer = self.flat(self.hair_rgb, 3.0)
-        # periods of 0.04+ (2.5+ px at 64): finer strands vanish when the corpus resizes the image
+        # periods of 0.08+ (5+ px at 64): at 0.04 (2.5 px) the resize to 64 px blurred the strands away, and a
+        # straight-haired face read at chance for every learner (benchmarks/RESULTS.md, 2026-12-05)
         if at["Straight_Hair"]:
-            tex = np.sign(np.sin(2 * math.pi * u / 0.04))
+            tex = np.sign(np.sin(2 * math.pi * u / 0.08))
         elif at["Wavy_Hair"]:
-            tex = np.sign(np.sin(2 * math.pi * (u + 0.025 * np.sin(2 * math.pi * v / 0.07)) / 0.045))
+            tex = np.sign(np.sin(2 * math.pi * (u + 0.04 * np.sin(2 * math.pi * v / 0.12)) / 0.08))
         else:  # short crop or curls: a dotted texture with no direction
-            tex = np.sin(2 * math.pi * u / 0.05) * np.sin(2 * math.pi * v / 0.05)
-        layer *= (1 + 0.28 * tex)[..., None]
+            tex = np.sin(2 * math.pi * u / 0.1) * np.sin(2 * math.pi * v / 0.1)
+        # relative strands and an added sheen: on black hair a relative +-28% is a few grey levels
+        layer = layer * (1 + 0.28 * tex)[..., None] + 28.0 * tex[..., None]
         if at["Gray_Hair"]:
             _blend(layer, 0.5 * (tex > 0.5), (235, 235, 235))
         elif self.f.age > 35:  # salt and pepper: some strands grey with age, the colour still reads
@@ -450,7 +452,7 @@ def render_face(f: FaceFactors, rng: np.random.Generator, image_size: int, mask_
 
 def _shaded_nose(paint: _Painter, skin: np.ndarray) -> np.ndarray:
     L = paint.L
-    layer = skin * 0.94
+    layer = skin * 0.75  # the nose's outline shows (at 0.94 its width, Big_Nose's cue, hardly did; 0.85 hardly more)
     for side in (-1, 1):
         paint.dab(layer, 0.8, L.cx + side * 0.42 * L.nose_w, L.nose_tip_y + 0.004, 0.009, 0.005,
                (50, 30, 30))

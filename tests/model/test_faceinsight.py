@@ -94,6 +94,18 @@ def with_alignment(model: FaceInsight, **changes) -> FaceInsight:
                        model.tokenizer, graph)
 
 
+def test_the_attribute_weight_scales_the_attribute_bce_alone(model, conversations):
+    b = batch(model, conversations[:3])
+    out = model(**b, visual_only=True)
+    heavier = dataclasses.replace(SMALL, alignment=dataclasses.replace(SMALL.alignment, attribute_weight=10.0))
+    model.cfg = heavier
+    again = model.output(out.losses, None, {})
+    a = SMALL.alignment
+    assert torch.isclose(again.loss - out.loss, a.lambda_bce * 9.0 * out.losses["bce"])
+    with pytest.raises(ValueError, match="attribute_weight"):
+        AlignmentConfig(attribute_weight=0.0)
+
+
 def test_knowledge_embedding_moves_the_word_that_names_an_attribute(model):
     """' lipstick' names Wearing_Lipstick: its embedding moves with that probability; ' the' names none and moves
     far less; per_attribute knowledge tokens are one token an attribute."""
