@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,11 +48,10 @@ def main() -> None:
         if args.s3:
             import boto3
 
+            from pipelines.ray_session import free_port
             from pipelines.storage import upload_dir
 
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
                                        "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:

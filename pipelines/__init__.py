@@ -1,0 +1,1 @@
+"""The pipeline's library: ingest, corpus, training, evaluation, tracking and storage, used by the thin stages."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,14 +50,17 @@ def _token_auth_unless_set() -> None:
         Config.initialize("")
 
 
-def _start_head(folder: Path) -> str:
-    import socket
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now ("": on every interface), for a server about to start."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
+
+def _start_head(folder: Path) -> str:
     from ray._private.services import get_node_ip_address
 
-    with socket.socket() as probe:  # a free port for the GCS
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
+    port = free_port("")  # the GCS listens on every interface
     ray = Path(sys.executable).with_name("ray")
     command = [str(ray), "start", "--head", "--port", str(port), "--include-dashboard", "false",
                "--disable-usage-stats", "--temp-dir", str(folder / "ray")]
@@ -99,7 +103,7 @@ def run_in_session(command: list[str]) -> int:
     if os.environ.get("RAY_ADDRESS"):
         return subprocess.call(command)
     folder = Path(tempfile.mkdtemp(prefix="fi-ray-"))  # short: Ray's socket paths under it must stay < 108 bytes
-    env = {AUTH_MODE_ENV: "token"} | dict(os.environ) | {SESSION_ENV: str(folder)}  # see _token_auth_unless_set
+    env = dict(os.environ) | {SESSION_ENV: str(folder)}  # token auth: each stage's session_address sets it
     try:
         proc = subprocess.Popen(command, env=env)
         while True:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.ray_session import free_port
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +50,6 @@ def dataset_copy(synthetic_roots, tmp_path):
         shutil.copytree(synthetic_roots[name], target)
         return target
     return copy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.ray_session import stop_processes_mentioning
-from tests.conftest import free_port
+from pipelines.ray_session import free_port, stop_processes_mentioning
 
 
 def ray_cmd(*args: str, env: dict) -> None:

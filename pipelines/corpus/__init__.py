@@ -1,0 +1,1 @@
+"""The facial-knowledge corpus: records, question templates, the build and its reader."""

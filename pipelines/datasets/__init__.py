@@ -1,0 +1,1 @@
+"""Readers of the real datasets' formats (CelebAMask-HQ, UTKFace, RAF-DB)."""

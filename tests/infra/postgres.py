@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import free_port
+from pipelines.ray_session import free_port
 
 
 def postgres_bin() -> Path | None:

@@ -12,7 +12,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from pipelines.ray_session import free_port
+from tests.conftest import REPO
 from tests.infra.postgres import postgres_bin, postgres_server
 from tests.training.mlflow_server import AUTH_ADMIN, AUTH_SECRET_KEY, auth_mlflow_server
 
