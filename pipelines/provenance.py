@@ -31,17 +31,19 @@ def git_commit(root: Path = ROOT) -> str:
     return _git(root, "rev-parse", "HEAD") or NO_GIT
 
 
-def stage_deps(stage: str, root: Path = ROOT) -> dict[str, str]:
+def stage_deps(stage: str, root: Path = ROOT) -> tuple[dict[str, str], set[str]]:
     """DVC's own hash of each dependency of `stage` as it is now (md5, or md5.dir for a folder): what dvc.lock
     records for this run once the stage ends. Computed by DVC's code, so the two agree; params are logged as
-    MLflow params instead."""
+    MLflow params instead. Also which of them another stage writes (dvc.lock pins those, not git)."""
     from dvc.repo import Repo
 
     path, _, name = stage.rpartition(":")  # DVC_STAGE: "name", or "sub/dvc.yaml:name" for a nested dvc.yaml
     with Repo(str(root)) as repo:  # the target is named by path: collect() reads it relative to the cwd
         (found,) = repo.stage.collect(f"{root / (path or 'dvc.yaml')}:{name}")
         hashes = {dep.def_path: dep.get_hash() for dep in found.deps}  # each dep hashed once
-        return {path: str(h.value) for path, h in hashes.items() if h.name != "params"}
+        outs = {str(out.def_path) for other in repo.index.stages for out in other.outs}
+    deps = {path: str(h.value) for path, h in hashes.items() if h.name != "params"}
+    return deps, {d for d in deps if any(o == d or o.startswith(f"{d}/") or d.startswith(f"{o}/") for o in outs)}
 
 
 def code_tags(root: Path = ROOT) -> dict[str, str]:
@@ -52,14 +54,16 @@ def code_tags(root: Path = ROOT) -> dict[str, str]:
     # dvc.stage only under dvc repro (DVC_STAGE); a stage module run by hand keeps the name its code gives the run
     tags = {"git.commit": commit, "dvc.repro": "true" if stage else "false"} | ({"dvc.stage": stage} if stage else {})
     deps: dict[str, str] = {}
+    produced: set[str] = set()
     try:
-        deps = stage_deps(stage, root) if stage else {}
+        deps, produced = stage_deps(stage, root) if stage else ({}, set())
     except Exception as err:  # noqa: BLE001 - an audit tag that could not be made must not stop the training
         tags["dvc.deps"] = f"(not hashed: {type(err).__name__}: {err})"[:500]
     tags |= {f"dvc.dep.{path}": value for path, value in deps.items()}
     if commit != NO_GIT:
-        # the stage's own inputs, not the whole tree: dvc repro rewrites dvc.lock and git-tracked metrics as it goes
-        paths = [*deps, "dvc.yaml", "params.yaml"] if stage else []
+        # the stage's own inputs, not the whole tree: dvc repro rewrites dvc.lock and git-tracked metrics as it goes,
+        # and the inputs an earlier stage of the run wrote (a git-tracked registry file, metrics) are its products
+        paths = [*(set(deps) - produced), "dvc.yaml", "params.yaml"] if stage else []
         changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *paths)
         tags["git.dirty"] = "true" if changed else "false"
         if changed:

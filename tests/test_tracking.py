@@ -74,8 +74,10 @@ def test_code_tags_hash_a_stages_deps_as_dvc_lock_records_them_and_say_when_its_
     (tmp_path / "b.txt").write_text("not a dependency\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "x.txt").write_text("x\n")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": {
-        "cmd": "cp a.txt out.txt", "deps": ["a.txt", "folder"], "outs": ["out.txt"]}}}))
+    (tmp_path / "made.txt").write_text("made\n")  # an earlier stage's git-tracked output
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make": {"cmd": "echo made > made.txt", "outs": [{"made.txt": {"cache": False}}]},
+        "copy": {"cmd": "cp a.txt out.txt", "deps": ["a.txt", "folder", "made.txt"], "outs": ["out.txt"]}}}))
     _sh(tmp_path, "git", "init", "-q")
     _sh(tmp_path, sys.executable, "-m", "dvc", "init", "-q")
     _sh(tmp_path, "git", "add", "-A")
@@ -92,6 +94,8 @@ def test_code_tags_hash_a_stages_deps_as_dvc_lock_records_them_and_say_when_its_
     assert tags["dvc.dep.folder"].endswith(".dir")
 
     (tmp_path / "b.txt").write_text("changed, but no input of the stage\n")
+    assert code_tags(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "made.txt").write_text("rewritten by the run's earlier stage\n")  # a product, not uncommitted code
     assert code_tags(tmp_path)["git.dirty"] == "false"
     (tmp_path / "a.txt").write_text("changed\n")
     dirty = code_tags(tmp_path)
