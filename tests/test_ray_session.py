@@ -14,13 +14,17 @@ from pipelines.ray_session import SESSION_ENV, main
 # what a Ray stage does: join through init_ray, run a task, and say where it ran
 STAGE = textwrap.dedent("""
     import json, os, sys
-    import ray
+    import psutil, ray
     from pipelines.ray_runtime import init_ray
     init_ray()
     node = ray.get(ray.remote(lambda: ray.get_runtime_context().get_node_id()).remote())
+    folder = os.environ.get("FACEINSIGHT_RAY_SESSION")
+    # the instance's processes now: those naming its folder, and theirs (the agents rename their command lines)
+    heads = [p for p in psutil.process_iter(["cmdline"]) if folder in " ".join(p.info["cmdline"] or [])]
+    pids = [p.pid for h in heads for p in [h, *h.children(recursive=True)] if p.pid != os.getpid()]
     with open(sys.argv[1], "a") as fh:
-        fh.write(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "node": node,
-                             "session": os.environ.get("FACEINSIGHT_RAY_SESSION")}) + "\\n")
+        fh.write(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "node": node, "session": folder,
+                             "pids": pids}) + "\\n")
 """)
 
 
@@ -45,6 +49,8 @@ def test_the_stages_of_a_session_share_one_instance_that_stops_with_it(tmp_path)
     cmdlines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
     left = [c for c in cmdlines if folder in c or f"gcs_server_port={port}" in c]
     assert left == []  # none of the instance's processes outlives the command
+    alive = [p for p in seen[0]["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert len(seen[0]["pids"]) > 3 and alive == [], alive  # ... nor any it started (the raylet's agents)
 
 
 def test_a_command_that_needs_no_ray_starts_none(tmp_path):
