@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -34,7 +35,10 @@ def load_faces(corpus: Path, split: str, task: str, max_faces: int = 0, required
         return []  # a corpus without this split (a training corpus with no val faces)
     for path in paths:
         table = pq.read_table(path, columns=["face_id", "task", "image", "seg_map", "map_source", "labels"])
-        for row in table.filter(pc.equal(table["task"], task)).to_pylist():
+        table = table.filter(pc.equal(table["task"], task))
+        # a face has a record per question kind (~6): its first row alone becomes Python objects
+        _, first = np.unique(table["face_id"].to_numpy(zero_copy_only=False), return_index=True)
+        for row in table.take(np.sort(first)).to_pylist():
             faces.setdefault(row["face_id"], row)
     rows = [faces[k] for k in sorted(faces, key=lambda k: hashlib.sha1(k.encode()).hexdigest())]
     if not rows and required:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from model.chat import CHAT_TEMPLATES, IGNORE
 from model.knowledge_modules import ANSWER_CLASSES, gender_from_attributes
-from model.tokenizer import load_tokenizer
+from model.tokenizer import load_encoder_tokenizer
 from pipelines.corpus.reader import shard_files
 from pipelines.images import decode_image
 from pipelines.storage import arrow_filesystem, local_copy
@@ -26,7 +26,7 @@ class CorpusEncoder:
 
     def __init__(self, tokenizer_dir: str, chat_template: str, image_tokens: int, seg_tokens: int, max_tokens: int,
                  image_size: int, seg_size: int):
-        self.tokenizer = load_tokenizer(local_copy(tokenizer_dir))
+        self.tokenizer = load_encoder_tokenizer(local_copy(tokenizer_dir))
         self.chat = CHAT_TEMPLATES[chat_template]
         self.image_tokens, self.seg_tokens, self.max_tokens = image_tokens, seg_tokens, max_tokens
         self.image_size, self.seg_size = image_size, seg_size

@@ -23,7 +23,7 @@ from pipelines.training.encoded_cache import cache_root, cached_encoding, encodi
 from pipelines.training.learner import Learner
 from pipelines.training.loop import LoopConfig, TrainingPass, run_name, train_and_publish, worker_counts
 from pipelines.training.schedule import Phase
-from pipelines.training.validation import fit_val_thresholds, val_sample, val_scores
+from pipelines.training.validation import fit_val_thresholds, threshold_faces, val_sample, val_scores
 
 LEARNER = "pipelines.training.faceinsight_training:FaceInsightLearner"
 
@@ -216,16 +216,28 @@ def pretrained_path(model: dict[str, Any]) -> str | None:
     return None
 
 
-def with_val_thresholds(corpus: Path) -> Callable[[Path], FaceInsight]:
+def with_val_thresholds(corpus: Path, image_size: int, seg_size: int) -> Callable[[Path], FaceInsight]:
     """The publish check: the checkpoint loads, and its attribute head's decision thresholds are chosen on the val
-    faces and saved with it (as the specialist's), so the text and the head row decide as val says."""
+    faces and saved with it (as the specialist's), so the text and the head row decide as val says. The val faces
+    are read, and the LLM's modelling code imported, on a thread while the pass trains (the driver only waits on Ray
+    Train then), not after it."""
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="publish-ahead")
+    faces = ahead.submit(_publish_ahead, corpus, image_size, seg_size)
+    ahead.shutdown(wait=False)
+
     def check(path: Path) -> FaceInsight:
         model = FaceInsight.from_pretrained(path)  # the published folder must load (once: a 7B preset is slow to)
-        if fit_val_thresholds(model, corpus) is not None:
+        if fit_val_thresholds(model, faces.result()) is not None:
             update_tensors(path, {"attribute_threshold": model.attribute_threshold})
         return model
 
     return check
+
+
+def _publish_ahead(corpus: Path, image_size: int, seg_size: int) -> dict[str, Any] | None:
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: F401 - as the model builds its LLM
+
+    return threshold_faces(corpus, image_size, seg_size)
 
 
 def starting_point(inputs: TrainInputs) -> tuple[FaceInsightConfig, Path]:
@@ -272,7 +284,8 @@ def run_training(stage: str, cfg: TrainConfig, inputs: TrainInputs, seed: int, o
                             {"model": inputs.model, "seed": seed, "knowledge": inputs.knowledge,
                              "tokenizer_dir": tokenizer_dir, "init_from": init_from, "n_train": train.count(),
                              "val": val.result() if val is not None else {}, "val_questions": val_questions()},
-                            faceinsight_run_name(stage, cfg, inputs, seed), with_val_thresholds(inputs.corpus))
+                            faceinsight_run_name(stage, cfg, inputs, seed),
+                            with_val_thresholds(inputs.corpus, model_cfg.vision.image_size, model_cfg.seg.image_size))
 
     job, state = train_and_publish(stage, cfg, storage_path, out_dir, prepare)
     history = state["history"]

@@ -49,18 +49,28 @@ def face_arrays(rows: list[dict[str, Any]], image_size: int, seg_size: int) -> d
             "seg_map": np.stack([decode_image(r["seg_map"], seg_size, "L") for r in rows]).astype(np.int64)}
 
 
-def fit_val_thresholds(model, corpus: Path) -> np.ndarray | None:
-    """Choose the attribute head's per-attribute decision thresholds on every val face of the attribute task (the
-    maps as evaluation gives them); None where the model has no attribute head or the corpus no such faces."""
+def threshold_faces(corpus: Path, image_size: int, seg_size: int) -> dict[str, np.ndarray] | None:
+    """Every val face of the attribute task as arrays, with its labels: what fit_val_thresholds fits on (the maps
+    as evaluation gives them); None where the corpus has none."""
+    rows = load_faces(corpus, "val", "attributes", required=False)
+    if not rows:
+        return None
+    return face_arrays(rows, image_size, seg_size) | {
+        "labels": np.array([r["labels"]["attributes"] for r in rows], dtype=np.int64)}
+
+
+def fit_val_thresholds(model, faces: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """Choose the attribute head's per-attribute decision thresholds on the val faces (threshold_faces, at the
+    model's own image and map sizes); None where the model has no attribute head or there are no such faces."""
     import torch
 
-    rows = load_faces(corpus, "val", "attributes", required=False)
-    if model.cooccurrence is None or not rows:
+    if model.cooccurrence is None or faces is None:
         return None
-    faces = face_arrays(rows, model.cfg.vision.image_size, model.cfg.seg.image_size)
+    if faces["image"].shape[1] != model.cfg.vision.image_size or faces["seg_map"].shape[1] != model.cfg.seg.image_size:
+        raise ValueError(f"val faces of {faces['image'].shape[1]} px (maps {faces['seg_map'].shape[1]} px) for a model "
+                         f"of {model.cfg.vision.image_size} px (maps {model.cfg.seg.image_size} px)")
     maps = torch.as_tensor(faces["seg_map"]) if model.seg_encoder is not None else None
-    labels = np.array([r["labels"]["attributes"] for r in rows], dtype=np.int64)
-    return model.fit_attribute_thresholds(model.preprocess(faces["image"]), maps, labels)
+    return model.fit_attribute_thresholds(model.preprocess(faces["image"]), maps, faces["labels"])
 
 
 def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -89,3 +90,29 @@ def test_visual_token_counts_from_the_config_are_the_models(overrides, tokenizer
     cfg = model_config(overrides)
     model = FaceInsight(cfg, tokenizer, knowledge)
     assert cfg.visual_token_counts() == (model.image_tokens, model.seg_tokens)
+
+
+def test_records_encode_to_the_same_ids_without_transformers(tokenizer, conversations, tmp_path):
+    """The saved tokenizer's backend alone (what record encoding loads) gives load_tokenizer's ids for whole
+    conversations, bare texts with or without the special tokens, and the same special ids; a tokenizer of any
+    other class falls back to load_tokenizer."""
+    from model.tokenizer import BackendTokenizer, load_encoder_tokenizer, load_tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    full, backend = load_tokenizer(tmp_path), load_encoder_tokenizer(tmp_path)
+    assert isinstance(backend, BackendTokenizer)
+    chat = CHAT_TEMPLATES["tiny"]
+    assert chat.encode_many(backend, conversations, 4, 2) == chat.encode_many(full, conversations, 4, 2)
+    texts = ["<|user|>Is this person smiling?<|end|>\n", "  odd   spacing, ünïcode and </s> inside", "x"]
+    for special in (True, False):
+        assert backend(texts, add_special_tokens=special) == {"input_ids": full(texts, add_special_tokens=special)[
+            "input_ids"]}
+        assert backend(texts[0], add_special_tokens=special)["input_ids"] == \
+            full(texts[0], add_special_tokens=special)["input_ids"]
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(backend, name) == getattr(full, name), name
+    assert chat.stop_ids(backend) == chat.stop_ids(full)
+
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(config.read_text().replace(json.loads(config.read_text())["tokenizer_class"], "LlamaTokenizer"))
+    assert not isinstance(load_encoder_tokenizer(tmp_path), BackendTokenizer)
