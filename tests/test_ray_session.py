@@ -49,8 +49,16 @@ def test_the_stages_of_a_session_share_one_instance_that_stops_with_it(tmp_path)
     cmdlines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
     left = [c for c in cmdlines if folder in c or f"gcs_server_port={port}" in c]
     assert left == []  # none of the instance's processes outlives the command
-    alive = [p for p in seen[0]["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    alive = [p for p in seen[0]["pids"] if _running(p)]
     assert len(seen[0]["pids"]) > 3 and alive == [], alive  # ... nor any it started (the raylet's agents)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (a zombie waits only to be reaped; one that ends while asked has ended)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_command_that_needs_no_ray_starts_none(tmp_path):
