@@ -33,6 +33,7 @@ def session_address() -> str | None:
     address_file = Path(folder) / "address"
     if address_file.exists():
         return address_file.read_text().strip()
+    _token_for_a_new_instance()
     address = _start_head(Path(folder))
     partial = address_file.with_suffix(".partial")  # written whole, then renamed: a reader never sees half of it
     partial.write_text(address)
@@ -48,6 +49,14 @@ def _token_auth_unless_set() -> None:
         from ray._raylet import Config
 
         Config.initialize("")
+
+
+def _token_for_a_new_instance() -> None:
+    """The token a new local instance needs, generated (in ~/.ray/auth_token) where there is none, as a local
+    ray.init() does: `ray start` only reads one, so on a fresh machine the head would refuse to start."""
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

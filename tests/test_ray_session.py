@@ -53,6 +53,21 @@ def test_the_stages_of_a_session_share_one_instance_that_stops_with_it(tmp_path)
     assert len(seen[0]["pids"]) > 3 and alive == [], alive  # ... nor any it started (the raylet's agents)
 
 
+def test_a_fresh_machine_without_a_ray_token_gets_one_and_the_stages_join(tmp_path):
+    # a new user's machine: no ~/.ray/auth_token, and `ray start --head` only reads one (a local ray.init makes it)
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "stage.py").write_text(STAGE)
+    env = {"HOME": str(home), "RAY_AUTH_MODE": "token"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    out = subprocess.run([sys.executable, "-m", "pipelines.ray_session", sys.executable, "stage.py", "seen.jsonl"],
+                         cwd=tmp_path, env={k: v for k, v in clean.items() if k not in ("RAY_ADDRESS", SESSION_ENV)}
+                         | env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert len((home / ".ray" / "auth_token").read_text().strip()) >= 32
+    assert json.loads((tmp_path / "seen.jsonl").read_text())["gcs"]
+
+
 def _running(pid: int) -> bool:
     """Whether the process runs (a zombie waits only to be reaped; one that ends while asked has ended)."""
     try:
