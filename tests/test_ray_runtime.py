@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.ray_runtime import FORWARDED_ENV, NOISY_LOGGERS, job_runtime_env, quiet_worker_logs
+from pipelines.ray_runtime import ALLOCATOR_ENV, FORWARDED_ENV, NOISY_LOGGERS, job_runtime_env, quiet_worker_logs
 
 
 def test_mlflow_credentials_travel_to_a_cluster_only_in_the_job_environment(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pass")
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
-    assert job_runtime_env(True)["env_vars"] == {"MLFLOW_TRACKING_USERNAME": "pipeline",
-                                                 "MLFLOW_TRACKING_PASSWORD": "s3cret-pass"}
-    assert "env_vars" not in job_runtime_env(False)  # local workers inherit the driver's environment
+    assert job_runtime_env(True)["env_vars"] == ALLOCATOR_ENV | {"MLFLOW_TRACKING_USERNAME": "pipeline",
+                                                                 "MLFLOW_TRACKING_PASSWORD": "s3cret-pass"}
+    assert job_runtime_env(False)["env_vars"] == ALLOCATOR_ENV  # local workers inherit the driver's environment
     for name in FORWARDED_ENV:
         monkeypatch.delenv(name, raising=False)
-    assert "env_vars" not in job_runtime_env(True)  # nothing set: nothing to forward
+    assert job_runtime_env(True)["env_vars"] == ALLOCATOR_ENV  # nothing set: nothing to forward
+
+
+def test_every_worker_process_starts_with_the_allocators_settings(ray_local):
+    """glibc reads its settings from the environment the process was started with (os.environ set later is not
+    read): each worker's own start-time environment must hold them. Their effect on a step is measured by
+    benchmarks/pass_cost.py (RESULTS.md), not here."""
+
+    @ray_local.remote(num_cpus=0)
+    def start_environment() -> dict[str, str]:
+        with open("/proc/self/environ", "rb") as fh:
+            pairs = [item.decode().split("=", 1) for item in fh.read().split(b"\0") if b"=" in item]
+        return {k: v for k, v in pairs if k in ALLOCATOR_ENV}
+
+    assert ray_local.get(start_environment.remote()) == ALLOCATOR_ENV
+
+
+def test_a_value_the_user_set_for_the_allocator_is_kept(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert job_runtime_env(False)["env_vars"]["MALLOC_MMAP_MAX_"] == "65536"
 
 
 def test_the_setup_hook_quiets_ray_trains_state_api_warnings_in_every_worker(ray_local):
