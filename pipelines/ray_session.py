@@ -88,16 +88,16 @@ def stop_processes_mentioning(*markers: str, grace: float = 1.0) -> int:
     with a drain that outlasts 15 s when nothing is left to drain. How many processes there were."""
     import psutil
 
-    mine: dict[int, psutil.Process] = {}
+    found: dict[int, psutil.Process] = {}  # by PID: a child may also name a marker itself
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if proc.pid != os.getpid() and any(m in cmdline for m in markers):
-            mine[proc.pid] = proc
+            found[proc.pid] = proc
             try:  # and what they started: the raylet's agents rename themselves (`ray::DashboardAgent`)
-                mine |= {child.pid: child for child in proc.children(recursive=True) if child.pid != os.getpid()}
+                found |= {child.pid: child for child in proc.children(recursive=True) if child.pid != os.getpid()}
             except psutil.NoSuchProcess:
                 pass
-    mine = list(mine.values())
+    mine = list(found.values())
     for proc in mine:
         try:
             proc.terminate()

@@ -28,8 +28,12 @@ STAGE = textwrap.dedent("""
 """)
 
 
-def _session(command: str, tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", SESSION_ENV)}
+def _session(command: str, tmp_path: Path, env: dict | None = None, unset: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess:
+    """`command` in a session, outside any cluster or session of this process; `unset`: prefixes of variables
+    the command must not have."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RAY_ADDRESS", SESSION_ENV) and not (unset and k.startswith(unset))}
     return subprocess.run([sys.executable, "-m", "pipelines.ray_session", "bash", "-c", command], cwd=tmp_path,
                           env=base | (env or {}), capture_output=True, text=True, timeout=300)
 
@@ -58,11 +62,8 @@ def test_a_fresh_machine_without_a_ray_token_gets_one_and_the_stages_join(tmp_pa
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "stage.py").write_text(STAGE)
-    env = {"HOME": str(home), "RAY_AUTH_MODE": "token"}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
-    out = subprocess.run([sys.executable, "-m", "pipelines.ray_session", sys.executable, "stage.py", "seen.jsonl"],
-                         cwd=tmp_path, env={k: v for k, v in clean.items() if k not in ("RAY_ADDRESS", SESSION_ENV)}
-                         | env, capture_output=True, text=True, timeout=300)
+    out = _session(f"{sys.executable} stage.py seen.jsonl", tmp_path, env={"HOME": str(home), "RAY_AUTH_MODE": "token"},
+                   unset=("RAY_AUTH_TOKEN",))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert len((home / ".ray" / "auth_token").read_text().strip()) >= 32
     assert json.loads((tmp_path / "seen.jsonl").read_text())["gcs"]
