@@ -117,3 +117,21 @@ def test_host_tags_name_the_cpu_and_its_bf16_support():
                   if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
     assert tags["host.cpu"] and tags["host.gpu"] == "none"
     assert tags["host.cpu_bf16"] == (",".join(f for f in ("amx_bf16", "avx512_bf16") if f in flags) or "none")
+
+
+def test_a_retried_worker_group_stops_at_once_at_the_outage_its_first_attempt_met(tmp_path):
+    """Ray Train retries a worker group whatever failed it. After rank 0 has met an MLflow outage, the retry raises
+    the recorded message before it builds anything (not after the client's retries a second time); `fit` clears
+    the record before each fit, so a rerun goes on."""
+    from pipelines.tracking import TrackingUnavailable
+    from pipelines.training.loop import _record_outage, clear_outage, train_loop_per_worker
+
+    config = {"storage_path": str(tmp_path / "ray"), "run_name": "align-0123"}
+    said = "the MLflow tracking server at http://127.0.0.1:9 did not answer; align stopped at step 7"
+    _record_outage(config, said)
+    with pytest.raises(TrackingUnavailable) as stopped:
+        train_loop_per_worker(config)  # it holds no learner: a worker that went on would fail on that instead
+    assert str(stopped.value) == said
+    clear_outage(config["storage_path"], config["run_name"])
+    with pytest.raises(KeyError, match="learner"):  # no record left: the worker goes on to read its config
+        train_loop_per_worker(config)

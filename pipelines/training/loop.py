@@ -33,7 +33,7 @@ import torch
 
 from pipelines.cluster import Placement, placement
 from pipelines.provenance import code_tags, host_tags
-from pipelines.storage import arrow_filesystem, atomic_dir
+from pipelines.storage import arrow_filesystem, atomic_dir, filesystem
 from pipelines.tracking import (
     TrackingUnavailable,
     flatten,
@@ -50,6 +50,9 @@ TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 OPTIMIZER_FILE = "optimizer.safetensors"
 DEEPSPEED_STATE = "deepspeed"  # engine.save_checkpoint's folder: each rank's ZeRO optimiser partition
+# rank 0 writes what an MLflow outage said here: Ray Train V2 retries a worker group whatever failed it (no policy
+# per exception), and a retry that met the same stopped server waited out the client's retries a second time
+OUTAGE_MARKER = ".tracking_unavailable"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     started_at = time.time()  # the pass's timeline (pass_seconds): when this worker's function began
+    said = _recorded_outage(config)
+    if said:  # Ray Train retries every worker failure: after an outage, stop now, not after the client's retries again
+        raise TrackingUnavailable(said)
     learner = load_learner(config)
     cfg = learner.cfg
     ctx = ray.train.get_context()
@@ -228,8 +234,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     step = saved = state["step"]
 
+    @contextlib.contextmanager
     def tracked():  # rank 0's MLflow calls: a server that stops answering stops the stage with one message
-        return reaching(config["tracking_uri"], lambda: _outage_note(config, state, step, saved))
+        try:
+            with reaching(config["tracking_uri"], lambda: _outage_note(config, state, step, saved)):
+                yield
+        except TrackingUnavailable as exc:
+            _record_outage(config, str(exc))
+            raise
 
     run = None
     if rank == 0:
@@ -327,6 +339,29 @@ def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: L
     else:
         (loss / cfg.grad_accum).backward()
     return {"loss": loss.item()} | terms, tokens
+
+
+def _outage_marker(config: dict[str, Any]) -> str:
+    """Where rank 0 records that MLflow did not answer, in this Ray Train run's storage (local or s3://)."""
+    return f"{config['storage_path'].rstrip('/')}/{config['run_name']}/{OUTAGE_MARKER}"
+
+
+def _record_outage(config: dict[str, Any], said: str) -> None:
+    fs, path = filesystem(_outage_marker(config))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, said.encode())
+
+
+def _recorded_outage(config: dict[str, Any]) -> str | None:
+    """The outage this fit's earlier attempt stopped at, if one did (`fit` clears it before each fit)."""
+    fs, path = filesystem(_outage_marker(config))
+    return fs.cat_file(path).decode() if fs.exists(path) else None
+
+
+def clear_outage(storage_path: str, name: str) -> None:
+    fs, path = filesystem(_outage_marker({"storage_path": storage_path, "run_name": name}))
+    if fs.exists(path):
+        fs.rm_file(path)
 
 
 def _maybe_fail(config: dict[str, Any], cfg: LoopConfig, step: int, rank: int) -> None:
@@ -450,7 +485,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "learner": learner, "train": asdict(cfg), "tracking_uri": tracking_uri(),
-                           "provenance": code_tags(), "storage_path": storage_path, **loop_config},
+                           "provenance": code_tags(), "storage_path": storage_path, "run_name": name, **loop_config},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(**ray_storage(storage_path), name=name,
@@ -459,6 +494,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
                              worker_runtime_env={"env_vars": retries} if retries else None),
         datasets=datasets,
     )
+    clear_outage(storage_path, name)  # a rerun after an outage resumes: its workers must not stop at the old one
     try:
         result = trainer.fit()
     except WorkerGroupError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks

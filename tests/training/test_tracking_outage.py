@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pipelines.tracking import TrackingUnavailable
+from pipelines.training.loop import OUTAGE_MARKER
 from tests.training.mlflow_server import RestartableServer
 from tests.training.test_training import CFG, runs, train
 
@@ -87,6 +88,9 @@ def test_a_longer_outage_stops_training_with_one_message_and_the_rerun_resumes_i
                                "gave up after MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 retries")
         assert "rerun the stage: it resumes from that checkpoint and logs into MLflow run" in said
         assert "\n" not in said  # run_stage prints it as one line
+        # rank 0 recorded it in the Ray Train run's storage, where Ray Train's retry of the group stopped at once
+        [record] = (tmp_path / "run" / "ray").rglob(OUTAGE_MARKER)
+        assert f"align: {record.read_text()}" == said
         server.start()
         before = logged_steps(server.url)
         assert before and before[-1] < LONG.max_steps
@@ -97,5 +101,6 @@ def test_a_longer_outage_stops_training_with_one_message_and_the_rerun_resumes_i
         assert run.info.run_id == result["mlflow_run_id"] and run.info.run_id in said
         assert run.info.status == "FINISHED"
         assert set(logged_steps(server.url)) == set(range(1, LONG.max_steps + 1))
+        assert not record.exists()  # the rerun's fit cleared it before its workers started
     finally:
         server.stop()
