@@ -347,9 +347,12 @@ def _outage_marker(config: dict[str, Any]) -> str:
 
 
 def _record_outage(config: dict[str, Any], said: str) -> None:
-    fs, path = filesystem(_outage_marker(config))
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, said.encode())
+    try:
+        fs, path = filesystem(_outage_marker(config))
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, said.encode())
+    except Exception as exc:  # only a shortcut for the retry: the outage's own message must still reach the user
+        log.warning("could not record the MLflow outage for Ray Train's retry (%s); the retry meets it itself", exc)
 
 
 def _recorded_outage(config: dict[str, Any]) -> str | None:
