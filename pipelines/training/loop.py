@@ -357,8 +357,11 @@ def _record_outage(config: dict[str, Any], said: str) -> None:
 
 def _recorded_outage(config: dict[str, Any]) -> str | None:
     """The outage this fit's earlier attempt stopped at, if one did (`fit` clears it before each fit)."""
-    fs, path = filesystem(_outage_marker(config))
-    return fs.cat_file(path).decode() if fs.exists(path) else None
+    try:
+        fs, path = filesystem(_outage_marker(config))
+        return fs.cat_file(path).decode() if fs.exists(path) else None
+    except Exception:  # a worker may hold no credentials for the storage (Ray Train's own filesystem carries them)
+        return None
 
 
 def clear_outage(storage_path: str, name: str) -> None:
