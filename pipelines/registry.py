@@ -60,6 +60,20 @@ class FaceInsightPyfunc(mlflow.pyfunc.PythonModel):
         return out
 
 
+# what the served model imports to load and answer, stated: MLflow would otherwise infer it by loading the model in
+# a subprocess (seconds on every registration) and its guess left out torch, the model's own framework
+SERVING_PACKAGES = ("mlflow", "cloudpickle", "numpy", "pandas", "pillow", "torch", "safetensors", "tokenizers",
+                    "transformers", "peft")
+
+
+def serving_requirements() -> list[str]:
+    """SERVING_PACKAGES pinned at this environment's versions, a local build tag (torch's `+cpu`) dropped: the
+    serving machine installs the build for its own hardware."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
 def register(checkpoint: Path, run_id: str, tracking_uri: str, parser: Path | None = None,
              alias: str = "candidate") -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in `run_id`, register a new version, point `alias` at it."""
@@ -70,6 +84,7 @@ def register(checkpoint: Path, run_id: str, tracking_uri: str, parser: Path | No
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="faceinsight", python_model=FaceInsightPyfunc(), artifacts=artifacts,
                                        code_paths=[str(Path(model_package.__file__).parent)],
+                                       pip_requirements=serving_requirements(),
                                        registered_model_name=MODEL_NAME)
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)

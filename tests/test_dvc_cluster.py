@@ -39,6 +39,9 @@ def on_s3(params: dict, roots: dict[str, str]) -> None:
     params["build_corpus"]["workers"] = 2
     for stage in RAY_STAGES:  # one training worker per node: 2 CPUs each, 2 per node
         params[stage].update(num_workers=2, cpus_per_worker=2)
+    # what the second node takes part in is the same at any step count: few steps (each a gradient exchange between
+    # the nodes) and one checkpoint at the end (each goes to S3); the smoke DAG test checks that align learns
+    params["align"].update(max_steps=4, visual_steps=2, checkpoint_every=6)
 
 
 PIPELINE_USER = ("pipeline", "pipeline-pass-for-tests-only")

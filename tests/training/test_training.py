@@ -296,39 +296,51 @@ def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tm
     assert loaded.parameter_counts() == FaceInsight(SMALL, loaded.tokenizer, corpus["knowledge"]).parameter_counts()
 
 
-@pytest.mark.slow
-def test_finetune_registers_a_model_that_answers_in_a_fresh_process(trained, ray_local, corpus, tmp_path,
-                                                                   monkeypatch):
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """One real `mlflow server` for this module's tests that need one (each reads only its own runs)."""
     from tests.training.mlflow_server import mlflow_server
 
-    with mlflow_server(tmp_path / "mlflow") as uri:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        tuned_cfg = dataclasses.replace(CFG, recipe="finetune", max_steps=4, checkpoint_every=4)
-        tuned = train(corpus, tmp_path, tuned_cfg, stage="finetune", init_from=trained["model"], name="finetune")
-        from pipelines.registry import register
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
-        entry = register(tmp_path / "finetune" / "model", tuned["mlflow_run_id"], uri)
-        from mlflow import MlflowClient
 
-        client = MlflowClient(uri)
-        version = client.get_model_version_by_alias("faceinsight", "candidate")
-        assert version.version == entry["version"] and version.run_id == tuned["mlflow_run_id"]
-        run = client.get_run(tuned["mlflow_run_id"])
-        assert run.data.params["finetune.recipe"] == "finetune" and int(run.data.params["trainable.llm"]) > 0
-        image = Path(tmp_path / "face.png")
-        image.write_bytes(encode_png(np.full((32, 32, 3), 220, np.uint8)))
-        script = (
-            "import mlflow, pandas as pd, json, sys\n"
-            f"mlflow.set_tracking_uri({uri!r})\n"
-            "m = mlflow.pyfunc.load_model('models:/faceinsight@candidate')\n"
-            f"out = m.predict(pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()], "
-            "'question': ['Is this person smiling?']}))\n"
-            "print(json.dumps({'answer': out['answer'][0], 'attributes': json.loads(out['attributes'][0])}))\n")
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        said = json.loads(done.stdout.strip().splitlines()[-1])
-        assert isinstance(said["answer"], str) and len(said["attributes"]) == 40
-        assert all(0 <= p <= 1 for p in said["attributes"])
+@pytest.mark.slow
+def test_finetune_registers_a_model_that_answers_in_a_fresh_process(trained, ray_local, corpus, tracking_server,
+                                                                   tmp_path, monkeypatch):
+    uri = tracking_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tuned_cfg = dataclasses.replace(CFG, recipe="finetune", max_steps=4, checkpoint_every=4)
+    tuned = train(corpus, tmp_path, tuned_cfg, stage="finetune", init_from=trained["model"], name="finetune")
+    from pipelines.registry import register
+
+    entry = register(tmp_path / "finetune" / "model", tuned["mlflow_run_id"], uri)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("faceinsight", "candidate")
+    assert version.version == entry["version"] and version.run_id == tuned["mlflow_run_id"]
+    # the requirements are stated, not inferred: what serving the model installs holds its framework
+    import mlflow
+
+    required = Path(mlflow.pyfunc.get_model_dependencies(entry["version_uri"])).read_text().split()
+    assert {"torch", "safetensors", "tokenizers", "transformers"} <= {r.split("==")[0] for r in required}, required
+    run = client.get_run(tuned["mlflow_run_id"])
+    assert run.data.params["finetune.recipe"] == "finetune" and int(run.data.params["trainable.llm"]) > 0
+    image = Path(tmp_path / "face.png")
+    image.write_bytes(encode_png(np.full((32, 32, 3), 220, np.uint8)))
+    script = (
+        "import mlflow, pandas as pd, json, sys\n"
+        f"mlflow.set_tracking_uri({uri!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/faceinsight@candidate')\n"
+        f"out = m.predict(pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()], "
+        "'question': ['Is this person smiling?']}))\n"
+        "print(json.dumps({'answer': out['answer'][0], 'attributes': json.loads(out['attributes'][0])}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert isinstance(said["answer"], str) and len(said["attributes"]) == 40
+    assert all(0 <= p <= 1 for p in said["attributes"])
     assert RECIPES["finetune"].llm == "lora"
 
 
@@ -468,28 +480,27 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
 
 
 @pytest.mark.slow
-def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, corpus, tmp_path, monkeypatch):
+def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, corpus, tracking_server, tmp_path,
+                                                                    monkeypatch):
     import shutil
 
     from mlflow import MlflowClient
-
-    from tests.training.mlflow_server import mlflow_server
 
     # the same faces as a val split (the hook only needs val faces to score)
     root = tmp_path / "corpus"
     shutil.copytree(corpus["root"], root)
     shutil.copytree(root / "train", root / "val")
     with_val = {**corpus, "root": root}
-    with mlflow_server(tmp_path / "mlflow") as uri:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3, val_faces=8)
-        result = train(with_val, tmp_path, cfg, name="val")
-        client = MlflowClient(uri)
-        for key in ("val_head_balanced_accuracy", "val_yes_no_balanced_accuracy", "val_unread_share"):
-            steps = [m.step for m in client.get_metric_history(result["mlflow_run_id"], key)]
-            assert steps == [3, 6], (key, steps)
-            assert all(0 <= m.value <= 1 for m in client.get_metric_history(result["mlflow_run_id"], key))
-        # without a val split there is nothing to score and no val_ metric
-        plain = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=3, checkpoint_every=3), name="plain")
-        logged = client.get_run(plain["mlflow_run_id"]).data.metrics
-        assert "loss" in logged and not any(k.startswith("val_") for k in logged)
+    uri = tracking_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3, val_faces=8)
+    result = train(with_val, tmp_path, cfg, name="val")
+    client = MlflowClient(uri)
+    for key in ("val_head_balanced_accuracy", "val_yes_no_balanced_accuracy", "val_unread_share"):
+        steps = [m.step for m in client.get_metric_history(result["mlflow_run_id"], key)]
+        assert steps == [3, 6], (key, steps)
+        assert all(0 <= m.value <= 1 for m in client.get_metric_history(result["mlflow_run_id"], key))
+    # without a val split there is nothing to score and no val_ metric
+    plain = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=3, checkpoint_every=3), name="plain")
+    logged = client.get_run(plain["mlflow_run_id"]).data.metrics
+    assert "loss" in logged and not any(k.startswith("val_") for k in logged)
