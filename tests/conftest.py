@@ -15,6 +15,15 @@ import pytest
 from pipelines.ray_session import free_port
 from pipelines.synthetic.writers import SyntheticConfig, write_synthetic
 
+# `make test` runs two pytest workers on a 2-core machine, and each starts Ray workers and stage processes beside the
+# other's: one OpenMP thread per process, or torch's threads (one per core in every process) wait on each other. A
+# small model's 400 steps: 0.9 s alone on 2 threads, 9.7-10.6 s for each of two such processes at once; 1.6 s alone on
+# one thread, 1.5 s for each of two (benchmarks/thread_contention.py). Set before torch is imported; subprocesses
+# inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported already (a plugin): its pool is sized
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1234
 # Default image and mask sizes (small parts must stay visible at these), few faces.

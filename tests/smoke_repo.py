@@ -29,8 +29,8 @@ def smoke_params(params: dict) -> dict:
         params[stage].update(max_steps=steps, batch_size=8, lr=0.003, warmup_steps=2, checkpoint_every=8)
     params["align"]["visual_steps"] = SMOKE_VISUAL_STEPS  # the heads-only phase runs too
     params["train_specialist"].update(max_steps=12, batch_size=8, warmup_steps=2, checkpoint_every=12)
-    # `make test` runs the two DAG tests side by side on a 2-core machine: one thread per training worker each, so
-    # they share the cores instead of fighting over them (the default's two threads are for a DAG that runs alone)
+    # `make test` runs the two DAG tests side by side on a 2-core machine: one thread per training worker each, as
+    # every test process has (tests/conftest.py; the stages set their own count, the default's two are for a DAG alone)
     for stage in ("train_parser", "align", "finetune", "finetune_task", "train_specialist"):
         params[stage]["torch_threads"] = 1
     # one variant runs the train_variant -> evaluate -> report path; each costs two Ray Train runs
