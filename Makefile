@@ -29,8 +29,9 @@ run: $(STAMP)  ## run the DVC pipeline on params.yaml (a no-op when nothing chan
 
 test: $(STAMP)  ## lint, then the whole test suite on two workers, as CI runs it
 	$(BIN)/ruff check model pipelines stages tests benchmarks
-	# two workers: the two whole-DAG tests (~6 min each) start first, one each, the rest beside them (tests/conftest.py)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	# two workers, a test module at a time on one: the longest modules first, the whole-DAG tests (~8 min each) one on
+	# each worker, the rest beside and after them (tests/conftest.py)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-cluster: $(STAMP)  ## only the dvc repro of the Ray stages on a 2-node Ray cluster with everything on S3 (~5 min; also in make test)
 	$(BIN)/python -m pytest tests/test_dvc_cluster.py

@@ -31,18 +31,29 @@ SMALL = SyntheticConfig(celebamask_hq=200, utkface=60, rafdb=60, utkface_size=96
                         workers=2)
 
 
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): these two
-# whole-DAG tests (~6 minutes each, half the suite alone) start first, one on each worker, and the rest of the suite
-# runs beside them and after them
-FIRST = ("tests/test_dvc_pipeline.py", "tests/test_dvc_cluster.py")
+# `make test` runs the suite on two pytest-xdist workers, one test module at a time on one worker, so a module's
+# fixtures are built once (`-n 2 --dist loadfile --no-loadscope-reorder`; pytest 9 ignores the `xdist_group` marker
+# that did this before: xdist renames an item's `_nodeid`, which pytest 9 no longer reads, so every test went on its
+# own and module fixtures such as an `align` pass were built on both workers). The modules start longest first (the
+# seconds of a suite run, beside each other), so the last to start are short ones and both workers end together.
+FIRST = ("tests/test_dvc_pipeline.py",  # ~480 s
+         "tests/test_dvc_cluster.py",  # ~450 s
+         "tests/training/test_training.py",  # ~480 s
+         "tests/training/test_tracking_outage.py",  # ~270 s
+         "tests/evaluation/test_report.py",  # ~100 s
+         "tests/infra/test_mlflow_auth.py",  # ~90 s
+         "tests/test_parser_training.py",  # ~90 s
+         "tests/corpus/test_build.py",  # ~65 s
+         "tests/training/test_variants.py",  # ~50 s
+         "tests/infra/test_mlflow_deployment.py",  # ~45 s
+         "tests/model/test_specialist.py",  # ~35 s
+         "tests/test_storage_s3.py")  # ~35 s
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    """The whole-DAG tests first; each module one xdist group, so its module fixtures are set up on one worker."""
-    items.sort(key=lambda item: next((k for k, path in enumerate(FIRST) if item.nodeid.startswith(path)), len(FIRST)))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    """The modules of FIRST first, in its order; the rest as collected."""
+    items.sort(key=lambda item: next((k for k, path in enumerate(FIRST) if item.nodeid.startswith(path + "::")),
+                                     len(FIRST)))
 
 
 @pytest.fixture(scope="session")
