@@ -32,8 +32,10 @@ print(f"{time.perf_counter() - start:.2f}")
 
 
 def run(processes: int, threads: str | None, steps: int) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": threads} if threads
-                                                                            else {})
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)  # torch's default: one thread per core
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
     procs = [subprocess.Popen([sys.executable, "-c", STEPS, str(steps)], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(processes)]
     return [float(p.communicate()[0]) for p in procs]

@@ -341,14 +341,15 @@ def _micro_step(learner, wrapped, module, batch: dict[str, torch.Tensor], cfg: L
     return {"loss": loss.item()} | terms, tokens
 
 
-def _outage_marker(storage_path: str, name: str) -> str:
-    """Where rank 0 records that MLflow did not answer, in Ray Train run `name`'s storage (local or s3://)."""
-    return f"{storage_path.rstrip('/')}/{name}/{OUTAGE_MARKER}"
+def _outage_file(storage_path: str, name: str):
+    """(filesystem, path) of where rank 0 records that MLflow did not answer, in Ray Train run `name`'s storage (local
+    or s3://)."""
+    return filesystem(f"{storage_path.rstrip('/')}/{name}/{OUTAGE_MARKER}")
 
 
 def _record_outage(config: dict[str, Any], said: str) -> None:
     try:
-        fs, path = filesystem(_outage_marker(config["storage_path"], config["run_name"]))
+        fs, path = _outage_file(config["storage_path"], config["run_name"])
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(path, said.encode())
     except Exception as exc:  # only a shortcut for the retry: the outage's own message must still reach the user
@@ -358,14 +359,14 @@ def _record_outage(config: dict[str, Any], said: str) -> None:
 def _recorded_outage(config: dict[str, Any]) -> str | None:
     """The outage this fit's earlier attempt stopped at, if one did (`fit` clears it before each fit)."""
     try:
-        fs, path = filesystem(_outage_marker(config["storage_path"], config["run_name"]))
+        fs, path = _outage_file(config["storage_path"], config["run_name"])
         return fs.cat_file(path).decode() if fs.exists(path) else None
     except Exception:  # a worker may hold no credentials for the storage (Ray Train's own filesystem carries them)
         return None
 
 
 def clear_outage(storage_path: str, name: str) -> None:
-    fs, path = filesystem(_outage_marker(storage_path, name))
+    fs, path = _outage_file(storage_path, name)
     if fs.exists(path):
         fs.rm_file(path)
 
