@@ -15,7 +15,8 @@ crop and resize as ingest + build_corpus.
 Targets (issue 16): drawn mean >= 0.85, none below 0.70; gender >= 0.95; expression UAR >= 0.80;
 age MAE <= 7 years. Every figure comes with its 95% percentile-bootstrap interval over the test faces (seeded,
 1,000 resamples); a target reads met or missed only where the whole interval lies on one side of it, else "not
-resolved at this sample size" (300 test faces: one attribute's interval is ~+-0.05 wide).
+resolved at this sample size" (300 test faces: one attribute's interval is ~+-0.05 wide). "None below 0.70" is
+judged on each drawn attribute's own interval: met when every one's lies above, missed when one's lies below.
 """
 
 from __future__ import annotations
@@ -157,14 +158,18 @@ def scores(model: SpecialistCNN, data: dict[str, torch.Tensor], resamples: int =
         p, t = pred["attributes"][has], attrs[has]
         drawn = np.array([CELEBA_ATTRIBUTES.index(a) for a in DRAWN_ATTRIBUTES])
 
-        def attribute_figures(idx: np.ndarray) -> np.ndarray:  # 40 attributes, then the drawn mean, min, all-40 mean
+        def attribute_figures(idx: np.ndarray) -> np.ndarray:  # 40 attributes, then the drawn and the all-40 mean
             per = balanced_accuracies(p, t, idx)
-            return np.concatenate([per, per[drawn].mean(0)[None], per[drawn].min(0)[None], per.mean(0)[None]])
+            return np.concatenate([per, per[drawn].mean(0)[None], per.mean(0)[None]])
 
         value, low, high = face_intervals(attribute_figures, len(t), resamples)
         figures = list(zip(value.tolist(), low.tolist(), high.tolist(), strict=True))
         out["per_attribute"] = dict(zip(CELEBA_ATTRIBUTES, figures[:40], strict=True))
-        out["drawn_mean"], out["drawn_min"], out["all40_mean"] = figures[40:]
+        out["drawn_mean"], out["all40_mean"] = figures[40:]
+        # "none below": each drawn attribute judged by its own interval (met: every low above the line; missed: one
+        # high below it). A bootstrap of the minimum itself is biased low: each resample picks its unluckiest one.
+        own = np.array([out["per_attribute"][a] for a in DRAWN_ATTRIBUTES])
+        out["drawn_min"] = (float(own[:, 0].min()), float(own[:, 1].min()), float(own[:, 2].min()))
     for k in ("gender", "race"):
         if (m := data[k].numpy() >= 0).any():
             pk, tk = pred[k][m], data[k].numpy()[m]
@@ -269,7 +274,8 @@ def main() -> None:
               if k in s):
         v, lo, hi = s[k]
         mark = f"  target {'<=' if k == 'age_mae' else '>='} {TARGETS[k]:g}: {judge(k, s[k])}" if k in TARGETS else ""
-        print(f"{k:16s} {v:.3f} [{lo:.3f}, {hi:.3f}]{mark}")
+        what = " (the lowest value, low, high of the drawn attributes' own)" if k == "drawn_min" else ""
+        print(f"{k:16s} {v:.3f} [{lo:.3f}, {hi:.3f}]{mark}{what}")
 
 if __name__ == "__main__":
     main()

@@ -49,3 +49,31 @@ def test_a_target_is_met_or_missed_only_by_the_whole_interval():
     assert judge("age_mae", (6.5, 6.1, 6.9)) == "met"
     assert judge("age_mae", (7.3, 7.1, 7.6)) == "MISSED"
     assert judge("age_mae", (7.0, 6.6, 7.4)) == "not resolved at this sample size"
+
+
+def test_none_below_is_judged_on_each_attributes_own_interval(monkeypatch):
+    """Two drawn attributes near the line, each unresolved on its own: the minimum reads not resolved, where a
+    bootstrap of the minimum itself would read it missed (each resample picks its unluckiest attribute)."""
+    import torch
+
+    import benchmarks.learnability as learnability
+
+    rng = np.random.default_rng(2)
+    n = 300
+    truth = (rng.random((n, 40)) < 0.3).astype(int)
+    pred = np.where(rng.random((n, 40)) < 0.97, truth, 1 - truth)
+    for k in (0, 1):  # ~0.72 each, an interval of ~+-0.05
+        pred[:, k] = np.where(rng.random(n) < 0.72, truth[:, k], 1 - truth[:, k])
+    monkeypatch.setattr(learnability, "DRAWN_ATTRIBUTES", learnability.CELEBA_ATTRIBUTES[:2])
+
+    class Fixed:
+        def predict(self, images):
+            return {"attributes": pred}
+
+    labels = {k: torch.full((n,), -1) for k in ("gender", "race", "age", "expression")}
+    data = {"image": torch.zeros((n, 3, 2, 2), dtype=torch.uint8), "attributes": torch.from_numpy(truth), **labels}
+    s = learnability.scores(Fixed(), data, resamples=300)
+    own = [s["per_attribute"][a] for a in learnability.CELEBA_ATTRIBUTES[:2]]
+    assert s["drawn_min"] == (min(o[0] for o in own), min(o[1] for o in own), min(o[2] for o in own))
+    assert all(judge("drawn_min", o) == "not resolved at this sample size" for o in own)
+    assert judge("drawn_min", s["drawn_min"]) == "not resolved at this sample size"
