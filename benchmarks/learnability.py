@@ -118,25 +118,24 @@ def train(data: dict[str, torch.Tensor], cfg: SpecialistConfig, seconds: float, 
     return model, step
 
 
+def _mean_recall(p: np.ndarray, t: np.ndarray, classes, axis: int) -> np.ndarray:
+    """The mean recall over the classes the faces along `axis` have (a class with no face there is left out)."""
+    recalls = []
+    for c in classes:
+        count = (t == c).sum(axis=axis)
+        recalls.append(np.where(count > 0, ((p == c) & (t == c)).sum(axis=axis) / np.maximum(count, 1), np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
 def balanced_accuracies(pred: np.ndarray, truth: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Each attribute's balanced accuracy on the faces `idx` ((..., n) indices into (faces, 40) arrays) -> (40, ...):
     the mean recall over the classes those faces have, as metrics.attribute_metrics, for many resamples at once."""
-    p, t = pred[idx], truth[idx]
-    recalls = []
-    for c in (0, 1):
-        count = (t == c).sum(axis=-2)
-        recalls.append(np.where(count > 0, ((p == c) & (t == c)).sum(axis=-2) / np.maximum(count, 1), np.nan))
-    return np.moveaxis(np.nanmean(np.stack(recalls), axis=0), -1, 0)
+    return np.moveaxis(_mean_recall(pred[idx], truth[idx], (0, 1), axis=-2), -1, 0)
 
 
 def unweighted_recall(pred: np.ndarray, truth: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """UAR on the faces `idx` ((..., n)): the mean recall over the classes those faces have."""
-    p, t = pred[idx], truth[idx]
-    recalls = []
-    for c in np.unique(truth):
-        count = (t == c).sum(axis=-1)
-        recalls.append(np.where(count > 0, ((p == c) & (t == c)).sum(axis=-1) / np.maximum(count, 1), np.nan))
-    return np.nanmean(np.stack(recalls), axis=0)
+    return _mean_recall(pred[idx], truth[idx], np.unique(truth), axis=-1)
 
 
 def face_intervals(statistic, n: int, resamples: int = RESAMPLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,6 +275,7 @@ def main() -> None:
         mark = f"  target {'<=' if k == 'age_mae' else '>='} {TARGETS[k]:g}: {judge(k, s[k])}" if k in TARGETS else ""
         what = " (the lowest value, low, high of the drawn attributes' own)" if k == "drawn_min" else ""
         print(f"{k:16s} {v:.3f} [{lo:.3f}, {hi:.3f}]{mark}{what}")
+
 
 if __name__ == "__main__":
     main()
