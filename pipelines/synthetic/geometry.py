@@ -129,7 +129,7 @@ def layout_face(f: FaceFactors, rng: np.random.Generator) -> FaceLayout:
         brow_arch=0.03 if at["Arched_Eyebrows"] else 0.003,
         brow_inner_dy=brow_inner,
         nose_tip_y=cy + 0.065 + 0.04 * growth + 0.018 * at["Big_Nose"] + j(0.003),
-        nose_w=(0.032 + 0.008 * growth) * (1.9 if at["Big_Nose"] else 1.0),
+        nose_w=(0.032 + 0.008 * growth) * (2.4 if at["Big_Nose"] else 1.0),
         nose_pointy=at["Pointy_Nose"],
         mouth_y=cy + 0.16 + 0.018 * growth + j(0.003),
         mouth_w=0.42 * a * mouth_scale, mouth_corner_dy=corner,

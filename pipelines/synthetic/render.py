@@ -453,9 +453,9 @@ def render_face(f: FaceFactors, rng: np.random.Generator, image_size: int, mask_
 def _shaded_nose(paint: _Painter, skin: np.ndarray) -> np.ndarray:
     L = paint.L
     layer = skin * 0.75  # the nose's outline shows (at 0.94 its width, Big_Nose's cue, hardly did; 0.85 hardly more)
-    for side in (-1, 1):
-        paint.dab(layer, 0.8, L.cx + side * 0.42 * L.nose_w, L.nose_tip_y + 0.004, 0.009, 0.005,
-               (50, 30, 30))
+    for side in (-1, 1):  # the nostrils grow with the nose: a big nose's are apart and large at 64 px
+        paint.dab(layer, 0.8, L.cx + side * 0.42 * L.nose_w, L.nose_tip_y + 0.004, 0.225 * L.nose_w,
+                  0.125 * L.nose_w, (50, 30, 30))
     paint.dab(layer, 0.3, L.cx, L.nose_tip_y - 0.04, 0.006, 0.03, np.minimum(paint.skin_rgb * 1.2, 255))
     if L.nose_pointy:  # the tip hanging below the wings lies in shadow: a dark point that a 64-px face still shows
         paint.dab(layer, 0.9, L.cx, L.nose_tip_y + 0.045, 0.02, 0.03, (60, 35, 35))
