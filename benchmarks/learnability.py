@@ -6,8 +6,9 @@
     python benchmarks/learnability.py --render --only expression --minutes 1   # one head, its dataset's faces
     python benchmarks/learnability.py --render --only attributes --steps 3000 --eval-scale 5   # A/B of the renderer
 
-No Ray, no MLflow: `SpecialistCNN` on the train split, `--threads` torch threads, AdamW with a cosine
-schedule over the time budget (or over `--steps`: comparable beside other work), then the test split:
+No Ray, no MLflow: `SpecialistCNN` on the train split, `--threads` torch threads, batches of 128 faces (`--batch`;
+`train_specialist` trains at FaceInsight's 32, to compare at the same steps), AdamW with a cosine schedule over the time
+budget (or over `--steps`: comparable beside other work), then the test split:
 per-attribute balanced accuracy, the mean over the drawn attributes (pipelines/synthetic/latent.py:
 DRAWN_ATTRIBUTES) and over all 40, gender and race accuracy, age MAE, expression UAR. `--render` renders
 the splits' face counts from params.yaml in memory through the same renderer, JPEG round trip, RAF-DB
@@ -209,8 +210,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0, help="training time")
     ap.add_argument("--steps", type=int, default=0, help="train this many steps instead of --minutes")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=128,
+                    help="faces a step (128: on 2 cores a step of 128 costs 3.2 steps of 32, so 3 minutes see 1.3x as "
+                         "many faces, and every head scores higher on two seeds; at 32 Pointy_Nose swung 0.605-0.712 "
+                         "between two seeds: benchmarks/RESULTS.md, thirty-second pass)")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, help="the training draws' seed (default: params.yaml's; another one shows the "
+                                             "spread between two training runs on the same data)")
     ap.add_argument("--no-balance", dest="balance", action="store_false",
                     help="plain BCE and threshold 0 (no pos_weight, no per-attribute threshold from val)")
     ap.add_argument("--augment", action="store_true", help="random flips and shifts of the train images")
@@ -246,7 +252,8 @@ def main() -> None:
     bf16 = native_bf16(False) if args.bf16 == "auto" else args.bf16 == "on"
     attribute_weight = args.attribute_weight or train_cfg.attribute_weight
     t1 = time.perf_counter()
-    model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, params["seed"],
+    seed = params["seed"] if args.seed is None else args.seed
+    model, steps = train(data["train"], cfg, args.minutes * 60, args.balance, args.batch, args.lr, seed,
                          args.augment, args.steps, bf16, attribute_weight)
     minutes = (time.perf_counter() - t1) / 60
     if args.balance and (data["val"]["attributes"][:, 0] >= 0).any():
