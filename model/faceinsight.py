@@ -85,6 +85,18 @@ def confident_logits(name: str, decided: torch.Tensor, like: torch.Tensor) -> to
     return nn.functional.one_hot(decided, like.shape[-1]).to(like.dtype) * 12.0 - 6.0
 
 
+def distinct_faces(images, maps=None) -> tuple[list[int], torch.Tensor | None]:
+    """The first index of each distinct (image, map) pair and each item's row among them; (all, None) where the
+    images differ in size (a pretrained tower's processor resizes them)."""
+    if len({np.shape(image) for image in images}) != 1:
+        return list(range(len(images))), None
+    seen: dict[bytes, int] = {}  # a face's bytes -> its row (a dict: np.unique's row sort cost more than the tower)
+    rows = [seen.setdefault(np.asarray(image).tobytes() + (b"" if maps is None else np.asarray(maps[k]).tobytes()),
+                            len(seen)) for k, image in enumerate(images)]
+    first = [rows.index(row) for row in range(len(seen))]
+    return first, torch.tensor(rows)
+
+
 class FaceInsight(Checkpointable, nn.Module):
     """`FaceInsight.from_pretrained(path)` / `save_pretrained(path, recipe)` come from model/checkpoint.py."""
 
@@ -499,16 +511,20 @@ class FaceInsight(Checkpointable, nn.Module):
     @torch.inference_mode()
     def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None, max_loop: int = 12) -> list[list[int]]:
+                 generator: torch.Generator | None = None, max_loop: int = 12, faces: torch.Tensor | None = None
+                 ) -> list[list[int]]:
         """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache.
         No answer says a phrase of up to `max_loop` tokens twice in a row (0: off): a small model's description
-        otherwise loops ("has a big nose, has a big nose, ...")."""
+        otherwise loops ("has a big nose, has a big nose, ..."). `faces`: each prompt's row of `pixel_values` and
+        `seg_maps` (default: a row each), so a face asked many questions goes through the towers once."""
         pad = self.tokenizer.pad_token_id or 0
         stop = self.chat.stop_ids(self.tokenizer)
         longest = max(map(len, input_ids))
         ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
         visual, verdicts = self.encode_visual(pixel_values, seg_maps)
+        if faces is not None:
+            visual, verdicts = visual[faces], {name: v[faces] for name, v in verdicts.items()}
         verdicts = self.decided_verdicts(verdicts)  # what the text reads, as in forward outside training
         embeds = self.embed(ids, visual, verdicts)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
@@ -554,10 +570,13 @@ class FaceInsight(Checkpointable, nn.Module):
         return [[t for t in seq if t not in stop] for seq in outputs]
 
     def answer(self, images, seg_maps, questions: list[str], **kwargs) -> list[str]:
-        """Questions about a batch of uint8 RGB images (and their parsing maps) -> answers as text."""
+        """Questions about a batch of uint8 RGB images (and their parsing maps) -> answers as text. A face that comes
+        more than once (evaluation asks each face all its questions) is encoded once."""
         prompts = [self.chat.prompt(self.tokenizer, q, self.image_tokens, self.seg_tokens) for q in questions]
-        pixel_values = self.preprocess(images)
-        maps = torch.as_tensor(seg_maps) if seg_maps is not None and self.seg_encoder is not None else None
-        tokens = self.generate(prompts, pixel_values, maps, **kwargs)
+        maps = seg_maps if seg_maps is not None and self.seg_encoder is not None else None
+        first, faces = distinct_faces(images, maps)
+        pixel_values = self.preprocess([images[k] for k in first])
+        maps = torch.as_tensor(np.stack([maps[k] for k in first])) if maps is not None else None
+        tokens = self.generate(prompts, pixel_values, maps, faces=faces, **kwargs)
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 

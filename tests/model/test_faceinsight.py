@@ -349,6 +349,29 @@ def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model
                                      generator=g2)
 
 
+def test_a_face_asked_many_questions_is_encoded_once_and_answered_as_alone(model, conversations, monkeypatch):
+    torch.manual_seed(1)
+    for p in model.parameters():  # a random model that says something different per face and question
+        p.data.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    b = batch(model, conversations[:2], seed=4)
+    images = (b["pixel_values"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    maps = b["seg_maps"].numpy()
+    questions = ["Is this person smiling?", "Describe this person's hair.", "What is the person's gender?"]
+    rows = [0, 1, 0, 1, 0, 1]  # each face asked the three questions, interleaved
+    alone = [model.answer(images[k:k + 1], maps[k:k + 1], [q], max_new_tokens=8)[0]
+             for k, q in zip(rows, questions * 2, strict=True)]
+    encoded, encode = [], model.encode_visual
+
+    def encode_spy(pixel_values, seg_maps):
+        encoded.append(len(pixel_values))
+        return encode(pixel_values, seg_maps)
+
+    monkeypatch.setattr(model, "encode_visual", encode_spy)
+    together = model.answer(images[rows], maps[rows], questions * 2, max_new_tokens=8)
+    assert encoded == [2] and together == alone and len(set(alone)) > 2
+
+
 def test_recipes_train_exactly_their_components(model, conversations):
     counts = model.parameter_counts()
     align = model.apply_recipe(RECIPES["align"])
