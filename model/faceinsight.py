@@ -91,9 +91,13 @@ def distinct_faces(images, maps=None) -> tuple[list[int], torch.Tensor | None]:
     if len({np.shape(image) for image in images}) != 1:
         return list(range(len(images))), None
     seen: dict[bytes, int] = {}  # a face's bytes -> its row (a dict: np.unique's row sort cost more than the tower)
-    rows = [seen.setdefault(np.asarray(image).tobytes() + (b"" if maps is None else np.asarray(maps[k]).tobytes()),
-                            len(seen)) for k, image in enumerate(images)]
-    first = [rows.index(row) for row in range(len(seen))]
+    first, rows = [], []
+    for k, image in enumerate(images):
+        key = np.asarray(image).tobytes() + (b"" if maps is None else np.asarray(maps[k]).tobytes())
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(k)
+        rows.append(seen[key])
     return first, torch.tensor(rows)
 
 
