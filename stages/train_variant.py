@@ -3,8 +3,10 @@ finetune, the same sections of params.yaml) with the one change params.yaml `var
 step counts of params.yaml `ablation_budget` where it gives them; the default variants:
 
     reference        FaceInsight itself at the ablation budget (the row the others are judged against)
-    general          the general MLLM: the same architecture on the same images, generic captions only
-                     (record kind `description`), no parsing map, no co-occurrence head, no constraint loss
+    general          the general MLLM: the same architecture on the same images, captions (record kind
+                     `description`), questions about the photo (`generic`) and face questions about someone
+                     described in words (`text_qa`: answer forms without faces), no parsing map, no
+                     co-occurrence head, no constraint loss
     no_map           FaceInsight without the parsing map
     no_cooccurrence  without the co-occurrence module (and so without the constraint loss it feeds)
     no_constraints   without the constraint loss

@@ -67,6 +67,18 @@ def stages() -> dict[str, tuple[str, list[str]]]:
     return out
 
 
+def data_files_of(path: Path) -> set[Path]:
+    """Files a module reads beside itself, `Path(__file__).with_name("templates.yaml")`: a stage depends on them too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "with_name"
+                and isinstance(node.func.value, ast.Call) and node.func.value.args
+                and isinstance(node.func.value.args[0], ast.Name) and node.func.value.args[0].id == "__file__"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            found.add(path.with_name(node.args[0].value))
+    return found
+
+
 def covered(path: Path, deps: list[str]) -> bool:
     rel = path.relative_to(ROOT).as_posix()
     return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
@@ -77,12 +89,19 @@ def test_every_stage_lists_the_code_it_imports():
     for name, (module, deps) in stages().items():
         start = module_file(module)
         assert start is not None, f"dvc.yaml stage {name}: no module {module}"
-        gaps = sorted(p.relative_to(ROOT).as_posix() for p in closure(start)
+        code = closure(start)
+        needed = code | {f for p in code for f in data_files_of(p)}
+        gaps = sorted(p.relative_to(ROOT).as_posix() for p in needed
                       if p.name != "__init__.py" and not covered(p, deps))
         if gaps:
             missing[name] = gaps
     assert not missing, "dvc.yaml deps miss modules their stage imports (add them to the stage's deps):\n" + "\n".join(
         f"  {name}: {', '.join(gaps)}" for name, gaps in missing.items())
+
+
+def test_a_data_file_a_module_reads_beside_itself_is_a_dep():
+    # the corpus' question templates: build_corpus must rerun when they change, not only evaluate
+    assert data_files_of(ROOT / "pipelines/corpus/templates.py") == {ROOT / "pipelines/corpus/templates.yaml"}
 
 
 def test_the_closure_follows_function_local_imports(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from model.labels import PARSING_CLASSES
+from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, PARSING_CLASSES, UTK_GENDERS, UTK_RACES
 from pipelines.corpus.templates import FaceLabels, Templates, Turn, generic_turns
 from pipelines.images import decode_image, resize_map
 from pipelines.label_maps import compose_label_map, part_of_mask_file
@@ -24,7 +24,11 @@ from pipelines.storage import read_url
 
 IMAGE_TOKEN = "<image>"
 TASKS = {"celebamask_hq": "attributes", "utkface": "age_gender_race", "rafdb": "expression"}
-KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic")  # a record's `kind`
+KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic", "text_qa")  # a record's `kind`
+# what FaceInsight trains on: every kind about the photo. text_qa asks about someone described in words, and its
+# knowledge and answer modules write the photo's verdicts onto the words that name an attribute or a task: trained on
+# another person's answers it would learn to distrust them. The general variant, with no face Q&A, learns forms there.
+PHOTO_KINDS = tuple(k for k in KINDS if k != "text_qa")
 # reference colours generic questions name a background by (the nearest one wins)
 SCENE_COLOURS = {"black": (25, 25, 25), "white": (235, 235, 235), "gray": (128, 128, 128), "red": (200, 40, 40),
                  "green": (50, 170, 60), "blue": (40, 70, 200), "yellow": (225, 210, 50), "orange": (235, 135, 40),
@@ -38,11 +42,14 @@ class RecordPlan:
     questions_per_record: int = 8  # QA turns packed into one conversation (yes/no: the attributes asked, in chunks)
     multiple_choice_turns: int = 8
     knowledge_turns: int = 4
+    text_turns: int = 3  # questions about a person described in words (the text_qa record), 0: no such record
     balance_yes_no: bool = True  # ask each attribute's commoner answer only as often as its rarer one occurs
 
     def __post_init__(self) -> None:
         if min(self.questions_per_record, self.multiple_choice_turns, self.knowledge_turns) < 1:
             raise ValueError("build_corpus: questions_per_record, multiple_choice_turns, knowledge_turns must be >= 1")
+        if not 0 <= self.text_turns <= 4:  # an expression face has 4 questions to draw from
+            raise ValueError(f"build_corpus.records.text_turns must be 0 to 4, got {self.text_turns}")
 
 
 def describe(exc: Exception) -> str:
@@ -150,6 +157,29 @@ def scene_conversation(templates: Templates, scene: dict[str, str] | None, rng: 
     return [("generic", generic_turns(templates, scene, rng))] if scene else []
 
 
+def described_labels(dataset: str, templates: Templates, rng: random.Random) -> FaceLabels:
+    """A person to describe in words, drawn apart from any photo: attributes at their train-split rates (or
+    half and half without knowledge), age 1-90, gender, race and expression uniform."""
+    if dataset == "celebamask_hq":
+        k = templates.knowledge
+        rates = [c / k["n_train"] for c in k["counts"]] if k else [0.5] * len(CELEBA_ATTRIBUTES)
+        return FaceLabels(attributes=tuple(int(rng.random() < p) for p in rates))
+    if dataset == "utkface":
+        return FaceLabels(age=rng.randint(1, 90), gender=rng.randrange(len(UTK_GENDERS)),
+                          race=rng.randrange(len(UTK_RACES)))
+    return FaceLabels(expression=rng.randrange(len(EXPRESSIONS)))
+
+
+def text_conversation(dataset: str, templates: Templates, plan: RecordPlan, rng: random.Random
+                      ) -> list[tuple[str, list[Turn]]]:
+    """The text_qa record of a face: questions about someone else, described in words (not shuffled: the first
+    turn carries the description)."""
+    if not plan.text_turns:
+        return []
+    return [("text_qa", templates.text_questions(dataset, described_labels(dataset, templates, rng), rng,
+                                                 plan.text_turns))]
+
+
 def conversation(turns: list[Turn]) -> list[dict[str, str]]:
     """LLaVA form: the first human turn opens with the image token."""
     out = []
@@ -188,10 +218,12 @@ def face_records(face: dict[str, Any], templates: Templates, plan: RecordPlan, s
     # the photo questions draw from their own stream: a change to them leaves the face's other records as they were
     scene_rng = random.Random(f"{seed}:{face['dataset']}:{face['id']}:scene")
     conversations += scene_conversation(templates, face.get("scene"), scene_rng)
+    conversations += text_conversation(face["dataset"], templates, plan,
+                                       random.Random(f"{seed}:{face['dataset']}:{face['id']}:text"))
     for k, (kind, turns) in enumerate(conversations):
         # turns in a random order (LLaVA's instruction data has no fixed one): UTKFace's open gender question was
         # always third, after the age questions, and the model never answered it asked first (gender 0.08)
-        turns = rng.sample(turns, len(turns))
+        turns = turns if kind == "text_qa" else rng.sample(turns, len(turns))
         records.append({"id": f"{face['dataset']}/{face['id']}/{k:02d}-{kind}", "kind": kind, **common,
                         "conversations": conversation(turns),
                         "turns": [{"template": t.template, "target": t.target, "value": t.value} for t in turns]})

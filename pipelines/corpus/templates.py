@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import yaml
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, UTK_GENDERS, UTK_RACES
 
 TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")
-KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic")
+KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic", "text_qa")
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,23 @@ class Templates:
             turns.append(Turn(t["q"].format(**fields), answer.format(**fields), "knowledge", f"knowledge/{kind}/{k}",
                               f"{kind}:{a}->{b}", "yes" if holds else "no"))
         return turns
+
+    # -- a person given in words (the text_qa records) ------------------------------------------------
+    def text_questions(self, dataset: str, labels: FaceLabels, rng: random.Random, count: int) -> list[Turn]:
+        """`count` of the dataset's face questions about a person described in the first question, not seen in the
+        photo: the answer forms an LLM knows from text alone. `labels` are the described person's (drawn apart
+        from the photo's, so the turns teach reading, not faces); the first turn carries the description."""
+        if dataset == "celebamask_hq":
+            described = self.attribute_description(labels, rng).answer
+            pool = (self.attribute_yes_no(labels, rng, bool(self.ask_share))
+                    + self.attribute_multiple_choice(labels, rng, 2) + self.attribute_open(labels, rng))
+        else:
+            make = self.demographics if dataset == "utkface" else self.expression
+            described = make("description", labels, rng)[0].answer
+            pool = [t for kind in KINDS[:3] for t in make(kind, labels, rng)]
+        turns = [replace(t, kind="text_qa", template=f"text_qa/{t.template}") for t in rng.sample(pool, count)]
+        context = self.data["text_qa"]["context"].format(description=described, question=turns[0].question)
+        return [replace(turns[0], question=context), *turns[1:]]
 
     # -- age / gender / race (UTKFace-format faces) ----------------------------------------------------
     def demographics(self, kind: str, labels: FaceLabels, rng: random.Random) -> list[Turn]:

@@ -14,7 +14,7 @@ from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, update_tensors
 from model.config import RECIPES, FaceInsightConfig
 from model.faceinsight import FaceInsight
 from model.tokenizer import load_tokenizer
-from pipelines.corpus.records import KINDS, TASKS
+from pipelines.corpus.records import KINDS, PHOTO_KINDS, TASKS
 from pipelines.corpus.templates import Templates
 from pipelines.storage import local_copy
 from pipelines.training.augmentation import mirror_and_shift
@@ -39,7 +39,7 @@ class TrainConfig(LoopConfig):
     # a pass that reads at most this many records encodes them in the driver, not in Ray Data tasks: their worker
     # start-up (~13 s) cost more than encoding 6,400 records here (finetune's 200 steps; benchmarks/RESULTS.md)
     driver_encode_records: int = 6400
-    kinds: tuple[str, ...] = ()  # record kinds to train on; empty: all
+    kinds: tuple[str, ...] = ()  # record kinds to train on; empty: PHOTO_KINDS (every kind but text_qa)
     tasks: tuple[str, ...] = ()  # record tasks (attributes, age_gender_race, expression); empty: all
     val_faces: int = 64  # val faces per task scored at every checkpoint (learning curve in MLflow); 0: none
     # optimiser steps before max_steps in which the LM does not run: the image tower, map encoder and heads learn
@@ -69,6 +69,8 @@ class TrainConfig(LoopConfig):
         if not 0 <= self.visual_lr_after <= 1:
             raise ValueError(f"train.visual_lr_after is a share of the rate in [0, 1], got {self.visual_lr_after}")
 
+        if not self.kinds:
+            object.__setattr__(self, "kinds", PHOTO_KINDS)
         for key, allowed in (("tasks", TASKS.values()), ("kinds", KINDS)):
             unknown = set(getattr(self, key)) - set(allowed)
             if unknown:

@@ -23,7 +23,7 @@ class VariantConfig:
 
     label: str
     model: dict[str, Any] = field(default_factory=dict)  # merged into `model`, e.g. {use_seg_map: false}
-    kinds: tuple[str, ...] = ()  # both passes train on these record kinds only; empty: all
+    kinds: tuple[str, ...] = ()  # both passes train on these record kinds only; empty: FaceInsight's (PHOTO_KINDS)
 
     def __post_init__(self) -> None:
         if not self.label.strip():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from model.labels import CELEBA_ATTRIBUTES, PART_LABEL
@@ -104,9 +106,10 @@ def test_utkface_and_rafdb_faces_get_their_tasks():
     templates = Templates.load()
     utk = face_records(_face("utkface", age=34, gender=1, race=2), templates, RecordPlan(), seed=0)
     raf = face_records(_face("rafdb", expression=4), templates, RecordPlan(), seed=0)
-    assert [r["kind"] for r in utk] == [r["kind"] for r in raf] == ["yes_no", "multiple_choice", "open", "description"]
+    assert [r["kind"] for r in utk] == [r["kind"] for r in raf] == ["yes_no", "multiple_choice", "open", "description",
+                                                                     "text_qa"]
     assert {r["task"] for r in utk} == {"age_gender_race"} and {r["task"] for r in raf} == {"expression"}
-    assert "34-year-old female" in utk[-1]["conversations"][1]["value"]
+    assert "34-year-old female" in utk[3]["conversations"][1]["value"]
     assert "Happiness" in raf[2]["conversations"][1]["value"]  # RAF-DB label 4 = Happiness
 
 
@@ -121,3 +124,31 @@ def test_turns_come_in_no_fixed_order():
         first.add(opened["turns"][0]["target"])
         assert opened["conversations"][0]["value"].startswith(IMAGE_TOKEN + "\n")  # the image opens whatever is first
     assert first == {"age", "age_group", "gender", "race"}
+
+
+def test_text_qa_asks_of_someone_described_in_words_apart_from_the_photo():
+    """The text_qa record: the first question quotes a description of someone drawn apart from the photo, and the
+    answers follow the description; the face's other records are the same with it or without it."""
+    templates = Templates.load()
+    described = []
+    for k in range(200):
+        face = _face("utkface", id=str(k), age=34, gender=1, race=2)  # every photo: a 34-year-old woman
+        records = face_records(face, templates, RecordPlan(), seed=0)
+        text = records[-1]
+        assert text["kind"] == "text_qa" and len(text["turns"]) == 3
+        opening = text["conversations"][0]["value"]
+        assert opening.startswith(IMAGE_TOKEN + "\nGoing by this description of someone, not by the photo: ")
+        age, gender = re.search(r'"A (\d+)-year-old (male|female) ', opening).groups()
+        described.append((int(age), gender))
+        for turn, answer in zip(text["turns"], text["conversations"][1::2], strict=True):
+            if "/open/" in turn["template"] and turn["target"] in ("gender", "age"):  # read the answer back
+                assert turn["value"] == {"gender": gender, "age": age}[turn["target"]]
+                assert re.search(rf"(?<![a-z]){turn['value']}\b", answer["value"]), answer
+        assert face_records(face, templates, RecordPlan(text_turns=0), seed=0) == records[:-1]
+    assert 0.35 < sum(g == "female" for _, g in described) / len(described) < 0.65  # not the photo's gender
+    assert len({a for a, _ in described}) > 40
+
+
+def test_text_turns_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="text_turns must be 0 to 4"):
+        RecordPlan(text_turns=5)

@@ -40,6 +40,9 @@ def test_train_config_validates():
         TrainConfig(kinds=("captions",))
     with pytest.raises(ValueError, match="bf16 must be true, false or auto"):
         TrainConfig(bf16="yes")
+    # FaceInsight's records by default: all about the photo; another person's answers (text_qa) only when named
+    assert "text_qa" not in TrainConfig().kinds and {"yes_no", "generic", "knowledge"} <= set(TrainConfig().kinds)
+    assert TrainConfig(kinds=("description", "text_qa")).kinds == ("description", "text_qa")
     with pytest.raises(ValueError, match="visual_steps must be >= 0"):
         TrainConfig(visual_steps=-1)
 
