@@ -17,14 +17,13 @@ import pyarrow as pa
 from PIL import Image
 
 from model.labels import CELEBA_ATTRIBUTES, EXPRESSIONS, PARSING_CLASSES, UTK_GENDERS, UTK_RACES
-from pipelines.corpus.templates import FaceLabels, Templates, Turn, generic_turns
+from pipelines.corpus.templates import KINDS, FaceLabels, Templates, Turn, generic_turns  # KINDS: a record's `kind`
 from pipelines.images import decode_image, resize_map
 from pipelines.label_maps import compose_label_map, part_of_mask_file
 from pipelines.storage import read_url
 
 IMAGE_TOKEN = "<image>"
 TASKS = {"celebamask_hq": "attributes", "utkface": "age_gender_race", "rafdb": "expression"}
-KINDS = ("yes_no", "multiple_choice", "open", "description", "knowledge", "generic", "text_qa")  # a record's `kind`
 # what FaceInsight trains on: every kind about the photo. text_qa asks about someone described in words, and its
 # knowledge and answer modules write the photo's verdicts onto the words that name an attribute or a task: trained on
 # another person's answers it would learn to distrust them. The general variant, with no face Q&A, learns forms there.
