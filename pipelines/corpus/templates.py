@@ -106,6 +106,10 @@ class Templates:
                              "generic.values")
         if not 2 <= generic["choices"] <= len(generic["colours"]):
             raise ValueError(f"{TEMPLATES_FILE.name}: generic.choices must be between 2 and the number of colours")
+        context = self.data.get("text_qa", {}).get("context", "")
+        if "{description}" not in context or "{question}" not in context:
+            raise ValueError(f"{TEMPLATES_FILE.name}: text_qa.context must hold {{description}} and {{question}} (the "
+                             "described person and the first question of a text_qa record)")
 
     # -- every template id, so a test can prove each one was exercised -------------------------------
     def template_ids(self) -> set[str]:

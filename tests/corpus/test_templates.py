@@ -200,6 +200,14 @@ def test_broken_templates_are_refused():
     gap["age_groups"][1][0] = 4
     with pytest.raises(ValueError, match="gap"):
         Templates(gap)
+    for context in (None, "Going by this description: {description}"):
+        no_context = copy.deepcopy(base)
+        if context is None:
+            del no_context["text_qa"]
+        else:
+            no_context["text_qa"]["context"] = context
+        with pytest.raises(ValueError, match=r"text_qa.context must hold \{description\} and \{question\}"):
+            Templates(no_context)
 
 
 def test_knowledge_statements_need_knowledge():
