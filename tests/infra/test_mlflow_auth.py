@@ -37,18 +37,20 @@ class Echo(mlflow.pyfunc.PythonModel):
 with mlflow.start_run(run_name="finetune") as run:
     mlflow.log_param("recipe", "finetune")
     mlflow.log_metric("eval.expression.faceinsight.uar", 0.7)
-    info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="faceinsight")
+    info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="faceinsight",
+                                   pip_requirements=["mlflow"])  # named: inferring them loads the model once more
 MlflowClient(uri).set_registered_model_alias("faceinsight", "champion", info.registered_model_version)
 print(json.dumps({"run_id": run.info.run_id, "version": str(info.registered_model_version)}))
 """
 
-# Everything a user might try against the pipeline's run and model: what answered, or the HTTP status refused.
+# Everything a user might try against the pipeline's run and model, as each identity in turn (argv: the URI, the run,
+# then a JSON list of [user, password] pairs, user null for none): what answered, or the HTTP status refused. One
+# process for all of them: MLflow's client reads the user from the environment at each request, as a new process would.
 PROBE = """
-import json, sys
+import json, os, sys
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 uri, run_id = sys.argv[1], sys.argv[2]
-client = MlflowClient(uri)
 
 def attempt(fn):
     try:
@@ -56,15 +58,22 @@ def attempt(fn):
     except MlflowException as exc:
         return ["refused", exc.get_http_status_code()]
 
-out = {
-    "read_run": attempt(lambda: client.get_run(run_id).data.params["recipe"]),
-    "read_champion": attempt(lambda: client.get_model_version_by_alias("faceinsight", "champion").version),
-    "register_version": attempt(lambda: client.create_model_version("faceinsight", "runs:/" + run_id + "/model",
-                                                                    run_id).version),
-    "move_champion": attempt(lambda: client.set_registered_model_alias("faceinsight", "champion", "1")),
-    "delete_run": attempt(lambda: client.delete_run(run_id)),
-}
-print(json.dumps(out))
+found = []
+for user, password in json.loads(sys.argv[3]):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        os.environ.pop(name, None)
+    if user:
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+    client = MlflowClient(uri)
+    found.append({
+        "read_run": attempt(lambda: client.get_run(run_id).data.params["recipe"]),
+        "read_champion": attempt(lambda: client.get_model_version_by_alias("faceinsight", "champion").version),
+        "register_version": attempt(lambda: client.create_model_version("faceinsight", "runs:/" + run_id + "/model",
+                                                                        run_id).version),
+        "move_champion": attempt(lambda: client.set_registered_model_alias("faceinsight", "champion", "1")),
+        "delete_run": attempt(lambda: client.delete_run(run_id)),
+    })
+print(json.dumps(found))
 """
 
 # The report stage's gate (judge_champion under run_stage, as `python -m stages.report` runs it).
@@ -88,7 +97,7 @@ def client_env(user: str | None, password: str | None = None) -> dict[str, str]:
     return env
 
 
-def python(script: str, env: dict[str, str], *args: str) -> dict:
+def python(script: str, env: dict[str, str], *args: str) -> dict | list:
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
                           env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -127,10 +136,11 @@ def test_only_the_pipelines_user_registers_versions_and_moves_champion(s3_server
                                                      {"MLFLOW_S3_ENDPOINT_URL": s3_server}))
 
         logged = python(PIPELINE, client_env("pipeline"), url)
-        viewer = python(PROBE, client_env("viewer"), url, logged["run_id"])
-        anonymous = python(PROBE, client_env(None), url, logged["run_id"])
-        wrong = python(PROBE, client_env("pipeline", "not-the-password"), url, logged["run_id"])
-        pipeline = python(PROBE, client_env("pipeline"), url, logged["run_id"])
+        # the pipeline's own user last: it deletes the run
+        identities = [("viewer", USERS["viewer"]), (None, None), ("pipeline", "not-the-password"),
+                      ("pipeline", USERS["pipeline"])]
+        viewer, anonymous, wrong, pipeline = python(PROBE, client_env(None), url, logged["run_id"],
+                                                    json.dumps(identities))
         reports = {who: subprocess.run([sys.executable, "-c", REPORT, url, logged["version"], str(tmp_path)],
                                        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
                    for who, env in (("wrong", client_env("pipeline", "not-the-password")),

@@ -232,18 +232,20 @@ def test_a_failed_worker_resumes_from_its_checkpoint(trained, ray_local, corpus,
 
 
 @pytest.mark.slow
-def test_two_runs_of_the_same_pass_give_the_same_weights_bit_for_bit(ray_local, corpus, tracking, tmp_path):
-    """Reproducible on one machine (issue 19): seeded initial weights, data order and sampling, fixed threads."""
+def test_two_runs_of_the_same_pass_give_the_same_weights_bit_for_bit(trained, ray_local, corpus, tracking, tmp_path):
+    """Reproducible on one machine (issue 19): seeded initial weights, data order and sampling, fixed threads. The
+    first run is the module's `trained` pass (this process, this machine), the second the same pass again."""
     import torch
     from safetensors.torch import load_file
 
-    cfg = dataclasses.replace(CFG, max_steps=8, checkpoint_every=8)
-    first, second = (train(corpus, tmp_path, cfg, name=name) for name in ("first", "second"))
+    first, second = trained["result"], train(corpus, tmp_path, CFG, name="second")
+    assert len(first["history"]) == CFG.max_steps
     assert [h["loss"] for h in first["history"]] == [h["loss"] for h in second["history"]]
-    a, b = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("first", "second"))
+    a, b = (load_file(str(folder / "model.safetensors"))
+            for folder in (trained["model"], tmp_path / "second" / "model"))
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     [tags] = {frozenset((k, v) for k, v in r.data.tags.items() if k.startswith(("git.", "host.", "train.")))
-              for r in runs(tracking)}  # both runs name the same code, machine and dtype
+              for r in runs(tracking) + runs(trained["tracking"])}  # both runs name the same code, machine and dtype
     assert dict(tags)["git.commit"] != "unknown" and dict(tags)["host.cpu"]
 
 
@@ -483,8 +485,8 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
 
 
 @pytest.mark.slow
-def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, corpus, tracking_server, tmp_path,
-                                                                    monkeypatch):
+def test_validation_during_training_logs_a_learning_curve_to_mlflow(trained, ray_local, corpus, tracking_server,
+                                                                    tmp_path, monkeypatch):
     import shutil
 
     from mlflow import MlflowClient
@@ -503,7 +505,6 @@ def test_validation_during_training_logs_a_learning_curve_to_mlflow(ray_local, c
         steps = [m.step for m in client.get_metric_history(result["mlflow_run_id"], key)]
         assert steps == [3, 6], (key, steps)
         assert all(0 <= m.value <= 1 for m in client.get_metric_history(result["mlflow_run_id"], key))
-    # without a val split there is nothing to score and no val_ metric
-    plain = train(corpus, tmp_path, dataclasses.replace(CFG, max_steps=3, checkpoint_every=3), name="plain")
-    logged = client.get_run(plain["mlflow_run_id"]).data.metrics
+    # without a val split (the module's `trained` pass) there is nothing to score and no val_ metric
+    logged = MlflowClient(trained["tracking"]).get_run(trained["result"]["mlflow_run_id"]).data.metrics
     assert "loss" in logged and not any(k.startswith("val_") for k in logged)
