@@ -45,37 +45,34 @@ def attribute_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
             "unread": int((pred == UNREAD).sum()), "faces": len(pred), "per_attribute": per}
 
 
-def _rule_hits(pred: np.ndarray, rules: np.ndarray):
-    """Per rule (kind, a, b): (kind, a, b, the faces that break it). An implication a -> b is broken by a and not b,
+def _rule_hits(pred: np.ndarray, rules: np.ndarray) -> np.ndarray:
+    """(rules, faces) bool: which faces break each rule (kind, a, b). An implication a -> b is broken by a and not b,
     an exclusion by a and b; a rule is judged only where both answers were read."""
-    for kind, a, b in np.asarray(rules, dtype=int).reshape(-1, 3):
+    hits = []
+    for kind, a, b in rules:
         pa, pb = pred[:, a], pred[:, b]
         if kind == IMPLICATION:
-            hit = (pa == 1) & (pb == 0)
+            hits.append((pa == 1) & (pb == 0))
         elif kind == EXCLUSION:
-            hit = (pa == 1) & (pb == 1)
+            hits.append((pa == 1) & (pb == 1))
         else:
             raise ValueError(f"unknown rule kind {kind}")
-        yield kind, a, b, hit
+    return np.array(hits, dtype=bool).reshape(len(hits), len(pred))
 
 
 def faces_breaking_a_rule(pred: np.ndarray, rules: np.ndarray) -> np.ndarray:
     """(faces,) bool: the faces whose predicted labels break at least one of `rules` (kind, a, b)."""
-    pred = np.asarray(pred)
-    broken = np.zeros(len(pred), dtype=bool)
-    for *_, hit in _rule_hits(pred, rules):
-        broken |= hit
-    return broken
+    return _rule_hits(np.asarray(pred), np.asarray(rules, dtype=int).reshape(-1, 3)).any(axis=0)
 
 
 def rule_violations(pred: np.ndarray, rules: np.ndarray) -> dict[str, Any]:
     """Share of faces whose predicted labels break at least one rule (kind, a, b), and each rule's count."""
-    pred = np.asarray(pred)
+    pred, rules = np.asarray(pred), np.asarray(rules, dtype=int).reshape(-1, 3)
+    hits = _rule_hits(pred, rules)  # each rule judged once: the share and the counts read the same hits
     per_rule = [{"kind": "implication" if kind == IMPLICATION else "exclusion", "a": CELEBA_ATTRIBUTES[a],
                  "b": CELEBA_ATTRIBUTES[b], "violations": int(hit.sum())}
-                for kind, a, b, hit in _rule_hits(pred, rules)]
-    broken = faces_breaking_a_rule(pred, rules)
-    return {"violation_rate": float(broken.mean()) if len(pred) else 0.0, "rules": len(per_rule),
+                for (kind, a, b), hit in zip(rules, hits, strict=True)]
+    return {"violation_rate": float(hits.any(axis=0).mean()) if len(pred) else 0.0, "rules": len(per_rule),
             "per_rule": per_rule}
 
 
