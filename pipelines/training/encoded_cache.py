@@ -85,7 +85,7 @@ def _read(folder: Path):
     tables = [pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files]
     os.utime(folder)  # recently used: kept by _prune
     log.info("training records: the encoding in %s (%d blocks)", folder, len(files))
-    return ray.data.from_arrow(tables)
+    return ray.data.from_blocks(tables)  # their metadata read here (from_arrow starts a Ray task for it)
 
 
 def _write(dataset, folder: Path) -> None:

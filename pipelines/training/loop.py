@@ -33,6 +33,7 @@ import torch
 
 from pipelines.cluster import Placement, placement
 from pipelines.provenance import code_tags, host_tags
+from pipelines.ray_runtime import on_this_machine_only
 from pipelines.storage import arrow_filesystem, atomic_dir, filesystem
 from pipelines.tracking import (
     TrackingUnavailable,
@@ -474,9 +475,32 @@ def training_storage(stage: str, storage_path: str, where) -> str:
 
 
 # how often Ray Train's controller asks the workers how they are (Ray's default: 2 s): a pass whose workers had
-# finished waited up to that long to be noticed (benchmarks/pass_cost.py: the final report 3.1 -> 1.2 s at 0.5 s);
-# the environment variable, where set, still decides
+# finished waited up to that long to be noticed (benchmarks/pass_cost.py: the final report 3.1 -> 1.2 s at 0.5 s)
 HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+# Ray Train's preemption watcher (an actor a pass: a process that starts and imports Ray, ~2 s of CPU) watches for
+# nodes being drained, as a cloud's spot nodes are; an instance on this machine alone has none to drain
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def controller_env() -> dict[str, str]:
+    """What Ray Train's controller is started with (it reads these from the driver's environment at `fit`): the
+    health-check interval, and the preemption watcher off unless a cluster is named. A variable already set in the
+    environment still decides."""
+    wanted = {HEALTH_CHECK_ENV: HEALTH_CHECK_INTERVAL_S}
+    if on_this_machine_only():
+        wanted[PREEMPTION_WATCHER_ENV] = "0"
+    return {k: v for k, v in wanted.items() if k not in os.environ}
+
+
+@contextlib.contextmanager
+def environment(extra: dict[str, str]):
+    """`extra` in os.environ for the block only: a later pass, or a test in the same process, starts from as it was."""
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key in extra:
+            os.environ.pop(key, None)
 
 
 def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
@@ -486,7 +510,6 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
-    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)  # Ray Train hands it to its controller
     retries = retry_settings()
 
     trainer = TorchTrainer(
@@ -503,7 +526,8 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     )
     clear_outage(storage_path, name)  # a rerun after an outage resumes: its workers must not stop at the old one
     try:
-        result = trainer.fit()
+        with environment(controller_env()):
+            result = trainer.fit()
     except WorkerGroupError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks
         outage = next((e for e in exc.worker_failures.values() if isinstance(e, TrackingUnavailable)), None)
         if outage is None:

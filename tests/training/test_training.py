@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,9 +18,13 @@ from model.config import RECIPES
 from pipelines.corpus.records import encode_png
 from pipelines.training.faceinsight_training import TrainConfig, TrainInputs, run_training
 from pipelines.training.loop import (
+    HEALTH_CHECK_ENV,
     PASS_PHASES,
+    PREEMPTION_WATCHER_ENV,
     _process_start,
     bf16_enabled,
+    controller_env,
+    environment,
     load_optimizer,
     pass_seconds,
     save_optimizer,
@@ -216,6 +221,24 @@ def test_pass_seconds_counts_only_phases_whose_two_stamps_were_taken():
     # a process's second pass (train_variant: finetune after align) does not count the first as its imports
     _process_start()
     assert abs(_process_start() - time.time()) < 1.0
+
+
+def test_ray_trains_preemption_watcher_is_left_out_on_this_machine_only(monkeypatch):
+    """No node of a local instance is ever drained: no watcher actor (a process a pass). On a cluster, and wherever
+    the user set the variable, Ray Train decides as it would; the driver's environment is as it was after the fit."""
+    for name in ("RAY_ADDRESS", PREEMPTION_WATCHER_ENV, HEALTH_CHECK_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert controller_env() == {HEALTH_CHECK_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert controller_env() == {HEALTH_CHECK_ENV: "0.5"}
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "1")
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "2")
+    assert controller_env() == {}
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV)
+    with environment(controller_env()):
+        assert os.environ[PREEMPTION_WATCHER_ENV] == "0" and os.environ[HEALTH_CHECK_ENV] == "2"
+    assert PREEMPTION_WATCHER_ENV not in os.environ and os.environ[HEALTH_CHECK_ENV] == "2"
 
 
 @pytest.mark.slow
