@@ -153,7 +153,8 @@ def main() -> None:
     enc = sub.add_parser("encode")
     enc.add_argument("--records", type=int, default=1280)
     st = sub.add_parser("stage")
-    st.add_argument("--steps", type=int, nargs=2, default=[1, 21])
+    st.add_argument("--steps", type=int, nargs=2, default=[1, 21], metavar=("FEW", "MORE"),
+                    help="the two step counts (different: the slope between them is the cost of a step)")
     st.add_argument("--heads-only", action="store_true", help="align's heads-only steps instead of whole-loss ones")
     st.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file the passes start from")
     st.add_argument("--session", action="store_true", help="the passes join one Ray instance, as in `make run`")
@@ -165,6 +166,8 @@ def main() -> None:
     elif args.what == "cache":
         cache(args.records)
     else:
+        if args.steps[0] == args.steps[1] or min(args.steps) < 1:
+            st.error(f"--steps {args.steps[0]} {args.steps[1]}: two different counts of at least 1 (e.g. 1 21)")
         stage(args.steps, args.heads_only, args.params, session=args.session)
 
 
