@@ -55,12 +55,6 @@ def job_runtime_env(joining_a_cluster: bool) -> dict:
     return {"worker_process_setup_hook": quiet_worker_logs, "env_vars": env_vars}
 
 
-def on_this_machine_only() -> bool:
-    """Whether this process's Ray instance is this machine's alone (a stage's own, or the session's head): no
-    RAY_ADDRESS names a cluster."""
-    return not os.environ.get("RAY_ADDRESS")
-
-
 def init_ray(dashboard: bool = False) -> None:
     """Idempotent ray.init(); the dashboard stays off unless asked for (it costs memory and a port)."""
     import ray

@@ -33,7 +33,6 @@ import torch
 
 from pipelines.cluster import Placement, placement
 from pipelines.provenance import code_tags, host_tags
-from pipelines.ray_runtime import on_this_machine_only
 from pipelines.storage import arrow_filesystem, atomic_dir, filesystem
 from pipelines.tracking import (
     TrackingUnavailable,
@@ -482,12 +481,12 @@ HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
-def controller_env() -> dict[str, str]:
+def controller_env(where: Placement) -> dict[str, str]:
     """What Ray Train's controller is started with (it reads these from the driver's environment at `fit`): the
-    health-check interval, and the preemption watcher off unless a cluster is named. A variable already set in the
-    environment still decides."""
+    health-check interval, and the preemption watcher off where every node is this machine (`where`, the stage's
+    placement). A variable already set in the environment still decides."""
     wanted = {HEALTH_CHECK_ENV: HEALTH_CHECK_INTERVAL_S}
-    if on_this_machine_only():
+    if not where.remote:
         wanted[PREEMPTION_WATCHER_ENV] = "0"
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
@@ -504,9 +503,9 @@ def environment(extra: dict[str, str]):
 
 
 def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
-        storage_path: str, name: str):
+        storage_path: str, name: str, where: Placement):
     """One Ray Train run of `train_loop_per_worker` for `learner`; its result (with a final checkpoint).
-    `storage_path` is what `training_storage` returned at the stage's start."""
+    `storage_path` is what `training_storage` returned at the stage's start, `where` the placement it checked."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
@@ -526,7 +525,7 @@ def fit(stage: str, learner: str, cfg: LoopConfig, datasets: dict[str, Any], loo
     )
     clear_outage(storage_path, name)  # a rerun after an outage resumes: its workers must not stop at the old one
     try:
-        with environment(controller_env()):
+        with environment(controller_env(where)):
             result = trainer.fit()
     except WorkerGroupError as exc:  # an MLflow outage is one line for the user, not the workers' tracebacks
         outage = next((e for e in exc.worker_failures.values() if isinstance(e, TrackingUnavailable)), None)
@@ -581,7 +580,7 @@ def train_and_publish(stage: str, cfg: LoopConfig, storage_path: str, out_dir: P
     stamps["placed"] = time.time()
     job = prepare(where)
     stamps["prepared"] = time.time()
-    result = fit(stage, job.learner, cfg, job.datasets, job.loop_config, storage, job.name)
+    result = fit(stage, job.learner, cfg, job.datasets, job.loop_config, storage, job.name, where)
     stamps["trained"] = time.time()
     state = publish(result, out_dir, job.check)
     stamps["published"] = time.time()

@@ -224,19 +224,22 @@ def test_pass_seconds_counts_only_phases_whose_two_stamps_were_taken():
 
 
 def test_ray_trains_preemption_watcher_is_left_out_on_this_machine_only(monkeypatch):
-    """No node of a local instance is ever drained: no watcher actor (a process a pass). On a cluster, and wherever
-    the user set the variable, Ray Train decides as it would; the driver's environment is as it was after the fit."""
-    for name in ("RAY_ADDRESS", PREEMPTION_WATCHER_ENV, HEALTH_CHECK_ENV):
+    """No node of an instance on this machine alone is ever drained: no watcher actor (a process a pass). Where a
+    node is elsewhere, and wherever the user set the variable, Ray Train decides as it would; the driver's environment
+    is as it was after the fit."""
+    from pipelines.cluster import ClusterView, Placement
+
+    here = Placement(ClusterView("10.0.0.1", ("10.0.0.1",)))  # a local instance, or a cluster of this machine alone
+    spread = Placement(ClusterView("10.0.0.1", ("10.0.0.1", "10.0.0.2")))
+    for name in (PREEMPTION_WATCHER_ENV, HEALTH_CHECK_ENV):
         monkeypatch.delenv(name, raising=False)
-    assert controller_env() == {HEALTH_CHECK_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert controller_env() == {HEALTH_CHECK_ENV: "0.5"}
-    monkeypatch.delenv("RAY_ADDRESS")
+    assert controller_env(here) == {HEALTH_CHECK_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
+    assert controller_env(spread) == {HEALTH_CHECK_ENV: "0.5"}
     monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "1")
     monkeypatch.setenv(HEALTH_CHECK_ENV, "2")
-    assert controller_env() == {}
+    assert controller_env(here) == {}
     monkeypatch.delenv(PREEMPTION_WATCHER_ENV)
-    with environment(controller_env()):
+    with environment(controller_env(here)):
         assert os.environ[PREEMPTION_WATCHER_ENV] == "0" and os.environ[HEALTH_CHECK_ENV] == "2"
     assert PREEMPTION_WATCHER_ENV not in os.environ and os.environ[HEALTH_CHECK_ENV] == "2"
 
