@@ -451,8 +451,11 @@ def balanced_thresholds(logits: np.ndarray, truth: np.ndarray, min_count: int = 
         if len(pos) < min_count or len(neg) < min_count:
             continue
         cands = np.unique(np.concatenate([[0.0], logits[:, j]]))
-        bal = [0.5 * ((pos > c).mean() + (neg <= c).mean()) for c in cands]
-        best = np.flatnonzero(np.isclose(bal, max(bal)))
+        # the share of positives above and of negatives at or below each candidate, all at once (sorted counts)
+        above = len(pos) - np.searchsorted(np.sort(pos), cands, side="right")
+        below = np.searchsorted(np.sort(neg), cands, side="right")
+        bal = 0.5 * (above / len(pos) + below / len(neg))
+        best = np.flatnonzero(np.isclose(bal, bal.max()))
         out[j] = float(np.median(cands[best]))
     return out
 

@@ -151,6 +151,17 @@ def deepspeed_config(cfg: LoopConfig, micro: int) -> dict[str, Any]:
     return raw
 
 
+def training_deepspeed():
+    """`deepspeed`, with its CPU shared-memory all-reduce marked unavailable: that op serves only tensor-parallel
+    inference (`inference_all_reduce`), and DeepSpeed would JIT-compile its C++ on the first `initialize` of every
+    fresh machine or virtual environment (~35 s of both cores here, before the first step)."""
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # one dict per process: DeepSpeed reads it back
+    return deepspeed
+
+
 def make_optimizer(groups: list[dict[str, Any]], cfg: LoopConfig, ds_config: dict[str, Any] | None = None):
     """AdamW over the param groups; DeepSpeed's CPU Adam where the ZeRO config offloads the optimiser."""
     offload = ((ds_config or {}).get("zero_optimization", {}).get("offload_optimizer") or {}).get("device")
@@ -203,9 +214,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 for g in groups], cfg, ds_config)
     engine = None
     if cfg.deepspeed:  # ZeRO partitions optimiser state (2) and parameters (3) across the workers
-        import deepspeed
-
-        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        engine, optimizer, _, _ = training_deepspeed().initialize(model=module, optimizer=optimizer, config=ds_config)
         wrapped = engine
         if checkpoint:  # the moments live partitioned across ranks: each rank loads its own partition
             with checkpoint.as_directory() as ckpt:

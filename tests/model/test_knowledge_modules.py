@@ -8,6 +8,7 @@ from model.knowledge_modules import (
     EXCLUSION,
     IMPLICATION,
     CooccurrenceGraph,
+    balanced_thresholds,
     class_pooling,
     constraint_loss,
     masked_bce,
@@ -64,3 +65,21 @@ def test_masked_bce_ignores_faces_without_attribute_labels():
     labels = torch.tensor([[1, 0], [-1, -1]])
     assert masked_bce(logits, labels).item() < 1e-3  # the unlabelled row would cost ~3 if counted
     assert masked_bce(logits, torch.full_like(labels, -1)).item() == 0.0
+
+
+def test_balanced_thresholds_are_the_brute_force_choice_ties_and_sparse_attributes_included():
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    truth = (rng.random((300, 12)) < np.linspace(0.01, 0.6, 12)).astype(np.int64)  # the first: too few positives
+    logits = np.round(rng.normal(size=(300, 12)) + 1.5 * truth, 1).astype(np.float32)  # rounded: many ties
+    expected = np.zeros(12, np.float32)
+    for j in range(12):
+        pos, neg = logits[truth[:, j] == 1, j], logits[truth[:, j] == 0, j]
+        if min(len(pos), len(neg)) < 5:
+            continue
+        cands = np.unique(np.concatenate([[0.0], logits[:, j]]))
+        bal = np.array([0.5 * ((pos > c).mean() + (neg <= c).mean()) for c in cands])
+        expected[j] = np.median(cands[np.isclose(bal, bal.max())])
+    chosen = balanced_thresholds(logits, truth)
+    assert chosen[0] == 0 and np.array_equal(chosen, expected)

@@ -327,6 +327,16 @@ def test_deepspeed_zero_on_two_cpu_workers(zero, ray_local, corpus, tracking, tm
     assert loaded.parameter_counts() == FaceInsight(SMALL, loaded.tokenizer, corpus["knowledge"]).parameter_counts()
 
 
+def test_deepspeed_training_leaves_its_inference_only_shm_op_unbuilt():
+    # the op's one user is inference_all_reduce (tensor-parallel inference); building it is a C++ compile per machine
+    from deepspeed.comm.torch import build_shm_op
+
+    from pipelines.training.loop import training_deepspeed
+
+    training_deepspeed()
+    assert build_shm_op() is None  # without the mark: a compile, then the built module
+
+
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     """One real `mlflow server` for this module's tests that need one (each reads only its own runs)."""
