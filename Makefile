@@ -42,8 +42,8 @@ test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check model pipelines stages tests benchmarks
 
-ui: $(STAMP)  ## the MLflow UI over the default local store, on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+ui: $(STAMP)  ## the MLflow UI over the default local store, on http://127.0.0.1:5000 (no job runner: the pipeline runs no MLflow jobs)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 constraints:  ## re-resolve the newest versions the bounds in pyproject.toml allow into constraints.txt
 	rm -rf /tmp/faceinsight-constraints && $(PYTHON) -m venv /tmp/faceinsight-constraints

@@ -9,7 +9,8 @@
 #   MLFLOW_FLASK_SERVER_SECRET_KEY   the CSRF key of the sign-up form (the same on every replica)
 # Optional: MLFLOW_AUTH_DATABASE_URI (users and permissions; default: the backend store's database, its own
 # tables), MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_DEFAULT_PERMISSION (READ: a signed-in user reads
-# everything and changes only what it created or was granted), MLFLOW_HOST, MLFLOW_PORT.
+# everything and changes only what it created or was granted), MLFLOW_HOST, MLFLOW_PORT,
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION (false: see below).
 # Anonymous requests get 401. Extra arguments go to `mlflow server` (e.g. --workers 4).
 set -euo pipefail
 
@@ -23,6 +24,10 @@ case "$MLFLOW_AUTH_ADMIN_PASSWORD" in
 esac
 [ "${#MLFLOW_AUTH_ADMIN_PASSWORD}" -ge 12 ] || fail "MLFLOW_AUTH_ADMIN_PASSWORD needs 12 or more characters"
 [ "${#MLFLOW_FLASK_SERVER_SECRET_KEY}" -ge 16 ] || fail "MLFLOW_FLASK_SERVER_SECRET_KEY needs 16 or more characters"
+
+# MLflow's job runner (GenAI jobs: prompt optimisation, judges, trace roll-ups) is off: the pipeline runs none, and
+# on it each replica starts a runner and Huey consumers, every one a Python process that imports MLflow
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 # MLflow reads its auth settings from an ini file: written here, readable by this user only, gone on exit
 conf=$(mktemp -d)

@@ -15,7 +15,7 @@ import pytest
 from pipelines.ray_session import free_port
 from tests.conftest import REPO
 from tests.infra.postgres import postgres_bin, postgres_server
-from tests.training.mlflow_server import AUTH_ADMIN, AUTH_SECRET_KEY, auth_mlflow_server
+from tests.training.mlflow_server import AUTH_ADMIN, AUTH_SECRET_KEY, auth_mlflow_server, session_commands
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +135,7 @@ def test_only_the_pipelines_user_registers_versions_and_moves_champion(s3_server
         url = stack.enter_context(auth_mlflow_server(tmp_path, USERS, backend, "s3://mlflow-artifacts/mlflow",
                                                      {"MLFLOW_S3_ENDPOINT_URL": s3_server}))
 
+        served = session_commands(url)
         logged = python(PIPELINE, client_env("pipeline"), url)
         # the pipeline's own user last: it deletes the run
         identities = [("viewer", USERS["viewer"]), (None, None), ("pipeline", "not-the-password"),
@@ -157,6 +158,8 @@ def test_only_the_pipelines_user_registers_versions_and_moves_champion(s3_server
         new_login = requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", auth=("pipeline", new),
                                  timeout=30)
 
+    # the server and its worker, without MLflow's job runner and its consumers (serve.sh turns them off)
+    assert any("uvicorn" in c for c in served) and not [c for c in served if "mlflow.server.jobs" in c], served
     assert viewer["read_run"] == ["ok", "finetune"] and viewer["read_champion"] == ["ok", logged["version"]]
     for action in ("register_version", "move_champion", "delete_run"):
         assert viewer[action] == ["refused", 403], action

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,8 +22,15 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
     """Defaults: SQLite and an artifact folder under `root`; `backend`/`artifacts` name others (postgresql://, s3://)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    with serving(server_command(root, port, backend, artifacts), root / "server.log", port, env) as url:
+    with serving(server_command(root, port, backend, artifacts), root / "server.log", port,
+                 NO_JOB_RUNNER | (env or {})) as url:
         yield url
+
+
+# MLflow's job runner and its Huey consumers, a Python process each that imports MLflow, serve GenAI jobs the pipeline
+# never starts: off for every plain test server, as infra/mlflow/serve.sh has it (~3 CPU-seconds a consumer, ~50 in a
+# suite before)
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def server_command(root: Path, port: int, backend: str | None = None, artifacts: str | None = None) -> list[str]:
@@ -62,6 +70,22 @@ def start(command: list[str], log: Path, port: int, env: dict[str, str] | None =
             time.sleep(0.5)
 
 
+def session_commands(url: str) -> list[str]:
+    """The command line of every process in the session of the server listening at `url` (started by `start`: the
+    server, its workers and whatever they launched)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    listener = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.pid
+                    and c.status == psutil.CONN_LISTEN)
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getsid(proc.pid) == os.getsid(listener):
+                found.append(" ".join(proc.cmdline()))
+    return found
+
+
 def stop(proc: subprocess.Popen) -> None:
     """The server and every child it started (its own session: the signal reaches nothing else)."""
     if proc.poll() is None:  # it may have died at start-up
@@ -83,7 +107,7 @@ class RestartableServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RestartableServer:
-        self.proc = start(server_command(self.root, self.port), self.root / "server.log", self.port)
+        self.proc = start(server_command(self.root, self.port), self.root / "server.log", self.port, NO_JOB_RUNNER)
         return self
 
     def stop(self) -> None:
