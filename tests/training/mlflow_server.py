@@ -15,6 +15,10 @@ from pathlib import Path
 
 from pipelines.ray_session import free_port
 
+# MLflow's job runner and its Huey consumers, a Python process each that imports MLflow, serve GenAI jobs the pipeline
+# never starts: off for every plain test server, as infra/mlflow/serve.sh has it (~240 CPU-seconds a suite before)
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 @contextmanager
 def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None = None,
@@ -25,12 +29,6 @@ def mlflow_server(root: Path, backend: str | None = None, artifacts: str | None 
     with serving(server_command(root, port, backend, artifacts), root / "server.log", port,
                  NO_JOB_RUNNER | (env or {})) as url:
         yield url
-
-
-# MLflow's job runner and its Huey consumers, a Python process each that imports MLflow, serve GenAI jobs the pipeline
-# never starts: off for every plain test server, as infra/mlflow/serve.sh has it (~3 CPU-seconds a consumer, ~50 in a
-# suite before)
-NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def server_command(root: Path, port: int, backend: str | None = None, artifacts: str | None = None) -> list[str]:
@@ -76,8 +74,9 @@ def session_commands(url: str) -> list[str]:
     import psutil
 
     port = int(url.rsplit(":", 1)[1])
-    listener = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.pid
-                    and c.status == psutil.CONN_LISTEN)
+    listener = next((c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.pid
+                     and c.status == psutil.CONN_LISTEN), None)
+    assert listener is not None, f"nothing listens on port {port}"
     found = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError):
