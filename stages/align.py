@@ -15,7 +15,7 @@ import typer
 
 from pipelines.config import load_params
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, run_cli, stage
 
 app = typer.Typer(add_completion=False)
 
@@ -38,4 +38,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -21,7 +21,7 @@ from pipelines.corpus.templates import TEMPLATES_FILE, Templates
 from pipelines.datasets.common import read_manifest
 from pipelines.ray_runtime import init_ray
 from pipelines.storage import write_json_atomic
-from stages.common import KnowledgeFile, ParamsFile, stage, stage_config
+from stages.common import KnowledgeFile, ParamsFile, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -53,4 +53,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -19,7 +19,7 @@ from pipelines.evaluation.plots import write_task_plots
 from pipelines.storage import atomic_dir, write_json_atomic
 from pipelines.tracking import log_eval_metrics, tracking_uri
 from pipelines.training.variants import trained_variants
-from stages.common import CorpusDir, KnowledgeFile, ParamsFile, RegistryFile, present, stage, stage_config
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, RegistryFile, present, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -55,4 +55,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

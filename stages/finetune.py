@@ -17,7 +17,7 @@ from pipelines.config import load_params
 from pipelines.storage import write_json_atomic
 from pipelines.tracking import tracking_uri
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, run_cli, stage
 
 app = typer.Typer(add_completion=False)
 
@@ -49,4 +49,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

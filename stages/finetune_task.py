@@ -18,7 +18,7 @@ import typer
 from model.labels import TASKS
 from pipelines.config import load_params
 from pipelines.training.stage import print_summary, storage_path, train_stage
-from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, stage
+from stages.common import CorpusDir, KnowledgeFile, ParamsFile, Storage, TokenizerDir, run_cli, stage
 
 app = typer.Typer(add_completion=False)
 
@@ -48,4 +48,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from pipelines.ingest import IngestConfig, IngestPaths, run_ingest
-from stages.common import ParamsFile, stage, stage_config
+from stages.common import ParamsFile, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 DEFAULT = IngestPaths()
@@ -33,4 +33,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

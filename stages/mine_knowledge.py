@@ -18,7 +18,7 @@ import typer
 from pipelines.datasets.common import read_manifest
 from pipelines.knowledge import KnowledgeConfig, class_counts, knowledge_metrics, mine_knowledge, plot_conditional
 from pipelines.storage import atomic_path, write_json_atomic
-from stages.common import ParamsFile, stage, stage_config
+from stages.common import ParamsFile, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -50,4 +50,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

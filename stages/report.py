@@ -17,7 +17,7 @@ from pipelines.evaluation.champion import judge_champion
 from pipelines.evaluation.report import ReportConfig, corpus_summary, read_evals, results_markdown
 from pipelines.storage import atomic_path, write_json_atomic
 from pipelines.tracking import tracking_uri
-from stages.common import ParamsFile, RegistryFile, stage, stage_config
+from stages.common import ParamsFile, RegistryFile, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -43,4 +43,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

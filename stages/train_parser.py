@@ -16,7 +16,7 @@ import typer
 from pipelines.datasets.common import read_manifest
 from pipelines.parser_training import ParserTrainConfig, train_parser
 from pipelines.storage import write_json_atomic
-from stages.common import ParamsFile, Storage, stage, stage_config
+from stages.common import ParamsFile, Storage, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -37,4 +37,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -15,7 +15,7 @@ import typer
 from pipelines.specialist_training import SpecialistTrainConfig, train_specialist
 from pipelines.storage import write_json_atomic
 from pipelines.training.stage import storage_path
-from stages.common import CorpusDir, ParamsFile, Storage, stage, stage_config
+from stages.common import CorpusDir, ParamsFile, Storage, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -37,4 +37,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

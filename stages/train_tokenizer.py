@@ -15,7 +15,7 @@ import typer
 
 from pipelines.storage import write_json_atomic
 from pipelines.tokenizer import TokenizerConfig, build_tokenizer
-from stages.common import CorpusDir, ParamsFile, stage, stage_config
+from stages.common import CorpusDir, ParamsFile, run_cli, stage, stage_config
 
 app = typer.Typer(add_completion=False)
 
@@ -38,4 +38,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

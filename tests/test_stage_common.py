@@ -67,3 +67,49 @@ def test_a_finished_stage_stops_ray_without_waiting_for_late_errors_and_a_failed
     waited = outcome == "fail"  # a failed stage keeps Ray's wait, so its workers' last lines still print
     # a finished stage kills the local autoscaler monitor before Ray's shutdown reaches it (no second's grace)
     assert f"EXIT {waited} False {waited}" in done.stdout, done.stdout[-2000:]
+
+
+# a stage's entry point in a fresh process. Its exit hook and its last, unflushed output must survive the exit; an
+# object only Python's own teardown of the module would finalise tells whether that teardown ran
+_RUN_CLI_PROBE = '''
+import atexit, sys, threading, time
+import typer
+from stages.common import run_cli
+app = typer.Typer(add_completion=False)
+@app.command()
+def main(outcome: str, log: str) -> None:
+    atexit.register(lambda: open(log, "a").write("hook ran\\n"))
+    print("the last line, unflushed", end="")
+    if outcome == "working thread":
+        threading.Thread(target=lambda: (time.sleep(0.5), open(log, "a").write("thread done\\n"))).start()
+    elif outcome == "failed":
+        raise typer.Exit(3)
+    elif outcome == "message":
+        sys.exit("stopped: a reason")
+class Teardown:  # holds what its __del__ needs: late in the teardown, globals and builtins are gone
+    def __init__(self, path):
+        import os
+        self.fd, self.write = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), os.write
+    def __del__(self):
+        self.write(self.fd, b"teardown ran\\n")
+kept = Teardown(sys.argv[-1])
+run_cli(app)
+'''
+
+
+@pytest.mark.parametrize(("outcome", "code", "teardown"), [("finished", 0, False), ("failed", 3, False),
+                                                          ("working thread", 0, True), ("message", 1, True)])
+def test_a_stage_process_exits_with_its_code_hooks_and_output_but_without_pythons_teardown(outcome, code, teardown,
+                                                                                            tmp_path):
+    """run_cli: the command's exit code, every exit hook run and stdout flushed, and the interpreter's teardown of
+    the modules skipped; where a thread still works, or the exit carries a message, Python's own exit instead."""
+    log = tmp_path / "log"
+    done = subprocess.run([sys.executable, "-c", _RUN_CLI_PROBE, outcome, str(log)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout == "the last line, unflushed"
+    lines = log.read_text().splitlines()
+    assert "hook ran" in lines
+    assert ("teardown ran" in lines) is teardown, lines
+    assert ("thread done" in lines) is (outcome == "working thread")
+    assert ("stopped: a reason" in done.stderr) is (outcome == "message")

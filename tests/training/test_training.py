@@ -233,8 +233,8 @@ def test_ray_trains_preemption_watcher_is_left_out_on_this_machine_only(monkeypa
     spread = Placement(ClusterView("10.0.0.1", ("10.0.0.1", "10.0.0.2")))
     for name in (PREEMPTION_WATCHER_ENV, HEALTH_CHECK_ENV):
         monkeypatch.delenv(name, raising=False)
-    assert controller_env(here) == {HEALTH_CHECK_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
-    assert controller_env(spread) == {HEALTH_CHECK_ENV: "0.5"}
+    assert controller_env(here) == {HEALTH_CHECK_ENV: "0.2", PREEMPTION_WATCHER_ENV: "0"}
+    assert controller_env(spread) == {HEALTH_CHECK_ENV: "0.2"}
     monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "1")
     monkeypatch.setenv(HEALTH_CHECK_ENV, "2")
     assert controller_env(here) == {}
