@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -85,6 +85,22 @@ def confident_logits(name: str, decided: torch.Tensor, like: torch.Tensor) -> to
     return nn.functional.one_hot(decided, like.shape[-1]).to(like.dtype) * 12.0 - 6.0
 
 
+def shared_prefix(input_ids: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares, through its last visual placeholder (the chat template's
+    turn opening and the face's tokens, before the question); 0 where the prompts differ there, or hold no face
+    or nothing after it."""
+    first = input_ids[0]
+    visual = [k for k, t in enumerate(first) if t in (IMAGE_TOKEN_ID, SEG_TOKEN_ID)]
+    if not visual:
+        return 0
+    end = visual[-1] + 1
+    head = first[:end]
+    if any(len(p) <= end or p[:end] != head or IMAGE_TOKEN_ID in p[end:] or SEG_TOKEN_ID in p[end:]
+           for p in input_ids):
+        return 0
+    return end
+
+
 def distinct_faces(images, maps=None) -> tuple[list[int], torch.Tensor | None]:
     """The first index of each distinct (image, map) pair and each item's row among them; (all, None) where the
     images differ in size (a pretrained tower's processor resizes them)."""
@@ -99,6 +115,16 @@ def distinct_faces(images, maps=None) -> tuple[list[int], torch.Tensor | None]:
             first.append(k)
         rows.append(seen[key])
     return first, torch.tensor(rows)
+
+
+class FaceEncoding(NamedTuple):
+    """A batch of faces as the towers and heads see them (FaceInsight.encode_visual), to ask many questions of."""
+    visual: torch.Tensor  # (B, image_tokens + seg_tokens, width)
+    verdicts: dict[str, torch.Tensor]  # "attributes" logits and the answer heads' logits, where the model has them
+
+    def rows(self, rows: torch.Tensor | list[int]) -> FaceEncoding:
+        """The encoding of some of these faces (a face may come more than once)."""
+        return FaceEncoding(self.visual[rows], {name: v[rows] for name, v in self.verdicts.items()})
 
 
 class FaceInsight(Checkpointable, nn.Module):
@@ -426,8 +452,8 @@ class FaceInsight(Checkpointable, nn.Module):
         """The answer heads' decided class per task and face (what the text is handed: `decide`), no decoding."""
         if self.answer_embedding is None:
             raise ValueError("this model has no answer heads (alignment.answer_heads is off)")
-        verdicts = self.encode_visual(pixel_values, seg_maps)[1]
-        return {t: self.decide(t, v) for t, v in verdicts.items() if t in ANSWER_CLASSES}
+        decided = self.face_decisions(FaceEncoding(*self.encode_visual(pixel_values, seg_maps)))
+        return {t: v for t, v in decided.items() if t in ANSWER_CLASSES}
 
     def forced_verdicts(self, verdicts: dict[str, torch.Tensor], attribute_labels: torch.Tensor | None,
                         answer_labels: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -498,7 +524,7 @@ class FaceInsight(Checkpointable, nn.Module):
         """(B, 40) bool: the attribute head's decisions, as the text reads them (the val-chosen thresholds)."""
         if self.cooccurrence is None:
             raise ValueError("this model has no attribute head (use_cooccurrence is off)")
-        return self.decide("attributes", self.encode_visual(pixel_values, seg_maps)[1]["attributes"].float())
+        return self.face_decisions(FaceEncoding(*self.encode_visual(pixel_values, seg_maps)))["attributes"]
 
     @torch.inference_mode()
     def fit_attribute_thresholds(self, pixel_values: torch.Tensor, seg_maps: torch.Tensor | None,
@@ -513,39 +539,47 @@ class FaceInsight(Checkpointable, nn.Module):
         return out
 
     @torch.inference_mode()
-    def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor, seg_maps: torch.Tensor | None = None,
-                 max_new_tokens: int = 32, temperature: float = 0.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None, max_loop: int = 12, faces: torch.Tensor | None = None
-                 ) -> list[list[int]]:
+    def generate(self, input_ids: list[list[int]], pixel_values: torch.Tensor | None,
+                 seg_maps: torch.Tensor | None = None, max_new_tokens: int = 32, temperature: float = 0.0,
+                 use_cache: bool = True, generator: torch.Generator | None = None, max_loop: int = 12,
+                 faces: torch.Tensor | None = None, encoded: FaceEncoding | None = None) -> list[list[int]]:
         """Greedy (temperature 0) or sampled decoding of a batch of prompts (left-padded), with a KV cache.
         No answer says a phrase of up to `max_loop` tokens twice in a row (0: off): a small model's description
         otherwise loops ("has a big nose, has a big nose, ..."). `faces`: each prompt's row of `pixel_values` and
-        `seg_maps` (default: a row each), so a face asked many questions goes through the towers once."""
+        `seg_maps` (default: a row each), so a face asked many questions goes through the towers once; `encoded`
+        (encode_faces) stands for the pixels where the faces were encoded before."""
         pad = self.tokenizer.pad_token_id or 0
         stop = self.chat.stop_ids(self.tokenizer)
-        longest = max(map(len, input_ids))
-        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in input_ids])
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in input_ids])
-        visual, verdicts = self.encode_visual(pixel_values, seg_maps)
+        visual, verdicts = encoded if encoded is not None else self.encode_visual(pixel_values, seg_maps)
+        # a face asked several questions: the turn's opening and its visual tokens go through the LM once, and
+        # each question continues from that cache (the prefix, then each question left-padded after it)
+        shared = shared_prefix(input_ids) if use_cache and faces is not None and len(visual) < len(input_ids) else 0
+        past = self.prefix_cache(input_ids[0][:shared], visual, verdicts, faces) if shared else None
+        longest = max(len(p) - shared for p in input_ids)
+        ids = torch.tensor([p[:shared] + [pad] * (longest + shared - len(p)) + p[shared:] for p in input_ids])
+        mask = torch.tensor([[1] * shared + [0] * (longest + shared - len(p)) + [1] * (len(p) - shared)
+                             for p in input_ids])
         if faces is not None:
-            visual, verdicts = visual[faces], {name: v[faces] for name, v in verdicts.items()}
+            visual, verdicts = FaceEncoding(visual, verdicts).rows(faces)
         verdicts = self.decided_verdicts(verdicts)  # what the text reads, as in forward outside training
         embeds = self.embed(ids, visual, verdicts)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]
-        past = None
+        cached = shared  # the positions the KV cache holds
         pointer = self.answer_pointer is not None
         so_far = ids  # the prompt and what was generated so far: the pointer reads which task and attribute it names
         hidden = {"output_hidden_states": True} if pointer else {}  # the pointer's gate reads the last hidden state
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             if use_cache and past is not None:
-                out = self.llm(inputs_embeds=embeds[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                               past_key_values=past, use_cache=True, logits_to_keep=1, **hidden)
+                out = self.llm(inputs_embeds=embeds[:, cached:], attention_mask=mask,
+                               position_ids=positions[:, cached:], past_key_values=past, use_cache=True,
+                               logits_to_keep=1, **hidden)
             else:  # the prompt: the next token's logits only, not a vocabulary row per prompt position
                 out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache,
                                logits_to_keep=1, **hidden)
             past = out.past_key_values if use_cache else None
+            cached = embeds.shape[1]
             logits = out.logits[:, -1].float()
             if pointer:
                 named, copied = self.pointer_inputs(so_far, verdicts)
@@ -573,14 +607,46 @@ class FaceInsight(Checkpointable, nn.Module):
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype)], dim=1)
         return [[t for t in seq if t not in stop] for seq in outputs]
 
+    def prefix_cache(self, prefix: list[int], visual: torch.Tensor, verdicts: dict[str, torch.Tensor],
+                     faces: torch.Tensor):
+        """The LM's KV cache of the prompts' shared prefix, computed once per face, then one row per prompt."""
+        ids = torch.tensor([prefix] * len(visual))
+        out = self.llm(inputs_embeds=self.embed(ids, visual, self.decided_verdicts(verdicts)),
+                       attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix)).expand_as(ids),
+                       use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        past.reorder_cache(faces)
+        return past
+
     def answer(self, images, seg_maps, questions: list[str], **kwargs) -> list[str]:
         """Questions about a batch of uint8 RGB images (and their parsing maps) -> answers as text. A face that comes
         more than once (evaluation asks each face all its questions) is encoded once."""
-        prompts = [self.chat.prompt(self.tokenizer, q, self.image_tokens, self.seg_tokens) for q in questions]
         maps = seg_maps if seg_maps is not None and self.seg_encoder is not None else None
         first, faces = distinct_faces(images, maps)
-        pixel_values = self.preprocess([images[k] for k in first])
-        maps = torch.as_tensor(np.stack([maps[k] for k in first])) if maps is not None else None
-        tokens = self.generate(prompts, pixel_values, maps, faces=faces, **kwargs)
+        encoded = self.encode_faces([images[k] for k in first], [maps[k] for k in first] if maps is not None else None)
+        return self.answer_faces(encoded, faces, questions, **kwargs)
+
+    @torch.inference_mode()
+    def encode_faces(self, images, seg_maps=None) -> FaceEncoding:
+        """uint8 RGB images (and their parsing maps, where the model reads them) -> what the towers and heads make
+        of them, for answer_faces and face_decisions to reuse: a face asked many questions is encoded once."""
+        maps = torch.as_tensor(np.stack(seg_maps)) if seg_maps is not None and self.seg_encoder is not None else None
+        return FaceEncoding(*self.encode_visual(self.preprocess(images), maps))
+
+    def answer_faces(self, encoded: FaceEncoding, faces: torch.Tensor | list[int] | None, questions: list[str],
+                     **kwargs) -> list[str]:
+        """Questions about encoded faces (encode_faces) -> answers as text; `faces[k]`: question k's face (default:
+        one face each)."""
+        # each distinct question is tokenised once (evaluation asks every face the same few)
+        asked = {q: self.chat.prompt(self.tokenizer, q, self.image_tokens, self.seg_tokens) for q in set(questions)}
+        prompts = [asked[q] for q in questions]
+        faces = None if faces is None else torch.as_tensor(faces)
+        tokens = self.generate(prompts, None, faces=faces, encoded=encoded, **kwargs)
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+    def face_decisions(self, encoded: FaceEncoding) -> dict[str, torch.Tensor]:
+        """The heads' decisions on encoded faces, as `decide` makes them: "attributes" (B, 40) bool where the model
+        has the attribute head, each answer head's class per face (as answer_decisions)."""
+        return {name: self.decide(name, v.float() if name == "attributes" else v)
+                for name, v in encoded.verdicts.items() if name == "attributes" or name in ANSWER_CLASSES}
 

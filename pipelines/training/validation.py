@@ -79,48 +79,39 @@ def _mean_recall(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([(pred[truth == c] == c).mean() for c in np.unique(truth)])) if len(truth) else 0.0
 
 
-def _said(model, part: dict[str, Any], question: str, names, maps: bool, batch: int, tokens: int) -> np.ndarray:
-    """The class each face's generated answer to `question` names (-1 unread); names None: the number it gives."""
+def _said(model, encoded, question: str, names, batch: int, tokens: int) -> np.ndarray:
+    """The class each encoded face's generated answer to `question` names (-1 unread); names None: the number it
+    gives."""
+    n = len(encoded.visual)
     answers = []
-    for start in range(0, len(part["image"]), batch):
-        sl = slice(start, start + batch)
-        answers += model.answer(part["image"][sl], part["seg_map"][sl] if maps else None,
-                                [question] * len(part["image"][sl]), max_new_tokens=tokens)
+    for start in range(0, n, batch):
+        rows = list(range(start, min(start + batch, n)))
+        answers += model.answer_faces(encoded.rows(rows), None, [question] * len(rows), max_new_tokens=tokens)
     read = [parse_number(a) if names is None else parse_name(a, names) for a in answers]
     return np.array([-1 if k is None else k for k in read])
 
 
-def _head_classes(model, part: dict[str, Any], task: str, maps: bool) -> np.ndarray:
-    import torch
-
-    decided = model.answer_decisions(model.preprocess(part["image"]),
-                                     torch.as_tensor(part["seg_map"]) if maps else None)
-    return decided[task].numpy()
-
-
 def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: int = 64) -> dict[str, float]:
-    """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates')."""
-    import torch
-
+    """questions: attribute name -> its yes/no question, and "gender" -> the gender question (templates'). Each
+    task's faces go through the towers once (FaceInsight.encode_faces); every question and head reads that."""
     out: dict[str, float] = {}
     maps = model.seg_encoder is not None
     attrs = sample.get("attributes")
     if attrs is not None:
-        images, seg = attrs["image"], attrs["seg_map"]
         labels = attrs["labels"]
+        encoded = model.encode_faces(attrs["image"], attrs["seg_map"] if maps else None)
         if model.cooccurrence is not None:
-            decided = model.attribute_decisions(model.preprocess(images),
-                                                torch.as_tensor(seg) if maps else None).numpy()
+            decided = model.face_decisions(encoded)["attributes"].numpy()
             per = [_mean_recall(decided[:, j].astype(int), labels[:, j]) for j in range(labels.shape[1])
                    if len(np.unique(labels[:, j])) == 2]
             out["val_head_balanced_accuracy"] = float(np.mean(per))
-        pairs = [(i, int(j)) for i in range(len(images)) for j in attrs["asked"][i]]
+        pairs = [(i, int(j)) for i in range(len(labels)) for j in attrs["asked"][i]]
         said, truth = [], []
         for start in range(0, len(pairs), batch):
             chunk = pairs[start:start + batch]
-            idx = [i for i, _ in chunk]
-            answers = model.answer(images[idx], seg[idx] if maps else None,
-                                   [questions[CELEBA_ATTRIBUTES[j]] for _, j in chunk], max_new_tokens=3)
+            first = sorted({i for i, _ in chunk})  # this chunk's faces, and each question's row among them
+            answers = model.answer_faces(encoded.rows(first), [first.index(i) for i, _ in chunk],
+                                         [questions[CELEBA_ATTRIBUTES[j]] for _, j in chunk], max_new_tokens=3)
             said += [parse_yes_no(a) for a in answers]
             truth += [int(labels[i, j]) for i, j in chunk]
         read = np.array([s is not None for s in said])
@@ -129,23 +120,25 @@ def val_scores(model, sample: dict[str, Any], questions: dict[str, str], batch: 
         out["val_unread_share"] = float(1 - read.mean())
     demo = sample.get("age_gender_race")
     if demo is not None:
-        pred = _said(model, demo, questions["gender"], UTK_GENDERS, maps, batch, 4)
+        encoded = model.encode_faces(demo["image"], demo["seg_map"] if maps else None)
+        heads = model.face_decisions(encoded)
+        pred = _said(model, encoded, questions["gender"], UTK_GENDERS, batch, 4)
         out["val_gender_accuracy"] = float((pred == demo["labels"]).mean())
-        if model.answer_embedding is not None:
-            head = _head_classes(model, demo, "gender", maps)
-            out["val_head_gender_accuracy"] = float((head == demo["labels"]).mean())
+        if "gender" in heads:
+            out["val_head_gender_accuracy"] = float((heads["gender"].numpy() == demo["labels"]).mean())
         if "age" in questions and "age" in demo:
-            age = _said(model, demo, questions["age"], None, maps, batch, 4)
+            age = _said(model, encoded, questions["age"], None, batch, 4)
             read = age >= 0  # MAE over the answers that gave a number, as evaluation reads them
             out["val_age_mae"] = float(np.abs(age[read] - demo["age"][read]).mean()) if read.any() else 100.0
-            if model.answer_embedding is not None:
-                head = answer_value("age", _head_classes(model, demo, "age", maps))
+            if "age" in heads:
+                head = answer_value("age", heads["age"].numpy())
                 out["val_head_age_mae"] = float(np.abs(head - demo["age"]).mean())
     expression = sample.get("expression")
     if expression is not None and "expression" in questions:
-        said = _said(model, expression, questions["expression"], EXPRESSIONS, maps, batch, 4)
+        encoded = model.encode_faces(expression["image"], expression["seg_map"] if maps else None)
+        said = _said(model, encoded, questions["expression"], EXPRESSIONS, batch, 4)
         out["val_expression_uar"] = _mean_recall(said, expression["labels"])
-        if model.answer_embedding is not None:
-            out["val_head_expression_uar"] = _mean_recall(_head_classes(model, expression, "expression", maps),
-                                                          expression["labels"])
+        heads = model.face_decisions(encoded)
+        if "expression" in heads:
+            out["val_head_expression_uar"] = _mean_recall(heads["expression"].numpy(), expression["labels"])
     return out

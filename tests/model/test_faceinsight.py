@@ -12,7 +12,7 @@ import torch
 
 from model.chat import IGNORE
 from model.config import RECIPES, AlignmentConfig
-from model.faceinsight import FaceInsight
+from model.faceinsight import FaceInsight, shared_prefix
 from model.tokenizer import IMAGE_TOKEN_ID, SEG_TOKEN_ID
 from tests.model.conftest import SMALL
 
@@ -349,6 +349,16 @@ def test_cached_and_uncached_generation_agree_and_batching_changes_nothing(model
                                      generator=g2)
 
 
+def test_the_shared_prefix_runs_through_the_last_visual_token_and_only_where_every_prompt_has_it():
+    face = [1, 7, IMAGE_TOKEN_ID, IMAGE_TOKEN_ID, SEG_TOKEN_ID]
+    assert shared_prefix([face + [5, 6, 2], face + [9, 2]]) == len(face)
+    assert shared_prefix([face + [5, 6, 2]]) == len(face)
+    assert shared_prefix([[1, 8] + face[2:] + [5, 2], face + [9, 2]]) == 0  # the turns open differently
+    assert shared_prefix([face, face + [9, 2]]) == 0  # a prompt with nothing after its face
+    assert shared_prefix([[1, 7, 5, 2], [1, 7, 9, 2]]) == 0  # no face
+    assert shared_prefix([face + [9, 2], face + [5, IMAGE_TOKEN_ID, 2]]) == 0  # one prompt shows a second image
+
+
 def test_a_face_asked_many_questions_is_encoded_once_and_answered_as_alone(model, conversations, monkeypatch):
     torch.manual_seed(1)
     for p in model.parameters():  # a random model that says something different per face and question
@@ -367,9 +377,21 @@ def test_a_face_asked_many_questions_is_encoded_once_and_answered_as_alone(model
         encoded.append(len(pixel_values))
         return encode(pixel_values, seg_maps)
 
+    prefixes, prefix_cache = [], model.prefix_cache
+
+    def prefix_spy(prefix, visual, verdicts, faces):
+        prefixes.append((len(prefix), len(visual), faces.tolist()))
+        return prefix_cache(prefix, visual, verdicts, faces)
+
     monkeypatch.setattr(model, "encode_visual", encode_spy)
+    monkeypatch.setattr(model, "prefix_cache", prefix_spy)
     together = model.answer(images[rows], maps[rows], questions * 2, max_new_tokens=8)
     assert encoded == [2] and together == alone and len(set(alone)) > 2
+    # the turn's opening and each face's tokens went through the LM once per face, each question from its face's
+    face_end = 2 + model.image_tokens + model.seg_tokens  # <s> <|user|>, then the visual tokens
+    assert prefixes == [(face_end, 2, rows)]
+    uncached = model.answer(images[rows], maps[rows], questions * 2, max_new_tokens=8, use_cache=False)
+    assert uncached == together and len(prefixes) == 1  # without a cache every prompt runs whole
 
 
 def test_recipes_train_exactly_their_components(model, conversations):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.faceinsight import FaceEncoding
 from model.knowledge_modules import AGE_WORDS
 from model.labels import EXPRESSIONS
 from pipelines.training.validation import val_scores
@@ -20,16 +21,16 @@ class ScriptedModel:
     def __init__(self, texts: dict[str, list[str]], heads: dict[str, np.ndarray]):
         self.texts, self.heads, self.seen = texts, heads, {}
 
-    def preprocess(self, images):
-        return torch.as_tensor(images)
+    def encode_faces(self, images, maps):
+        return FaceEncoding(torch.as_tensor(images), {})
 
-    def answer(self, images, maps, questions, max_new_tokens):
+    def answer_faces(self, encoded, faces, questions, max_new_tokens):
         start = self.seen.get(questions[0], 0)
         self.seen[questions[0]] = start + len(questions)
         return self.texts[questions[0]][start:start + len(questions)]
 
-    def answer_decisions(self, pixels, maps):
-        return {t: torch.as_tensor(k[:len(pixels)]) for t, (k, n) in self.heads.items()}
+    def face_decisions(self, encoded):
+        return {t: torch.as_tensor(k[:len(encoded.visual)]) for t, (k, n) in self.heads.items()}
 
 
 def test_age_is_scored_from_the_generated_number_and_from_the_heads_class():
