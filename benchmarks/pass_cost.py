@@ -1,7 +1,7 @@
 """What one training pass costs besides its steps: record encoding, and a stage's fixed cost.
 
     python benchmarks/pass_cost.py encode [--records 1280]
-    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P] [--session]
+    python benchmarks/pass_cost.py stage [--steps 1 21] [--heads-only] [--params P] [--session] [--rounds N]
     python benchmarks/pass_cost.py cache [--records 83200]
 
 `encode`: CorpusEncoder (what the Ray Data tasks run before training) on the first corpus records of the
@@ -15,7 +15,9 @@ run's timeline by phase (the stage metrics' `seconds`). `--session`: the passes 
 before them, as the stages of `make run` do (pipelines/ray_session.py), instead of each starting its own; a Ray
 Data job runs in it first, leaving Ray Data's once-per-instance actors running as `make run`'s first stages do.
 `--heads-only`: the steps are align's heads-only steps (`visual_steps`), whose slope is what the long passes
-(align's visual phase, the variants) pay a step.
+(align's visual phase, the variants) pay a step. `--rounds N`: N pairs of passes, interleaved (few, more, few, more,
+...), each round's fixed cost, then their mean with its 95% t-interval, the median and the range: one pair's figure
+moves by ~2 s between runs on 2 cores, so one round cannot say whether a pass's fixed cost is under a bound.
 `cache`: a long pass' records (`--records`; 83,200 = a variant's align at the ablation budget) encoded by Ray
 Data's tasks and kept (pipelines/training/encoded_cache.py), then read back as the next such pass reads them.
 Needs `dvc repro train_tokenizer` (corpus, tokenizer, knowledge).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,12 +71,12 @@ def encode(records: int) -> None:
 
 
 def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("params.yaml"),
-          name: str = "align", session: bool = False) -> None:
+          name: str = "align", session: bool = False, rounds: int = 1) -> None:
     from pipelines.ray_session import SESSION_ENV, session_address, stop_processes_mentioning
     from pipelines.tracking import pipeline_run_id
 
     params = yaml.safe_load(params_file.read_text())
-    times, phases = [], []
+    times, phases = [], []  # round by round, each round the two step counts in order
     with tempfile.TemporaryDirectory(prefix="fi-ray-") as tmp:
         # the store, its experiment and the pipeline's run exist before the timed passes, as they do for every pass of
         # the DAG but its first: otherwise the first timed pass alone pays their creation, and the intercept with it
@@ -85,7 +88,7 @@ def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("
             print(f"the session's Ray instance at {session_address()}")
             warm_session(env)
         try:
-            for n in steps:
+            for k, n in enumerate(n for _ in range(rounds) for n in steps):  # interleaved: a drift reaches both
                 # n whole-loss steps and no heads-only phase, or n heads-only steps and one whole-loss step (the same
                 # in every run: the slope is the heads-only step's); one checkpoint (at the end)
                 whole, visual = (1, n) if heads_only else (n, 0)
@@ -94,21 +97,38 @@ def stage(steps: list[int], heads_only: bool = False, params_file: Path = Path("
                 path = Path(tmp) / f"params-{n}.yaml"
                 path.write_text(yaml.safe_dump(params))
                 start = time.perf_counter()
+                # storage of its own: a pass whose run already has a checkpoint there resumes from it (0 steps)
                 out = subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(path), "--out",
-                                      f"{tmp}/out-{n}", "--metrics", f"{tmp}/m-{n}.json", "--history",
-                                      f"{tmp}/h-{n}.json", "--storage", f"{tmp}/ray"],
+                                      f"{tmp}/out-{k}", "--metrics", f"{tmp}/m-{k}.json", "--history",
+                                      f"{tmp}/h-{k}.json", "--storage", f"{tmp}/ray-{k}"],
                                      env=env, capture_output=True, text=True)
                 times.append(time.perf_counter() - start)
                 if out.returncode:
                     sys.exit(f"stages.{name} failed (exit {out.returncode}):\n{out.stderr[-8000:]}")
-                phases.append(json.loads(Path(f"{tmp}/m-{n}.json").read_text()).get("seconds", {}))
+                phases.append(json.loads(Path(f"{tmp}/m-{k}.json").read_text()).get("seconds", {}))
                 print(f"stages.{name} at {n} steps: {times[-1]:.1f} s wall")
         finally:
             if session:
                 stop_processes_mentioning(env[SESSION_ENV])
-    per_step = (times[-1] - times[0]) / (steps[-1] - steps[0])
-    print(f"per step {per_step:.2f} s; fixed cost of a pass {times[0] - per_step * steps[0]:.1f} s")
-    print_phases(steps, times, phases)
+    fixed = []
+    for k in range(0, len(times), 2):
+        per_step = (times[k + 1] - times[k]) / (steps[1] - steps[0])
+        fixed.append(times[k] - per_step * steps[0])
+        print(f"round {k // 2 + 1}: per step {per_step:.2f} s; fixed cost of a pass {fixed[-1]:.1f} s")
+    if rounds > 1:
+        print(f"fixed cost over {rounds} rounds: {fixed_cost_summary(fixed)}")
+    for k in range(0, len(times), 2):
+        print_phases(steps, times[k:k + 2], phases[k:k + 2])
+
+
+def fixed_cost_summary(fixed: list[float]) -> str:
+    """The rounds' fixed costs (a round: one pass at each step count): mean and 95% t-interval, median, range."""
+    from scipy import stats
+
+    mean, sd = statistics.mean(fixed), statistics.stdev(fixed)
+    half = stats.t.ppf(0.975, len(fixed) - 1) * sd / len(fixed) ** 0.5
+    return (f"mean {mean:.1f} s, 95% interval {mean - half:.1f}-{mean + half:.1f} s; median "
+            f"{statistics.median(fixed):.1f} s; {min(fixed):.1f}-{max(fixed):.1f} s")
 
 
 # a Ray Data job in a process of its own, joined to the session: it leaves Ray Data's detached actors running
@@ -174,6 +194,8 @@ def main() -> None:
     st.add_argument("--heads-only", action="store_true", help="align's heads-only steps instead of whole-loss ones")
     st.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file the passes start from")
     st.add_argument("--session", action="store_true", help="the passes join one Ray instance, as in `make run`")
+    st.add_argument("--rounds", type=int, default=1,
+                    help="pairs of passes, interleaved: each round's fixed cost, then their mean and 95%% interval")
     ca = sub.add_parser("cache")
     ca.add_argument("--records", type=int, default=83200)
     args = ap.parse_args()
@@ -184,7 +206,9 @@ def main() -> None:
     else:
         if args.steps[0] == args.steps[1] or min(args.steps) < 1:
             st.error(f"--steps {args.steps[0]} {args.steps[1]}: two different counts of at least 1 (e.g. 1 21)")
-        stage(args.steps, args.heads_only, args.params, session=args.session)
+        if args.rounds < 1:
+            st.error(f"--rounds {args.rounds}: at least 1")
+        stage(args.steps, args.heads_only, args.params, session=args.session, rounds=args.rounds)
 
 
 if __name__ == "__main__":
