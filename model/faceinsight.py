@@ -559,13 +559,15 @@ class FaceInsight(Checkpointable, nn.Module):
         ids = torch.tensor([p[:shared] + [pad] * (longest + shared - len(p)) + p[shared:] for p in input_ids])
         mask = torch.tensor([[1] * shared + [0] * (longest + shared - len(p)) + [1] * (len(p) - shared)
                              for p in input_ids])
-        if faces is not None:
-            visual, verdicts = FaceEncoding(visual, verdicts).rows(faces)
+        if faces is not None:  # each prompt's face; where its prefix is cached, the text needs only its verdicts
+            visual = None if shared else visual[faces]
+            verdicts = {name: v[faces] for name, v in verdicts.items()}
         verdicts = self.decided_verdicts(verdicts)  # what the text reads, as in forward outside training
-        embeds = self.embed(ids, visual, verdicts)
+        # the shared prefix lives in the cache alone: what follows it is embedded once per prompt, not the prefix
+        embeds = self.embed_text(ids[:, shared:], verdicts) if shared else self.embed(ids, visual, verdicts)
         done = torch.zeros(len(input_ids), dtype=torch.bool)
         outputs: list[list[int]] = [[] for _ in input_ids]
-        cached = shared  # the positions the KV cache holds
+        cached = 0  # how many of embeds' positions (the prompt's from `shared` on) the KV cache holds
         pointer = self.answer_pointer is not None
         so_far = ids  # the prompt and what was generated so far: the pointer reads which task and attribute it names
         hidden = {"output_hidden_states": True} if pointer else {}  # the pointer's gate reads the last hidden state
@@ -573,7 +575,7 @@ class FaceInsight(Checkpointable, nn.Module):
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             if use_cache and past is not None:
                 out = self.llm(inputs_embeds=embeds[:, cached:], attention_mask=mask,
-                               position_ids=positions[:, cached:], past_key_values=past, use_cache=True,
+                               position_ids=positions[:, shared + cached:], past_key_values=past, use_cache=True,
                                logits_to_keep=1, **hidden)
             else:  # the prompt: the next token's logits only, not a vocabulary row per prompt position
                 out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache,
